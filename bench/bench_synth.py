@@ -1,0 +1,60 @@
+"""Benchmark: `retailrec synth --scale full` time and peak memory.
+
+Targets (issue 2): at most 2 minutes and 4 GB peak on a 2-core machine. For scale, the same run
+times a bare ``pandas.read_csv`` of the file it wrote.
+
+    python bench/bench_synth.py [--scale full] [--seed 42]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from _util import machine, run_measured, save
+
+GENERATE = """
+import sys
+from pathlib import Path
+from retailrec.data_pipeline import synth
+config = synth.config_for(sys.argv[1])
+synth.write(synth.generate(config, random_state=int(sys.argv[2])), Path(sys.argv[3]))
+"""
+
+READ_CSV = """
+import sys, pandas as pd
+pd.read_csv(sys.argv[1])
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", default="full")
+    parser.add_argument("--seed", default="42")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "raw"
+        gen_s, gen_mib = run_measured(GENERATE, args.scale, args.seed, str(out))
+        rows = sum(1 for _ in (out / "events.csv").open()) - 1
+        size_mib = (out / "events.csv").stat().st_size / 2**20
+        read_s, read_mib = run_measured(READ_CSV, str(out / "events.csv"))
+    result = {
+        "scale": args.scale,
+        "rows": rows,
+        "events_csv_mib": round(size_mib, 1),
+        "synth_seconds": round(gen_s, 1),
+        "synth_peak_mib": round(gen_mib),
+        "read_csv_seconds": round(read_s, 1),
+        "read_csv_peak_mib": round(read_mib),
+        "synth_over_read_csv": round(gen_s / read_s, 1),
+    }
+    path = save(f"synth-{args.scale}", result)
+    print(f"machine: {machine()}")
+    for key, value in result.items():
+        print(f"  {key}: {value}")
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()

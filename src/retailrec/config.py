@@ -1,0 +1,71 @@
+"""One settings object for the whole product.
+
+Values come from the environment (prefix ``RETAILREC_``) or a ``.env`` file. Nothing here creates
+folders or connects to anything: callers ask for paths and create them when they write.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Settings read from ``RETAILREC_*`` environment variables.
+
+    Every path under the data directory is derived from ``data_dir`` so that one variable moves
+    the whole installation.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RETAILREC_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("data"), description="Root of all data, models and reports."
+    )
+    api_key: str | None = Field(default=None, description="Key for the admin endpoints.")
+    model_name: str = Field(default="retailrec", description="Registered model name in MLflow.")
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "RETAILREC_MLFLOW_TRACKING_URI"),
+        description="Overrides the default sqlite:///<data_dir>/mlflow.db.",
+    )
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "raw"
+
+    @property
+    def processed_dir(self) -> Path:
+        return self.data_dir / "processed"
+
+    @property
+    def rejected_dir(self) -> Path:
+        return self.data_dir / "rejected"
+
+    @property
+    def feature_store_path(self) -> Path:
+        return self.data_dir / "feature_store.sqlite"
+
+    @property
+    def mlartifacts_dir(self) -> Path:
+        return self.data_dir / "mlartifacts"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking and registry URI: the override, else a SQLite file in data_dir."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once. Tests call ``get_settings.cache_clear()``."""
+    return Settings()

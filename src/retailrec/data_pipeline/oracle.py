@@ -1,0 +1,125 @@
+"""The oracle: ranks items for a synthetic visitor by their true preference.
+
+It reads the generator's ``truth/`` folder, which no model may read, and scores every item of the
+catalogue with the probability that the visitor's next view lands on it at a given time:
+
+    P(i | visitor, t) = [(1 - eps) * taste(cat(i)) + eps * mix(cat(i))] * P(i | cat(i), week(t))
+
+Evaluation reports a model's metrics beside the oracle's: the oracle is the best ranking that the
+data allows, so the gap says how much a model has left to learn.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass
+class Oracle:
+    """True-preference scorer for data made by :mod:`retailrec.data_pipeline.synth`.
+
+    Attributes:
+        item_ids: (n_items,) public item ids, the columns of every score matrix.
+        item_leaf: (n_items,) index of each item's category in ``category_ids``.
+        category_ids: (L,) public ids of the categories that hold items.
+        mix: (L,) the shop-wide category mix; ``drift_mix`` the one after ``drift_start_ms``.
+        item_week_prob: (n_weeks, n_items) P(item | its category, week).
+        taste: visitor id -> (leaf indices, weights).
+    """
+
+    item_ids: np.ndarray
+    item_leaf: np.ndarray
+    category_ids: np.ndarray
+    mix: np.ndarray
+    drift_mix: np.ndarray
+    item_week_prob: np.ndarray
+    visitor_ptr: pd.Series
+    taste_leaf: np.ndarray
+    taste_weight: np.ndarray
+    start_ms: int
+    week_ms: int
+    epsilon: float
+    drift_epsilon: float
+    drift_start_ms: int | None
+
+    @classmethod
+    def load(cls, truth_dir: Path) -> Oracle:
+        """Read ``truth/`` as written by :func:`retailrec.data_pipeline.synth.write`."""
+        truth_dir = Path(truth_dir)
+        params = json.loads((truth_dir / "params.json").read_text())
+        items = pd.read_parquet(truth_dir / "items.parquet")
+        cats = pd.read_parquet(truth_dir / "categories.parquet")
+        visitors = pd.read_parquet(truth_dir / "visitors.parquet")
+        category_ids = cats["categoryid"].to_numpy()
+        leaf_of = pd.Series(np.arange(len(category_ids)), index=category_ids)
+        visitors = visitors.sort_values("visitorid", kind="stable")
+        vids = visitors["visitorid"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, vids[1:] != vids[:-1]])
+        ptr = pd.Series(
+            list(zip(starts, np.r_[starts[1:], len(vids)], strict=True)), index=vids[starts]
+        )
+        return cls(
+            item_ids=items["itemid"].to_numpy(),
+            item_leaf=leaf_of.loc[items["categoryid"].to_numpy()].to_numpy(),
+            category_ids=category_ids,
+            mix=cats["mix"].to_numpy(),
+            drift_mix=cats["drift_mix"].to_numpy(),
+            item_week_prob=np.load(truth_dir / "item_week_prob.npy"),
+            visitor_ptr=ptr,
+            taste_leaf=leaf_of.loc[visitors["categoryid"].to_numpy()].to_numpy(),
+            taste_weight=visitors["weight"].to_numpy(),
+            start_ms=int(params["start_ms"]),
+            week_ms=int(params["week_ms"]),
+            epsilon=float(params["epsilon"]),
+            drift_epsilon=float(params["drift_epsilon"]),
+            drift_start_ms=params["drift_start_ms"],
+        )
+
+    def _week(self, as_of_ms: int) -> int:
+        week = (int(as_of_ms) - self.start_ms) // self.week_ms
+        return int(np.clip(week, 0, len(self.item_week_prob) - 1))
+
+    def category_preference(self, visitor_ids: np.ndarray, as_of_ms: int) -> np.ndarray:
+        """(n_visitors, L) probability that a visitor's next session browses each category."""
+        drifting = self.drift_start_ms is not None and as_of_ms >= self.drift_start_ms
+        eps = self.drift_epsilon if drifting else self.epsilon
+        mix = self.drift_mix if drifting else self.mix
+        out = np.tile(eps * mix, (len(visitor_ids), 1))
+        for row, vid in enumerate(np.asarray(visitor_ids)):
+            lo, hi = self.visitor_ptr.get(int(vid), (0, 0))
+            np.add.at(out[row], self.taste_leaf[lo:hi], (1 - eps) * self.taste_weight[lo:hi])
+        return out
+
+    def scores(self, visitor_ids: np.ndarray, as_of_ms: int) -> np.ndarray:
+        """(n_visitors, n_items) true probability of each item being the next view, at ``as_of_ms``.
+
+        Items not yet introduced at that time score 0. Columns follow ``item_ids``.
+        """
+        pref = self.category_preference(np.asarray(visitor_ids), as_of_ms)
+        out: np.ndarray = (
+            pref[:, self.item_leaf] * self.item_week_prob[self._week(as_of_ms)][None, :]
+        )
+        return out
+
+    def recommend(
+        self,
+        visitor_ids: np.ndarray,
+        k: int,
+        as_of_ms: int,
+        exclude: list[np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """(n_visitors, k) item ids in order of true preference, skipping each row's ``exclude``."""
+        s = self.scores(visitor_ids, as_of_ms)
+        if exclude is not None:
+            col = pd.Series(np.arange(len(self.item_ids)), index=self.item_ids)
+            for row, items in enumerate(exclude):
+                known = col.reindex(np.asarray(items)).dropna().to_numpy(dtype=np.int64)
+                s[row, known] = -np.inf
+        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        ids: np.ndarray = self.item_ids[top]
+        return ids

@@ -1,0 +1,139 @@
+"""The command line: exit codes, one-line errors, and commands that are safe to run twice."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from retailrec.cli import app
+from retailrec.data_pipeline import download as download_mod
+
+runner = CliRunner()
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.integration
+def test_synth_writes_the_shop_and_is_safe_to_run_twice(tmp_path: Path) -> None:
+    out = tmp_path / "raw"
+    first = runner.invoke(app, ["synth", "--scale", "tiny", "--seed", "5", "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    assert "rows" in first.output and "visitors" in first.output
+    before = _hashes(out)
+    assert {"events.csv", "item_properties.csv", "category_tree.csv", "params.json"} <= set(before)
+    second = runner.invoke(app, ["synth", "--scale", "tiny", "--seed", "5", "--out", str(out)])
+    assert second.exit_code == 0
+    assert _hashes(out) == before
+
+
+def test_synth_defaults_to_the_data_dir(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["synth", "--scale", "tiny"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "data" / "raw" / "events.csv").is_file()
+
+
+def test_bad_scale_exits_1_with_one_line() -> None:
+    result = runner.invoke(app, ["synth", "--scale", "huge"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: unknown scale 'huge'; choose one of tiny, small, full"
+
+
+def test_bad_usage_exits_2() -> None:
+    assert runner.invoke(app, ["synth", "--no-such-option"]).exit_code == 2
+    assert runner.invoke(app, ["no-such-command"]).exit_code == 2
+
+
+def test_download_without_credentials_explains_where_to_put_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    result = runner.invoke(app, ["download"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1
+    assert "no Kaggle credentials" in lines[0]
+    assert "events.csv" in lines[0] and str(tmp_path / "data" / "raw") in lines[0]
+
+
+def _fake_kagglehub(monkeypatch: pytest.MonkeyPatch, source: Path | Exception) -> list[str]:
+    calls: list[str] = []
+
+    def dataset_download(handle: str) -> str:
+        calls.append(handle)
+        if isinstance(source, Exception):
+            raise source
+        return str(source)
+
+    monkeypatch.setitem(
+        sys.modules, "kagglehub", types.SimpleNamespace(dataset_download=dataset_download)
+    )
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", "secret")
+    return calls
+
+
+def test_download_copies_the_dataset_into_raw_and_is_idempotent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name in download_mod.FILES:
+        (cache / name).write_text(f"{name} contents\n")
+    calls = _fake_kagglehub(monkeypatch, cache)
+    result = runner.invoke(app, ["download"])
+    assert result.exit_code == 0, result.output
+    raw = tmp_path / "data" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(download_mod.FILES)
+    assert (raw / "events.csv").read_text() == "events.csv contents\n"
+    mtime = (raw / "events.csv").stat().st_mtime_ns
+    assert runner.invoke(app, ["download"]).exit_code == 0
+    assert (raw / "events.csv").stat().st_mtime_ns == mtime
+    assert calls == [download_mod.DATASET] * 2
+
+
+def test_download_offline_fails_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_kagglehub(monkeypatch, ConnectionError("Failed to resolve host\nmore detail"))
+    result = runner.invoke(app, ["download"])
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1
+    assert "Failed to resolve host" in result.output and "put them in" in result.output
+
+
+def test_credentials_are_found_in_kaggle_json(tmp_path: Path) -> None:
+    assert not download_mod.has_credentials(env={}, home=tmp_path)
+    (tmp_path / ".kaggle").mkdir()
+    (tmp_path / ".kaggle" / "kaggle.json").write_text('{"username": "u", "key": "k"}')
+    assert download_mod.has_credentials(env={}, home=tmp_path)
+    assert download_mod.has_credentials(
+        env={"KAGGLE_USERNAME": "u", "KAGGLE_KEY": "k"}, home=tmp_path / "x"
+    )
+
+
+@pytest.mark.integration
+def test_python_dash_m_runs_the_cli() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "retailrec", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=os.environ,
+    )
+    assert result.returncode == 0
+    assert "synth" in result.stdout and "download" in result.stdout
