@@ -137,3 +137,44 @@ def test_python_dash_m_runs_the_cli() -> None:
     )
     assert result.returncode == 0
     assert "synth" in result.stdout and "download" in result.stdout
+
+
+@pytest.mark.integration
+def test_etl_then_features_on_a_synthetic_shop(tmp_path: Path) -> None:
+    assert runner.invoke(app, ["synth", "--scale", "tiny", "--seed", "2"]).exit_code == 0
+    first = runner.invoke(app, ["etl"])
+    assert first.exit_code == 0, first.output
+    assert "loaded" in first.output and "duplicates" in first.output
+    data = tmp_path / "data"
+    assert (data / "feature_store.sqlite").is_file()
+    assert (data / "processed" / "events.parquet").is_file()
+    assert (data / "reports" / "etl-latest.json").is_file()
+    second = runner.invoke(app, ["etl"])
+    assert second.exit_code == 0
+    features = runner.invoke(app, ["features"])
+    assert features.exit_code == 0, features.output
+    assert "visitors" in features.output
+
+
+def test_etl_without_events_exits_1_with_one_line(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["etl", "--raw", str(tmp_path / "nothing")])
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1
+    assert "no events.csv" in result.output
+
+
+def test_etl_with_a_missing_column_exits_1_with_one_line(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "events.csv").write_text("timestamp,visitorid,event\n1,2,view\n")
+    result = runner.invoke(app, ["etl", "--raw", str(raw)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"error: {raw / 'events.csv'}: missing required column(s) itemid, transactionid"
+    ]
+
+
+def test_features_before_etl_exits_1() -> None:
+    result = runner.invoke(app, ["features"])
+    assert result.exit_code == 1
+    assert "run `retailrec etl` first" in result.output

@@ -39,12 +39,13 @@ def _one_line_errors(func: F) -> F:
     """Turn the library's user-facing errors into a one-line message and exit code 1."""
     from retailrec.data_pipeline.download import DownloadError
     from retailrec.data_pipeline.readers import DataFileError
+    from retailrec.feature_store.store import StoreError
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (CommandError, DataFileError, DownloadError, ValueError, OSError) as exc:
+        except (CommandError, DataFileError, DownloadError, StoreError, ValueError, OSError) as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             typer.echo(f"error: {message}", err=True)
             raise typer.Exit(1) from None
@@ -119,6 +120,83 @@ def synth(
     console.print(table)
     console.print(
         f"wrote {', '.join(str(p) for p in paths.values())} and {out_dir / 'truth'}/",
+        soft_wrap=True,
+    )
+
+
+def _feature_config() -> Any:
+    from retailrec.data_pipeline.feature_pipeline import FeatureConfig
+
+    settings = get_settings()
+    return FeatureConfig(
+        event_weights=settings.event_weights, recency_half_life_days=settings.recency_half_life_days
+    )
+
+
+@app.command()
+@_one_line_errors
+def etl(
+    raw: Annotated[
+        Path | None, typer.Option(help="Folder with events.csv (default: <data dir>/raw).")
+    ] = None,
+) -> None:
+    """Validate, quarantine, dedupe and load the raw files into the feature store and parquet."""
+    from retailrec.data_pipeline.etl import run_etl
+    from retailrec.feature_store import open_store
+
+    settings = get_settings()
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
+    task = progress.add_task("reading", total=None)
+    with progress, open_store(settings.feature_store_path) as conn:
+        report = run_etl(
+            raw if raw is not None else settings.raw_dir,
+            conn=conn,
+            rejected_dir=settings.rejected_dir,
+            processed_dir=settings.processed_dir,
+            reports_dir=settings.reports_dir,
+            config=_feature_config(),
+            progress=lambda stage: progress.update(task, description=stage),
+        )
+    table = Table(title=f"ETL of {report.source}")
+    table.add_column("rows")
+    table.add_column("count", justify="right")
+    table.add_row("read", f"{report.rows_read:,}")
+    table.add_row("loaded", f"{report.loaded:,}")
+    table.add_row("duplicates", f"{report.duplicates:,}")
+    table.add_row("rejected", f"{report.rejected:,}")
+    for reason, count in report.rejected_by_reason.items():
+        table.add_row(f"  {reason}", f"{count:,}")
+    table.add_row("events in the store", f"{report.events_in_store:,}")
+    console.print(table)
+    for warning in report.warnings:
+        err_console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
+    if report.rejected_file:
+        console.print(f"quarantined rows: {report.rejected_file}", soft_wrap=True)
+
+
+@app.command()
+@_one_line_errors
+def features(
+    as_of: Annotated[
+        int | None,
+        typer.Option("--as-of", help="Point in time, Unix ms (default: the last event)."),
+    ] = None,
+) -> None:
+    """Compute point-in-time user and item features into the feature store."""
+    from retailrec.data_pipeline.feature_pipeline import build_features
+    from retailrec.feature_store import open_store
+
+    settings = get_settings()
+    with open_store(settings.feature_store_path) as conn:
+        snap = build_features(conn, as_of, _feature_config())
+    console.print(
+        f"features as of {snap.as_of_ms}: {len(snap.users):,} visitors, {len(snap.items):,} items,"
+        f" {len(snap.pairs):,} item pairs",
         soft_wrap=True,
     )
 

@@ -33,6 +33,14 @@ class Settings(BaseSettings):
         description="Overrides the default sqlite:///<data_dir>/mlflow.db.",
     )
 
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"view": 1.0, "addtocart": 4.0, "transaction": 8.0},
+        description="Implicit-feedback confidence per event type (JSON in the environment).",
+    )
+    recency_half_life_days: float = Field(
+        default=30.0, gt=0, description="An interaction this old counts half as much."
+    )
+
     @property
     def raw_dir(self) -> Path:
         return self.data_dir / "raw"

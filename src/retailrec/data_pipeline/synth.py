@@ -94,7 +94,7 @@ class SynthConfig:
     sibling_share: float = 0.6  # extra taste categories that are siblings of the first
     epsilon: float = 0.10  # sessions that follow the shop-wide category mix
     new_session_p: float = 0.22
-    repeat_view_p: float = 0.17
+    repeat_view_p: float = 0.24
     session_gap_days: float = 4.0
     within_session_gap_s: float = 75.0
     # Funnel.

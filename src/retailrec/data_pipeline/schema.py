@@ -1,0 +1,248 @@
+"""The event schema, declared once, and the validation that ETL and ``POST /v1/events`` share.
+
+A row either passes every rule and comes out typed, or is quarantined with the first rule it breaks
+as its ``reason`` (a stable phrase, counted in reports) and a ``detail`` naming the value. Rules are
+vectorised: validation costs a few numpy passes over the columns however many rows there are.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+REQUIRED_COLUMNS = ("timestamp", "visitorid", "event", "itemid", "transactionid")
+ID_COLUMNS = ("visitorid", "itemid")
+EVENT_TYPES = ("view", "addtocart", "transaction")
+TRANSACTION = EVENT_TYPES.index("transaction")
+
+#: Timestamps are Unix milliseconds between 2000-01-01 and one day after "now".
+MIN_TIMESTAMP_MS = 946_684_800_000
+FUTURE_SLACK_MS = 86_400_000
+#: A value in this range is a plausible Unix time in *seconds*: a common export mistake.
+SECONDS_RANGE = (946_684_800, 100_000_000_000)
+
+EVENT_DTYPES = {
+    "timestamp": "int64",
+    "visitorid": "int64",
+    "event": "str",
+    "itemid": "int64",
+    "transactionid": "Int64",
+}
+
+# Reasons, as they appear in data/rejected/*.csv and in reports.
+WRONG_FIELD_COUNT = "wrong number of fields"
+MISSING = "missing {col}"
+NOT_INTEGER = "{col} is not an integer"
+NEGATIVE = "negative {col}"
+UNKNOWN_EVENT = "unknown event type"
+TIMESTAMP_SECONDS = "timestamp in seconds, not milliseconds"
+TIMESTAMP_RANGE = "timestamp outside the sane range"
+TX_MISSING = "transaction without transactionid"
+TX_UNEXPECTED = "transactionid on a non-transaction event"
+
+
+@dataclass
+class Parsed:
+    """Columns parsed to int64 (0 where null), with masks of what was empty or unparsable."""
+
+    raw: pd.DataFrame
+    values: dict[str, np.ndarray]
+    empty: dict[str, np.ndarray]
+    unparsable: dict[str, np.ndarray]
+    event: np.ndarray  # int8 index into EVENT_TYPES, -1 for anything else
+    now_ms: int
+
+    def present(self, col: str) -> np.ndarray:
+        absent: np.ndarray = self.empty[col] | self.unparsable[col]
+        return ~absent
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One check: rows where ``bad`` is true are rejected with ``reason``."""
+
+    reason: str
+    bad: Callable[[Parsed], np.ndarray]
+    detail: Callable[[Parsed, np.ndarray], list[str]]
+
+
+def _value_detail(col: str) -> Callable[[Parsed, np.ndarray], list[str]]:
+    def detail(p: Parsed, rows: np.ndarray) -> list[str]:
+        return [f"{col}={v!r}" for v in p.raw[col].to_numpy()[rows]]
+
+    return detail
+
+
+def _no_detail(_p: Parsed, rows: np.ndarray) -> list[str]:
+    return [""] * len(rows)
+
+
+def _missing(col: str) -> Rule:
+    return Rule(MISSING.format(col=col), lambda p: p.empty[col], _no_detail)
+
+
+def _not_integer(col: str) -> Rule:
+    return Rule(NOT_INTEGER.format(col=col), lambda p: p.unparsable[col], _value_detail(col))
+
+
+def _negative(col: str) -> Rule:
+    return Rule(
+        NEGATIVE.format(col=col), lambda p: p.present(col) & (p.values[col] < 0), _value_detail(col)
+    )
+
+
+def _rules() -> list[Rule]:
+    rules: list[Rule] = [_missing(c) for c in ("timestamp", "visitorid", "event", "itemid")]
+    rules += [_not_integer(c) for c in ("timestamp", "visitorid", "itemid", "transactionid")]
+    rules += [_negative(c) for c in ("visitorid", "itemid", "transactionid")]
+    rules += [
+        Rule(UNKNOWN_EVENT, lambda p: p.event < 0, _value_detail("event")),
+        Rule(
+            TIMESTAMP_SECONDS,
+            lambda p: (
+                p.present("timestamp")
+                & (p.values["timestamp"] >= SECONDS_RANGE[0])
+                & (p.values["timestamp"] < SECONDS_RANGE[1])
+            ),
+            _value_detail("timestamp"),
+        ),
+        Rule(
+            TIMESTAMP_RANGE,
+            lambda p: (
+                p.present("timestamp")
+                & (
+                    (p.values["timestamp"] < MIN_TIMESTAMP_MS)
+                    | (p.values["timestamp"] > p.now_ms + FUTURE_SLACK_MS)
+                )
+            ),
+            _value_detail("timestamp"),
+        ),
+        Rule(
+            TX_MISSING,
+            lambda p: (p.event == TRANSACTION) & p.empty["transactionid"],
+            _no_detail,
+        ),
+        Rule(
+            TX_UNEXPECTED,
+            lambda p: (p.event != TRANSACTION) & ~p.empty["transactionid"],
+            _value_detail("transactionid"),
+        ),
+    ]
+    return rules
+
+
+RULES: tuple[Rule, ...] = tuple(_rules())
+
+
+@dataclass
+class Validated:
+    """The outcome of validating a batch: typed valid rows and quarantined rows."""
+
+    valid: pd.DataFrame  # REQUIRED_COLUMNS with EVENT_DTYPES; index = position in the batch
+    rejected: pd.DataFrame  # original values (str) + reason + detail; index = position
+
+
+def _text(col: pd.Series) -> pa.Array:
+    """A column as Arrow strings, stripped, with null for empty. JSON values become their text."""
+    if col.dtype == object:  # values as sent to the API: ints, strings, None, anything
+        col = col.map(
+            lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+        )
+    arr = pa.array(col, type=pa.large_string(), from_pandas=True)
+    return pc.utf8_trim_whitespace(arr)
+
+
+def _parse_int(col: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(int64 values with 0 where null, empty mask, unparsable mask) for a column of any dtype."""
+    n = len(col)
+    if pd.api.types.is_integer_dtype(col.dtype):
+        empty = col.isna().to_numpy()
+        return col.fillna(0).to_numpy(dtype=np.int64), empty, np.zeros(n, dtype=bool)
+    if pd.api.types.is_float_dtype(col.dtype):  # a typed reader gives float64 with NaN for gaps
+        num = col.to_numpy(dtype=np.float64, na_value=np.nan)
+        empty = np.isnan(num)
+        bad = ~empty & ((num != np.floor(num)) | (np.abs(num) > 2**62))
+        return np.where(empty | bad, 0, num).astype(np.int64), empty, bad
+    text = _text(col)
+    empty = pc.fill_null(pc.equal(text, ""), True).to_numpy(zero_copy_only=False)
+    nulled = pc.if_else(pa.array(empty), pa.scalar(None, pa.large_string()), text)
+    try:  # the fast path: every value is a plain integer
+        ints = pc.cast(nulled, pa.int64())
+        return pc.fill_null(ints, 0).to_numpy(), empty, np.zeros(n, dtype=bool)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    # Some value is not a plain integer: parse leniently, then reject what is not integral.
+    num = pd.to_numeric(pd.Series(nulled.to_pandas()), errors="coerce").to_numpy(
+        dtype=np.float64, na_value=np.nan
+    )
+    bad = ~empty & (np.isnan(num) | (num != np.floor(num)) | (np.abs(num) > 2**62))
+    return np.where(empty | bad, 0, np.nan_to_num(num)).astype(np.int64), empty, bad
+
+
+def validate_events(raw: pd.DataFrame, now_ms: int | None = None) -> Validated:
+    """Validate a batch of events against the schema.
+
+    Args:
+        raw: The five required columns, as read (strings) or as sent (numbers, None); other
+            columns are ignored.
+        now_ms: "Now" for the sane-range check, Unix ms (default: the clock).
+
+    Returns:
+        A :class:`Validated` in which every input row is either valid or rejected, never both.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
+    if missing:
+        raise ValueError(f"missing required column(s): {', '.join(missing)}")
+    raw = raw[list(REQUIRED_COLUMNS)].reset_index(drop=True)
+    values: dict[str, np.ndarray] = {}
+    empty: dict[str, np.ndarray] = {}
+    unparsable: dict[str, np.ndarray] = {}
+    for col in ("timestamp", "visitorid", "itemid", "transactionid"):
+        values[col], empty[col], unparsable[col] = _parse_int(raw[col])
+    ev = _text(raw["event"])
+    empty["event"] = pc.fill_null(pc.equal(ev, ""), True).to_numpy(zero_copy_only=False)
+    codes = pc.index_in(ev, value_set=pa.array(EVENT_TYPES, type=pa.large_string()))
+    event = pc.fill_null(codes, -1).to_numpy().astype(np.int8)
+    parsed = Parsed(
+        raw, values, empty, unparsable, event, int(time.time() * 1000) if now_ms is None else now_ms
+    )
+
+    n = len(raw)
+    reason = np.full(n, None, dtype=object)
+    detail = np.full(n, "", dtype=object)
+    pending = np.ones(n, dtype=bool)
+    for rule in RULES:
+        hit = pending & np.asarray(rule.bad(parsed), dtype=bool)
+        if hit.any():
+            rows = np.flatnonzero(hit)
+            reason[rows] = rule.reason
+            detail[rows] = rule.detail(parsed, rows)
+            pending &= ~hit
+
+    ok = np.flatnonzero(pending)
+    valid = pd.DataFrame(
+        {
+            "timestamp": values["timestamp"][ok],
+            "visitorid": values["visitorid"][ok],
+            "event": pd.Categorical.from_codes(event[ok], categories=list(EVENT_TYPES)),
+            "itemid": values["itemid"][ok],
+            "transactionid": pd.arrays.IntegerArray(
+                values["transactionid"][ok], empty["transactionid"][ok].copy()
+            ),
+        },
+        index=ok,
+    )
+    bad = np.flatnonzero(~pending)
+    rejected = raw.iloc[bad].astype("str").fillna("").replace({"<NA>": "", "nan": "", "None": ""})
+    rejected = rejected.assign(reason=reason[bad], detail=detail[bad])
+    return Validated(valid=valid, rejected=rejected)
+
+
+def empty_rejected() -> pd.DataFrame:
+    return pd.DataFrame(columns=[*REQUIRED_COLUMNS, "reason", "detail"], dtype="str")

@@ -1,0 +1,535 @@
+"""The SQLite feature store: the only module that speaks SQL.
+
+One file (``data/feature_store.sqlite``) holds the event log that ETL and ``POST /v1/events`` append
+to, the item catalogue, the category tree, point-in-time feature snapshots and the ETL run log.
+Training reads it through the same functions as serving, so the two cannot drift apart.
+
+Connections are opened with :func:`connect` (WAL, a busy timeout, migrations applied) and passed in
+to every function; nothing here holds global state.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+BUSY_TIMEOUT_MS = 10_000
+EVENT_COLUMNS = ("timestamp", "visitorid", "event", "itemid", "transactionid")
+EVENT_TYPES = ("view", "addtocart", "transaction")
+
+#: Schema migrations, applied in order; the list index + 1 is the schema version. Never edit a
+#: released migration: append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the event log, the catalogue and the ETL run log.
+    """
+    CREATE TABLE events (
+        visitorid     INTEGER NOT NULL,
+        timestamp     INTEGER NOT NULL,
+        itemid        INTEGER NOT NULL,
+        event         TEXT    NOT NULL CHECK (event IN ('view', 'addtocart', 'transaction')),
+        tx_key        INTEGER NOT NULL,  -- transactionid, or -1: keys cannot hold NULL
+        transactionid INTEGER,
+        source        TEXT    NOT NULL DEFAULT 'etl',
+        -- One row per distinct event, so re-sent or re-loaded rows are ignored; clustered by
+        -- visitor and time, so a visitor's history is one short range read. Time-window reads
+        -- scan, which is cheaper than a second index updated on every append.
+        PRIMARY KEY (visitorid, timestamp, itemid, event, tx_key)
+    ) WITHOUT ROWID;
+    CREATE TABLE item_properties (
+        itemid    INTEGER NOT NULL,
+        property  TEXT    NOT NULL,
+        timestamp INTEGER NOT NULL,
+        value     TEXT    NOT NULL,
+        PRIMARY KEY (itemid, property, timestamp)
+    ) WITHOUT ROWID;
+    CREATE TABLE categories (
+        categoryid INTEGER PRIMARY KEY,
+        parentid   INTEGER
+    );
+    CREATE TABLE etl_runs (
+        run_id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_ms  INTEGER NOT NULL,
+        source      TEXT    NOT NULL,
+        rows_read   INTEGER NOT NULL,
+        loaded      INTEGER NOT NULL,
+        duplicates  INTEGER NOT NULL,
+        rejected    INTEGER NOT NULL,
+        report_json TEXT    NOT NULL
+    );
+    """,
+    # 2: point-in-time feature snapshots.
+    """
+    CREATE TABLE user_features (
+        visitorid        INTEGER NOT NULL,
+        as_of_ms         INTEGER NOT NULL,
+        n_views          INTEGER NOT NULL,
+        n_carts          INTEGER NOT NULL,
+        n_purchases      INTEGER NOT NULL,
+        n_items          INTEGER NOT NULL,
+        n_sessions       INTEGER NOT NULL,
+        first_ts         INTEGER NOT NULL,
+        last_ts          INTEGER NOT NULL,
+        recency_days     REAL    NOT NULL,
+        top_category_1   INTEGER,
+        top_category_2   INTEGER,
+        top_category_3   INTEGER,
+        purchased_items  TEXT    NOT NULL,
+        PRIMARY KEY (visitorid, as_of_ms)
+    ) WITHOUT ROWID;
+    CREATE TABLE item_features (
+        itemid        INTEGER NOT NULL,
+        as_of_ms      INTEGER NOT NULL,
+        categoryid    INTEGER,
+        available     INTEGER,
+        pop_1d        INTEGER NOT NULL,
+        pop_7d        INTEGER NOT NULL,
+        pop_30d       INTEGER NOT NULL,
+        pop_all       INTEGER NOT NULL,
+        n_views       INTEGER NOT NULL,
+        n_carts       INTEGER NOT NULL,
+        n_purchases   INTEGER NOT NULL,
+        cart_rate     REAL    NOT NULL,
+        purchase_rate REAL    NOT NULL,
+        PRIMARY KEY (itemid, as_of_ms)
+    ) WITHOUT ROWID;
+    CREATE TABLE item_pairs (
+        itemid       INTEGER NOT NULL,
+        other_itemid INTEGER NOT NULL,
+        as_of_ms     INTEGER NOT NULL,
+        n_baskets    INTEGER NOT NULL,
+        n_carts      INTEGER NOT NULL,
+        PRIMARY KEY (as_of_ms, itemid, other_itemid)
+    ) WITHOUT ROWID;
+    CREATE TABLE feature_snapshots (
+        as_of_ms   INTEGER PRIMARY KEY,
+        created_ms INTEGER NOT NULL,
+        n_users    INTEGER NOT NULL,
+        n_items    INTEGER NOT NULL
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(RuntimeError):
+    """The feature store is missing, newer than this code, or cannot be opened."""
+
+
+def connect(
+    path: Path | str, *, read_only: bool = False, check_same_thread: bool = True
+) -> sqlite3.Connection:
+    """Open the store: WAL journal, busy timeout, migrations applied (unless read-only).
+
+    Args:
+        path: The SQLite file, or ``":memory:"``.
+        read_only: Open without write access (the file must exist); no migration runs.
+        check_same_thread: Passed to sqlite3; the API uses one connection per thread.
+    """
+    path = str(path)
+    if read_only:
+        if path != ":memory:" and not Path(path).is_file():
+            raise StoreError(f"no feature store at {path}: run `retailrec etl` first")
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro",
+            uri=True,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            check_same_thread=check_same_thread,
+        )
+    else:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=check_same_thread
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    if not read_only:
+        migrate(conn)
+    else:
+        version = schema_version(conn)
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"feature store schema {version} is newer than this code ({SCHEMA_VERSION})"
+            )
+    return conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply the missing migrations, each in its own transaction; returns the schema version."""
+    version = schema_version(conn)
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"feature store schema {version} is newer than this code ({SCHEMA_VERSION})"
+        )
+    for number in range(version + 1, SCHEMA_VERSION + 1):
+        # executescript commits first; BEGIN IMMEDIATE makes concurrent migrators wait their turn.
+        conn.executescript(
+            "BEGIN IMMEDIATE;\n"
+            + MIGRATIONS[number - 1]
+            + f"\nPRAGMA user_version = {number};\nCOMMIT;"
+        )
+    return SCHEMA_VERSION
+
+
+# --------------------------------------------------------------------------------------------
+# Events
+
+
+def _event_rows(events: pd.DataFrame) -> Iterable[tuple[Any, ...]]:
+    tx_key = events["transactionid"].astype("Int64").fillna(-1).to_numpy(np.int64).tolist()
+    return zip(
+        events["timestamp"].to_numpy(np.int64).tolist(),
+        events["visitorid"].to_numpy(np.int64).tolist(),
+        events["event"].astype("str").tolist(),
+        events["itemid"].to_numpy(np.int64).tolist(),
+        tx_key,
+        [None if k < 0 else k for k in tx_key],
+        strict=True,
+    )
+
+
+def append_events(conn: sqlite3.Connection, events: pd.DataFrame, *, source: str = "etl") -> int:
+    """Append validated events; rows already in the log are ignored.
+
+    Args:
+        events: Typed rows with :data:`EVENT_COLUMNS` (``transactionid`` nullable).
+        source: Where the rows came from (``etl``, ``api``).
+
+    Returns:
+        How many rows were new. ``len(events)`` minus this is the number of duplicates.
+    """
+    if events.empty:
+        return 0
+    # Inserting in key order keeps the B-tree appends local: about twice as fast.
+    ordered = events.sort_values(["visitorid", "timestamp"], kind="stable")
+    before = conn.total_changes
+    with conn:
+        conn.executemany(
+            "INSERT OR IGNORE INTO events"
+            " (timestamp, visitorid, event, itemid, tx_key, transactionid, source)"
+            f" VALUES (?, ?, ?, ?, ?, ?, '{_sql_word(source)}')",
+            _event_rows(ordered),
+        )
+    return conn.total_changes - before
+
+
+def _sql_word(text: str) -> str:
+    if not text.isidentifier():
+        raise ValueError(f"not a plain word: {text!r}")
+    return text
+
+
+def read_events(
+    conn: sqlite3.Connection,
+    *,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    visitor_ids: Sequence[int] | None = None,
+) -> pd.DataFrame:
+    """Events with ``start_ms <= timestamp < end_ms`` (either bound optional), in time order.
+
+    Returns:
+        :data:`EVENT_COLUMNS`: int64 ``timestamp`` (ms), ``visitorid``, ``itemid``; str ``event``;
+        nullable Int64 ``transactionid``.
+    """
+    clauses, params = [], []
+    if start_ms is not None:
+        clauses.append("timestamp >= ?")
+        params.append(int(start_ms))
+    if end_ms is not None:
+        clauses.append("timestamp < ?")
+        params.append(int(end_ms))
+    if visitor_ids is not None:
+        ids = [int(v) for v in visitor_ids]
+        clauses.append(f"visitorid IN ({','.join('?' * len(ids))})" if ids else "0")
+        params.extend(ids)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    # Integers only cross the driver (event as a code, NULL as -1): one numpy array, no objects.
+    rows = conn.execute(
+        "SELECT timestamp, visitorid, CASE event WHEN 'view' THEN 0 WHEN 'addtocart' THEN 1"
+        f" ELSE 2 END, itemid, ifnull(transactionid, -1) FROM events {where}",
+        params,
+    ).fetchall()
+    if not rows:
+        return _events_frame([])
+    a = np.array(rows, dtype=np.int64)
+    del rows
+    order = np.lexsort((a[:, 3], a[:, 1], a[:, 0]))  # sorting here beats ORDER BY without an index
+    a = a[order]
+    return pd.DataFrame(
+        {
+            "timestamp": a[:, 0],
+            "visitorid": a[:, 1],
+            "event": pd.Series(np.array(EVENT_TYPES)[a[:, 2]], dtype="str"),
+            "itemid": a[:, 3],
+            "transactionid": pd.arrays.IntegerArray(a[:, 4].copy(), a[:, 4] < 0),
+        }
+    )
+
+
+def _events_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
+    if not rows:
+        return pd.DataFrame(
+            {
+                "timestamp": pd.Series(dtype="int64"),
+                "visitorid": pd.Series(dtype="int64"),
+                "event": pd.Series(dtype="str"),
+                "itemid": pd.Series(dtype="int64"),
+                "transactionid": pd.Series(dtype="Int64"),
+            }
+        )
+    ts, vis, ev, item, tx = zip(*rows, strict=True)
+    return pd.DataFrame(
+        {
+            "timestamp": np.fromiter(ts, np.int64, len(rows)),
+            "visitorid": np.fromiter(vis, np.int64, len(rows)),
+            "event": pd.Series(ev, dtype="str"),
+            "itemid": np.fromiter(item, np.int64, len(rows)),
+            "transactionid": pd.array(tx, dtype="Int64"),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class History:
+    """One visitor's events in time order, as plain arrays (the serving hot path)."""
+
+    timestamp: np.ndarray
+    event: list[str]
+    itemid: np.ndarray
+    transactionid: list[int | None]
+
+    def frame(self, visitor_id: int) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "timestamp": self.timestamp,
+                "visitorid": np.full(len(self.timestamp), visitor_id, dtype=np.int64),
+                "event": pd.Series(self.event, dtype="str"),
+                "itemid": self.itemid,
+                "transactionid": pd.array(self.transactionid, dtype="Int64"),
+            }
+        )
+
+
+def visitor_history(
+    conn: sqlite3.Connection,
+    visitor_id: int,
+    *,
+    as_of_ms: int | None = None,
+    limit: int | None = None,
+) -> History:
+    """A visitor's events up to and including ``as_of_ms``, oldest first.
+
+    One range read of the clustered key. With ``limit``, the most recent ``limit`` events.
+    """
+    sql = "SELECT timestamp, event, itemid, transactionid FROM events WHERE visitorid = ?"
+    params: list[int] = [int(visitor_id)]
+    if as_of_ms is not None:
+        sql += " AND timestamp <= ?"
+        params.append(int(as_of_ms))
+    if limit is not None:
+        sql = f"SELECT * FROM ({sql} ORDER BY timestamp DESC LIMIT ?) ORDER BY timestamp"
+        params.append(int(limit))
+    else:
+        sql += " ORDER BY timestamp"
+    rows = conn.execute(sql, params).fetchall()
+    if not rows:
+        return History(np.zeros(0, np.int64), [], np.zeros(0, np.int64), [])
+    ts, ev, item, tx = zip(*rows, strict=True)
+    return History(np.array(ts, dtype=np.int64), list(ev), np.array(item, dtype=np.int64), list(tx))
+
+
+def event_count(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+
+def time_range(conn: sqlite3.Connection) -> tuple[int | None, int | None]:
+    lo, hi = conn.execute("SELECT min(timestamp), max(timestamp) FROM events").fetchone()
+    return lo, hi
+
+
+# --------------------------------------------------------------------------------------------
+# Catalogue
+
+
+def upsert_item_properties(conn: sqlite3.Connection, props: pd.DataFrame) -> int:
+    """Insert or update ``(itemid, property, timestamp) -> value`` rows. Returns rows changed."""
+    if props.empty:
+        return 0
+    upsert = (
+        " ON CONFLICT (itemid, property, timestamp) DO UPDATE SET value = excluded.value"
+        " WHERE value != excluded.value"
+    )
+    before = conn.total_changes
+    with conn:
+        conn.executemany(
+            "INSERT INTO item_properties (itemid, property, timestamp, value) VALUES (?, ?, ?, ?)"
+            + upsert,
+            zip(
+                props["itemid"].astype("int64").tolist(),
+                props["property"].astype("str").tolist(),
+                props["timestamp"].astype("int64").tolist(),
+                props["value"].astype("str").tolist(),
+                strict=True,
+            ),
+        )
+    return conn.total_changes - before
+
+
+def read_item_properties(conn: sqlite3.Connection, *, as_of_ms: int | None = None) -> pd.DataFrame:
+    """All property rows stated at or before ``as_of_ms``."""
+    sql = "SELECT timestamp, itemid, property, value FROM item_properties"
+    params: list[int] = []
+    if as_of_ms is not None:
+        sql += " WHERE timestamp <= ?"
+        params.append(int(as_of_ms))
+    return pd.read_sql_query(sql, conn, params=params, dtype={"property": "str", "value": "str"})
+
+
+def upsert_categories(conn: sqlite3.Connection, tree: pd.DataFrame) -> int:
+    if tree.empty:
+        return 0
+    before = conn.total_changes
+    with conn:
+        conn.executemany(
+            "INSERT INTO categories (categoryid, parentid) VALUES (?, ?)"
+            " ON CONFLICT (categoryid) DO UPDATE SET parentid = excluded.parentid"
+            " WHERE parentid IS NOT excluded.parentid",
+            zip(
+                tree["categoryid"].astype("int64").tolist(),
+                [None if pd.isna(p) else int(p) for p in tree["parentid"]],
+                strict=True,
+            ),
+        )
+    return conn.total_changes - before
+
+
+def read_categories(conn: sqlite3.Connection) -> pd.DataFrame:
+    return pd.read_sql_query(
+        "SELECT categoryid, parentid FROM categories ORDER BY categoryid",
+        conn,
+        dtype={"parentid": "Int64"},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Features
+
+
+def _replace_rows(conn: sqlite3.Connection, table: str, frame: pd.DataFrame) -> None:
+    if frame.empty:
+        return
+    columns = ", ".join(frame.columns)
+    placeholders = ", ".join("?" * len(frame.columns))
+    rows = frame.astype(object).where(frame.notna(), None).itertuples(index=False, name=None)
+    with conn:
+        conn.executemany(
+            f"INSERT OR REPLACE INTO {table} ({columns}) VALUES ({placeholders})", rows
+        )
+
+
+def write_features(
+    conn: sqlite3.Connection,
+    *,
+    as_of_ms: int,
+    users: pd.DataFrame,
+    items: pd.DataFrame,
+    pairs: pd.DataFrame,
+) -> None:
+    """Store one point-in-time snapshot; a snapshot with the same ``as_of_ms`` is replaced whole.
+
+    The snapshot is listed in ``feature_snapshots`` only once all its rows are written, so a
+    reader that goes by that list never sees half a snapshot.
+    """
+    with conn:
+        conn.execute("DELETE FROM feature_snapshots WHERE as_of_ms = ?", (int(as_of_ms),))
+        for table in ("user_features", "item_features", "item_pairs"):
+            conn.execute(f"DELETE FROM {table} WHERE as_of_ms = ?", (int(as_of_ms),))
+    _replace_rows(conn, "user_features", users.assign(as_of_ms=int(as_of_ms)))
+    _replace_rows(conn, "item_features", items.assign(as_of_ms=int(as_of_ms)))
+    _replace_rows(conn, "item_pairs", pairs.assign(as_of_ms=int(as_of_ms)))
+    with conn:
+        conn.execute(
+            "INSERT OR REPLACE INTO feature_snapshots (as_of_ms, created_ms, n_users, n_items)"
+            " VALUES (?, ?, ?, ?)",
+            (int(as_of_ms), int(time.time() * 1000), len(users), len(items)),
+        )
+
+
+def snapshots(conn: sqlite3.Connection) -> list[int]:
+    return [r[0] for r in conn.execute("SELECT as_of_ms FROM feature_snapshots ORDER BY as_of_ms")]
+
+
+def read_user_features(
+    conn: sqlite3.Connection, as_of_ms: int, visitor_ids: Sequence[int] | None = None
+) -> pd.DataFrame:
+    """The stored snapshot ``as_of_ms`` of user features (optionally for some visitors)."""
+    sql, params = "SELECT * FROM user_features WHERE as_of_ms = ?", [int(as_of_ms)]
+    if visitor_ids is not None:
+        sql += f" AND visitorid IN ({','.join('?' * len(visitor_ids))})"
+        params += [int(v) for v in visitor_ids]
+    return pd.read_sql_query(sql + " ORDER BY visitorid", conn, params=params)
+
+
+def read_item_features(conn: sqlite3.Connection, as_of_ms: int) -> pd.DataFrame:
+    return pd.read_sql_query(
+        "SELECT * FROM item_features WHERE as_of_ms = ? ORDER BY itemid",
+        conn,
+        params=[int(as_of_ms)],
+        dtype={"categoryid": "Int64", "available": "Int64"},
+    )
+
+
+def read_item_pairs(conn: sqlite3.Connection, as_of_ms: int) -> pd.DataFrame:
+    return pd.read_sql_query(
+        "SELECT itemid, other_itemid, n_baskets, n_carts FROM item_pairs WHERE as_of_ms = ?"
+        " ORDER BY itemid, other_itemid",
+        conn,
+        params=[int(as_of_ms)],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# ETL runs
+
+
+def record_etl_run(conn: sqlite3.Connection, report: dict[str, Any]) -> int:
+    with conn:
+        cur = conn.execute(
+            "INSERT INTO etl_runs (started_ms, source, rows_read, loaded, duplicates, rejected,"
+            " report_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                int(report["started_ms"]),
+                str(report["source"]),
+                int(report["rows_read"]),
+                int(report["loaded"]),
+                int(report["duplicates"]),
+                int(report["rejected"]),
+                json.dumps(report, sort_keys=True),
+            ),
+        )
+    return int(cur.lastrowid or 0)
+
+
+def last_etl_report(conn: sqlite3.Connection) -> dict[str, Any] | None:
+    row = conn.execute("SELECT report_json FROM etl_runs ORDER BY run_id DESC LIMIT 1").fetchone()
+    return None if row is None else dict(json.loads(row[0]))
+
+
+def open_store(path: Path | str) -> closing[sqlite3.Connection]:
+    """``with open_store(path) as conn:`` opens, migrates and always closes the store."""
+    return closing(connect(path))

@@ -1,0 +1,268 @@
+"""ETL end to end on files with every kind of bad input: nothing valid is lost, counts add up."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from retailrec.data_pipeline import etl
+from retailrec.data_pipeline.readers import DataFileError
+from retailrec.feature_store import store
+from tests.utils.factories import Shop
+
+HEADER = "timestamp,visitorid,event,itemid,transactionid"
+T = 1_433_221_332_117  # 2015-06-02, inside the sane range
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    c = store.connect(tmp_path / "fs.sqlite")
+    yield c
+    c.close()
+
+
+def _run(
+    tmp_path: Path, conn: sqlite3.Connection, text: str | bytes, name: str = "raw"
+) -> etl.EtlReport:
+    raw = tmp_path / name
+    raw.mkdir(exist_ok=True)
+    data = text.encode() if isinstance(text, str) else text
+    (raw / "events.csv").write_bytes(data)
+    return etl.run_etl(
+        raw,
+        conn=conn,
+        rejected_dir=tmp_path / "rejected",
+        processed_dir=tmp_path / "processed",
+        reports_dir=tmp_path / "reports",
+    )
+
+
+def _rejected(report: etl.EtlReport) -> pd.DataFrame:
+    assert report.rejected_file is not None
+    return pd.read_csv(report.rejected_file, dtype=str, keep_default_na=False)
+
+
+def _lines(*rows: str) -> str:
+    return "\n".join([HEADER, *rows]) + "\n"
+
+
+GOOD_ROWS = [f"{T},1,view,10,", f"{T + 1000},1,addtocart,10,", f"{T + 2000},1,transaction,10,77"]
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "reason"),
+    [
+        (f"{T},2,click,10,", "unknown event type"),
+        (f"{T},-2,view,10,", "negative visitorid"),
+        (f"{T},2,view,-10,", "negative itemid"),
+        (f"{T},abc,view,10,", "visitorid is not an integer"),
+        (f"{T},2,view,1x0,", "itemid is not an integer"),
+        (f"{T},2,view,,", "missing itemid"),
+        ("noon,2,view,10,", "timestamp is not an integer"),
+        (f"{T // 1000},2,view,10,", "timestamp in seconds, not milliseconds"),
+        (f"{T},2,transaction,10,", "transaction without transactionid"),
+        (f"{T},2,view,10,55", "transactionid on a non-transaction event"),
+        (f"{T},2,view,10,,extra", "wrong number of fields"),
+        (f"{T},2,view", "wrong number of fields"),
+    ],
+)
+def test_bad_rows_are_quarantined_with_a_reason(
+    tmp_path: Path, conn: sqlite3.Connection, bad_row: str, reason: str
+) -> None:
+    report = _run(tmp_path, conn, _lines(GOOD_ROWS[0], bad_row, *GOOD_ROWS[1:]))
+    assert report.rows_read == 4
+    assert report.loaded == 3  # nothing valid is lost
+    assert report.rejected == 1
+    assert report.rejected_by_reason == {reason: 1}
+    quarantined = _rejected(report)
+    assert quarantined["reason"].tolist() == [reason]
+    assert list(quarantined.columns[:5]) == HEADER.split(",")
+    assert store.event_count(conn) == 3
+
+
+def test_a_truncated_last_line_without_newline_is_quarantined(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    text = _lines(*GOOD_ROWS) + f"{T + 5000},3,vi"
+    report = _run(tmp_path, conn, text)
+    assert (report.rows_read, report.loaded, report.rejected) == (4, 3, 1)
+    row = _rejected(report).iloc[0]
+    assert row["reason"] == "wrong number of fields"
+    assert row["timestamp"] == str(T + 5000)
+    assert row["event"] == "vi"
+
+
+def test_a_missing_final_newline_loses_nothing(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    report = _run(tmp_path, conn, _lines(*GOOD_ROWS).rstrip("\n"))
+    assert (report.rows_read, report.loaded, report.rejected) == (3, 3, 0)
+
+
+def test_bom_crlf_and_quoted_fields_are_read(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    text = (
+        "\ufeff"
+        + HEADER
+        + "\r\n"
+        + f'"{T}","1","view","10",""\r\n'
+        + f'{T + 1},"2",transaction,11,"12"\r\n'
+    )
+    report = _run(tmp_path, conn, text.encode("utf-8"))
+    assert (report.rows_read, report.loaded, report.rejected) == (2, 2, 0)
+    events = store.read_events(conn)
+    assert events["transactionid"].tolist()[1] == 12
+
+
+def test_duplicates_are_counted_and_dropped(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    report = _run(tmp_path, conn, _lines(*GOOD_ROWS, GOOD_ROWS[0], GOOD_ROWS[2], GOOD_ROWS[0]))
+    assert (report.rows_read, report.loaded, report.duplicates, report.rejected) == (6, 3, 3, 0)
+    assert report.duplicates_in_file == 3
+
+
+def test_extra_columns_are_ignored_with_a_warning(
+    tmp_path: Path, conn: sqlite3.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = (
+        HEADER + ",channel,price\n" + f"{T},1,view,10,,web,9.99\n" + f"{T + 1},2,view,11,,app,1\n"
+    )
+    report = _run(tmp_path, conn, text)
+    assert (report.rows_read, report.loaded) == (2, 2)
+    assert report.extra_columns == ["channel", "price"]
+    assert "ignored extra column(s) channel, price" in report.warnings
+    assert "channel" in caplog.text
+
+
+def test_columns_in_another_order_are_read_by_name(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    text = "event,itemid,timestamp,transactionid,visitorid\n" + f"view,10,{T},,1\n"
+    report = _run(tmp_path, conn, text)
+    assert report.loaded == 1
+    assert store.read_events(conn).iloc[0][["visitorid", "itemid"]].tolist() == [1, 10]
+
+
+def test_a_missing_required_column_is_a_one_line_error(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    with pytest.raises(DataFileError, match=r"missing required column.*itemid") as info:
+        _run(tmp_path, conn, "timestamp,visitorid,event,transactionid\n1,2,view,\n")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("content", ["", "\n", "   \n\n"])
+def test_an_empty_file_is_a_one_line_error(
+    tmp_path: Path, conn: sqlite3.Connection, content: str
+) -> None:
+    with pytest.raises(DataFileError, match="the file is empty"):
+        _run(tmp_path, conn, content)
+
+
+def test_a_header_without_rows_loads_nothing(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    report = _run(tmp_path, conn, HEADER + "\n")
+    assert (report.rows_read, report.loaded, report.rejected) == (0, 0, 0)
+
+
+def test_rows_out_of_time_order_are_loaded_and_sorted(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    report = _run(tmp_path, conn, _lines(GOOD_ROWS[2], GOOD_ROWS[0], GOOD_ROWS[1]))
+    assert report.loaded == 3
+    assert store.read_events(conn)["timestamp"].is_monotonic_increasing
+    parquet = pd.read_parquet(tmp_path / "processed" / "events.parquet")
+    assert parquet["timestamp"].is_monotonic_increasing
+    assert parquet["session"].tolist() == [0, 0, 0]
+
+
+def _contents(conn: sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
+    tables = [
+        r[0]
+        for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        if r[0] not in ("etl_runs", "sqlite_sequence")
+    ]
+    return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
+
+
+def test_a_second_run_of_the_same_file_changes_nothing(tmp_path: Path, tiny_shop: Shop) -> None:
+    conn = store.connect(tmp_path / "fs.sqlite")
+    kwargs = {"conn": conn, "rejected_dir": tmp_path / "rej", "processed_dir": tmp_path / "proc"}
+    first = etl.run_etl(tiny_shop.dir, **kwargs)
+    before = _contents(conn)
+    parquet_before = pd.read_parquet(tmp_path / "proc" / "events.parquet")
+    second = etl.run_etl(tiny_shop.dir, **kwargs)
+    assert first.loaded == len(tiny_shop.data.events.drop_duplicates())
+    assert first.duplicates == int(tiny_shop.data.events.duplicated().sum())
+    assert second.loaded == 0
+    assert second.duplicates == second.rows_read == first.rows_read
+    assert _contents(conn) == before
+    assert conn.execute("SELECT count(*) FROM etl_runs").fetchone()[0] == 2  # each run is logged
+    pd.testing.assert_frame_equal(
+        parquet_before, pd.read_parquet(tmp_path / "proc" / "events.parquet")
+    )
+    conn.close()
+
+
+def test_a_new_file_appends_only_its_new_events(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    first = _run(tmp_path, conn, _lines(*GOOD_ROWS), name="day1")
+    newer = [f"{T + 86_400_000},5,view,12,", f"{T + 86_401_000},5,view,13,"]
+    second = _run(tmp_path, conn, _lines(GOOD_ROWS[2], *newer), name="day2")
+    assert first.loaded == 3
+    assert (second.rows_read, second.loaded, second.duplicates) == (3, 2, 1)
+    assert second.duplicates_in_store == 1
+    assert store.event_count(conn) == 5
+
+
+def test_synthetic_shop_loads_with_catalogue(
+    tmp_path: Path, conn: sqlite3.Connection, tiny_shop: Shop
+) -> None:
+    report = etl.run_etl(
+        tiny_shop.dir, conn=conn, rejected_dir=tmp_path / "rej", processed_dir=tmp_path / "proc"
+    )
+    assert report.rejected == 0
+    assert report.rows_read == len(tiny_shop.data.events)
+    assert report.item_properties_read == len(tiny_shop.data.item_properties)
+    items = pd.read_parquet(tmp_path / "proc" / "items.parquet").set_index("itemid")
+    truth = tiny_shop.data.truth_items.set_index("itemid")["categoryid"]
+    assert (items["categoryid"] == truth.loc[items.index]).all()
+    inter = pd.read_parquet(tmp_path / "proc" / "interactions.parquet")
+    events = tiny_shop.data.events.drop_duplicates()
+    assert len(inter) == len(events[["visitorid", "itemid"]].drop_duplicates())
+    assert inter["n_views"].sum() == (events["event"] == "view").sum()
+    assert len(pd.read_parquet(tmp_path / "proc" / "category_tree.parquet")) == len(
+        tiny_shop.data.category_tree
+    )
+    assert store.last_etl_report(conn)["loaded"] == report.loaded
+
+
+def test_the_real_sample_loads_and_adds_up(
+    tmp_path: Path, conn: sqlite3.Connection, real_sample: Path
+) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "events.csv").write_bytes(real_sample.read_bytes())
+    report = etl.run_etl(
+        raw, conn=conn, rejected_dir=tmp_path / "rej", processed_dir=tmp_path / "proc"
+    )
+    assert report.rows_read == 2_771
+    assert (report.loaded, report.duplicates, report.rejected) == (2_770, 1, 0)
+
+
+def test_bad_item_properties_are_quarantined(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "events.csv").write_text(_lines(*GOOD_ROWS))
+    (raw / "item_properties.csv").write_text(
+        "timestamp,itemid,property,value\n"
+        f"{T},10,categoryid,5\n"
+        f"{T},x,categoryid,6\n"
+        f"{T},11,888,hashed\n"
+        f"{T},12,available\n"
+    )
+    report = etl.run_etl(
+        raw, conn=conn, rejected_dir=tmp_path / "rej", processed_dir=tmp_path / "proc"
+    )
+    assert report.item_properties_read == 1
+    assert report.item_properties_rejected == 2
+    rejected = pd.read_csv(tmp_path / "rej" / "item_properties.csv")
+    assert len(rejected) == 2

@@ -1,0 +1,177 @@
+"""The feature store: migrations, WAL, idempotent appends, upserts that never drop rows."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from retailrec.feature_store import store
+
+T = 1_433_221_332_117
+
+
+def _events(rows: list[tuple[int, int, str, int, int | None]]) -> pd.DataFrame:
+    ts, vis, ev, item, tx = zip(*rows, strict=True)
+    return pd.DataFrame(
+        {
+            "timestamp": list(ts),
+            "visitorid": list(vis),
+            "event": list(ev),
+            "itemid": list(item),
+            "transactionid": pd.array(list(tx), dtype="Int64"),
+        }
+    )
+
+
+ROWS = [
+    (T, 1, "view", 10, None),
+    (T + 5, 1, "addtocart", 10, None),
+    (T + 9, 1, "transaction", 10, 500),
+    (T + 2, 2, "view", 11, None),
+]
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> sqlite3.Connection:
+    return store.connect(tmp_path / "fs.sqlite")
+
+
+def test_connect_migrates_to_the_latest_schema_in_wal_mode(conn: sqlite3.Connection) -> None:
+    assert store.schema_version(conn) == store.SCHEMA_VERSION == len(store.MIGRATIONS)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == store.BUSY_TIMEOUT_MS
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {
+        "events",
+        "item_properties",
+        "categories",
+        "etl_runs",
+        "user_features",
+        "item_features",
+    } <= tables
+
+
+def test_migrations_run_once_and_keep_data(tmp_path: Path) -> None:
+    path = tmp_path / "fs.sqlite"
+    first = store.connect(path)
+    first.executescript(
+        "PRAGMA user_version = 0; DROP TABLE user_features; DROP TABLE item_features;"
+        " DROP TABLE item_pairs; DROP TABLE feature_snapshots; PRAGMA user_version = 1;"
+    )
+    store.append_events(first, _events(ROWS))
+    first.close()
+    again = store.connect(path)  # upgrades from version 1 to the latest, keeping the events
+    assert store.schema_version(again) == store.SCHEMA_VERSION
+    assert store.event_count(again) == 4
+    assert store.read_user_features(again, T).empty
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fs.sqlite"
+    store.connect(path).execute(f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
+    with pytest.raises(store.StoreError, match="newer than this code"):
+        store.connect(path)
+
+
+def test_read_only_needs_an_existing_store(tmp_path: Path) -> None:
+    with pytest.raises(store.StoreError, match="run `retailrec etl` first"):
+        store.connect(tmp_path / "none.sqlite", read_only=True)
+
+
+def test_append_is_idempotent_and_counts_new_rows(conn: sqlite3.Connection) -> None:
+    assert store.append_events(conn, _events(ROWS)) == 4
+    assert store.append_events(conn, _events(ROWS)) == 0
+    assert store.append_events(conn, _events([*ROWS, (T + 20, 2, "view", 12, None)])) == 1
+    # Same visitor, time and item but another event type is a different event.
+    assert store.append_events(conn, _events([(T, 1, "addtocart", 10, None)])) == 1
+    assert store.event_count(conn) == 6
+
+
+def test_read_events_round_trips_types_and_order(conn: sqlite3.Connection) -> None:
+    store.append_events(conn, _events(ROWS))
+    back = store.read_events(conn)
+    expected = _events(sorted(ROWS)).astype({"event": "str"})
+    pd.testing.assert_frame_equal(back, expected, check_dtype=False)
+    assert str(back["transactionid"].dtype) == "Int64"
+    assert store.read_events(conn, start_ms=T + 2, end_ms=T + 9)["timestamp"].tolist() == [
+        T + 2,
+        T + 5,
+    ]
+    assert store.read_events(conn, visitor_ids=[2])["itemid"].tolist() == [11]
+
+
+def test_visitor_history_is_point_in_time(conn: sqlite3.Connection) -> None:
+    store.append_events(conn, _events(ROWS))
+    full = store.visitor_history(conn, 1)
+    assert full.timestamp.tolist() == [T, T + 5, T + 9]
+    assert full.event == ["view", "addtocart", "transaction"]
+    assert full.transactionid == [None, None, 500]
+    assert store.visitor_history(conn, 1, as_of_ms=T + 5).timestamp.tolist() == [T, T + 5]
+    assert store.visitor_history(conn, 1, limit=2).timestamp.tolist() == [T + 5, T + 9]
+    assert len(store.visitor_history(conn, 999).timestamp) == 0
+
+
+def test_item_property_upserts_update_in_place(conn: sqlite3.Connection) -> None:
+    props = pd.DataFrame(
+        {
+            "timestamp": [T, T],
+            "itemid": [10, 10],
+            "property": ["categoryid", "available"],
+            "value": ["3", "1"],
+        }
+    )
+    assert store.upsert_item_properties(conn, props) == 2
+    assert store.upsert_item_properties(conn, props) == 0  # unchanged values are not rewritten
+    changed = props.assign(value=["4", "1"])
+    assert store.upsert_item_properties(conn, changed) == 1
+    stored = store.read_item_properties(conn).sort_values("property")
+    assert stored["value"].tolist() == ["1", "4"]
+    assert len(stored) == 2
+
+
+def test_categories_upsert(conn: sqlite3.Connection) -> None:
+    tree = pd.DataFrame({"categoryid": [1, 2], "parentid": pd.array([None, 1], dtype="Int64")})
+    assert store.upsert_categories(conn, tree) == 2
+    assert store.upsert_categories(conn, tree) == 0
+    assert store.read_categories(conn)["parentid"].isna().tolist() == [True, False]
+
+
+def test_concurrent_writers_wait_instead_of_failing(tmp_path: Path) -> None:
+    path = tmp_path / "fs.sqlite"
+    store.connect(path).close()
+    errors: list[BaseException] = []
+
+    def writer(visitor: int) -> None:
+        try:
+            c = store.connect(path)
+            for i in range(30):
+                store.append_events(c, _events([(T + i, visitor, "view", i, None)]))
+            c.close()
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(v,)) for v in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.event_count(store.connect(path)) == 120
+
+
+def test_etl_runs_are_recorded(conn: sqlite3.Connection) -> None:
+    assert store.last_etl_report(conn) is None
+    report = {
+        "started_ms": 1,
+        "source": "x",
+        "rows_read": 3,
+        "loaded": 2,
+        "duplicates": 1,
+        "rejected": 0,
+    }
+    store.record_etl_run(conn, report)
+    assert store.last_etl_report(conn) == report
