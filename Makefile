@@ -18,13 +18,14 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@touch $@
 
 run: $(STAMP)
-	$(BIN)/retailrec synth --scale $(SCALE) --seed 42 --out data/raw
+	$(BIN)/retailrec pipeline --scale $(SCALE)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_synth.py
+	$(BIN)/python bench/bench_etl.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

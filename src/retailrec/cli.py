@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -40,12 +41,21 @@ def _one_line_errors(func: F) -> F:
     from retailrec.data_pipeline.download import DownloadError
     from retailrec.data_pipeline.readers import DataFileError
     from retailrec.feature_store.store import StoreError
+    from retailrec.training.registry_errors import RegistryError
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (CommandError, DataFileError, DownloadError, StoreError, ValueError, OSError) as exc:
+        except (
+            CommandError,
+            DataFileError,
+            DownloadError,
+            StoreError,
+            RegistryError,
+            ValueError,
+            OSError,
+        ) as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             typer.echo(f"error: {message}", err=True)
             raise typer.Exit(1) from None
@@ -62,6 +72,9 @@ def main(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:  # MLflow narrates every step at INFO and WARNING; keep the CLI's output ours
+        logging.getLogger("mlflow").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module="mlflow")
 
 
 def _stage_progress(total: int) -> tuple[Progress, Callable[[str], None]]:
@@ -199,6 +212,120 @@ def features(
         f" {len(snap.pairs):,} item pairs",
         soft_wrap=True,
     )
+
+
+def _print_training(result: Any, primary: str) -> None:
+    table = Table(title=f"models on the test window (best on validation: {result.best_model})")
+    table.add_column("model")
+    for col in ("NDCG@10", "Recall@20", "NDCG@10 buy", "HitRate@10", "coverage", "fit s"):
+        table.add_column(col, justify="right")
+    for name, row in result.table.iterrows():
+        table.add_row(
+            str(name) + (" *" if name == result.best_model else ""),
+            f"{row[f'test_{primary}']:.4f}",
+            f"{row['test_recall_at_20']:.4f}",
+            f"{row['test_ndcg_at_10_buy']:.4f}",
+            f"{row['test_hit_rate_at_10']:.4f}",
+            f"{row['test_coverage_at_10']:.3f}",
+            f"{row['fit_seconds']:.1f}",
+        )
+    console.print(table)
+    console.print(f"registered version {result.version} ({result.best_model})", soft_wrap=True)
+
+
+def _train(models: str | None, trials: int) -> Any:
+    from retailrec.training.train import DEFAULT_MODELS, TrainConfig
+    from retailrec.training.train import train as run_train
+
+    names = tuple(m.strip() for m in models.split(",") if m.strip()) if models else DEFAULT_MODELS
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
+    task = progress.add_task("training", total=None)
+    with progress:
+        result = run_train(
+            get_settings(),
+            TrainConfig(models=names, trials=trials),
+            _feature_config(),
+            progress=lambda stage: progress.update(task, description=stage),
+        )
+    _print_training(result, "ndcg_at_10")
+    return result
+
+
+@app.command()
+@_one_line_errors
+def train(
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated model names (default: all).")
+    ] = None,
+    trials: Annotated[
+        int, typer.Option(min=0, help="Optuna trials per tunable model (validation window).")
+    ] = 0,
+) -> None:
+    """Fit, evaluate on a global time split, log to MLflow and register a model bundle."""
+    _train(models, trials)
+
+
+def _registry() -> Any:
+    from retailrec.training import registry
+
+    return registry, registry.configure(get_settings())
+
+
+@app.command()
+@_one_line_errors
+def promote(
+    version: Annotated[
+        str | None, typer.Option(help="Version to promote (default: the latest).")
+    ] = None,
+    metric: Annotated[str, typer.Option(help="Primary metric of the gate.")] = "ndcg_at_10",
+) -> None:
+    """Move the champion alias to a version if it beats the champion on the same test window."""
+    registry, client = _registry()
+    result = registry.promote(client, get_settings().model_name, version, metric)
+    verb = "promoted" if result.promoted else "kept the champion; not promoted"
+    console.print(f"{verb}: version {result.version}: {result.reason}", soft_wrap=True)
+
+
+@app.command()
+@_one_line_errors
+def rollback() -> None:
+    """Move the champion alias back to the previous champion."""
+    registry, client = _registry()
+    result = registry.rollback(client, get_settings().model_name)
+    console.print(f"rolled back: {result.reason} (was {result.previous})", soft_wrap=True)
+
+
+@app.command()
+@_one_line_errors
+def pipeline(
+    scale: Annotated[
+        str, typer.Option(help="Synthetic scale when there is no raw data.")
+    ] = "small",
+    raw: Annotated[
+        Path | None, typer.Option(help="Folder with events.csv (default: <data dir>/raw).")
+    ] = None,
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated model names (default: all).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the synthetic data.")] = 42,
+) -> None:
+    """Synth when there is no raw data, then etl, features, train and promote."""
+    settings = get_settings()
+    raw_dir = raw if raw is not None else settings.raw_dir
+    if not (raw_dir / "events.csv").is_file():
+        console.print(
+            f"no events.csv in {raw_dir}: generating a synthetic shop ({scale})", soft_wrap=True
+        )
+        synth(scale=scale, seed=seed, out=raw_dir, drift=False)
+    etl(raw=raw_dir)
+    features(as_of=None)
+    _train(models, 0)
+    promote(version=None, metric="ndcg_at_10")
 
 
 @app.command()

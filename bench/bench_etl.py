@@ -1,0 +1,116 @@
+"""Benchmark: ETL + feature build against a bare ``pandas.read_csv``; online history reads.
+
+Targets (issue 3), on the ``full`` synthetic file (~2.75M rows):
+* ETL + feature build within 5x a bare ``pandas.read_csv`` of the same file, same run;
+* peak memory at most 3 GB;
+* one visitor's online history read: p99 at most 1 ms.
+
+    python bench/bench_etl.py [--scale full] [--seed 42] [--reads 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from _util import machine, run_measured, save
+
+SYNTH = """
+import sys
+from pathlib import Path
+from retailrec.data_pipeline import synth
+data = synth.generate(synth.config_for(sys.argv[1]), random_state=int(sys.argv[2]))
+synth.write(data, Path(sys.argv[3]))
+"""
+
+READ_CSV = """
+import sys, pandas as pd
+pd.read_csv(sys.argv[1])
+"""
+
+ETL_AND_FEATURES = """
+import sys, time
+from pathlib import Path
+from retailrec.data_pipeline import etl, feature_pipeline
+from retailrec.feature_store import store
+raw, work = Path(sys.argv[1]), Path(sys.argv[2])
+conn = store.connect(work / "feature_store.sqlite")
+t = time.perf_counter()
+etl.run_etl(raw, conn=conn, rejected_dir=work / "rejected", processed_dir=work / "processed")
+t_etl = time.perf_counter() - t
+feature_pipeline.build_features(conn)
+print(f"{t_etl:.3f} {time.perf_counter() - t - t_etl:.3f}")
+"""
+
+HISTORY = """
+import sys, time
+import numpy as np
+from retailrec.feature_store import store
+conn = store.connect(sys.argv[1], read_only=True)
+visitors = np.array([r[0] for r in conn.execute("SELECT DISTINCT visitorid FROM events")])
+rng = np.random.default_rng(0)
+sample = rng.choice(visitors, int(sys.argv[2]))
+for v in sample[:200]:  # warm the page cache, as a running server would be
+    store.visitor_history(conn, int(v))
+times = []
+for v in sample:
+    t = time.perf_counter()
+    store.visitor_history(conn, int(v))
+    times.append(time.perf_counter() - t)
+ms = np.array(times) * 1000
+print(f"{np.percentile(ms, 50):.4f} {np.percentile(ms, 99):.4f} {ms.max():.4f}")
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", default="full")
+    parser.add_argument("--seed", default="42")
+    parser.add_argument("--reads", default="5000")
+    args = parser.parse_args()
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, work = Path(tmp) / "raw", Path(tmp) / "work"
+        run_measured(SYNTH, args.scale, args.seed, str(raw))
+        read_s, read_mib = run_measured(READ_CSV, str(raw / "events.csv"))
+        etl_s, etl_mib = run_measured(ETL_AND_FEATURES, str(raw), str(work))
+        split = subprocess.run(
+            [sys.executable, "-c", ETL_AND_FEATURES, str(raw), str(Path(tmp) / "again")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", HISTORY, str(work / "feature_store.sqlite"), args.reads],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        rows = sum(1 for _ in (raw / "events.csv").open()) - 1
+    result = {
+        "scale": args.scale,
+        "rows": rows,
+        "read_csv_seconds": round(read_s, 2),
+        "etl_plus_features_seconds": round(etl_s, 2),
+        "etl_seconds_in_process": float(split[0]),
+        "features_seconds_in_process": float(split[1]),
+        "ratio_to_read_csv": round(etl_s / read_s, 1),
+        "peak_mib": round(etl_mib),
+        "read_csv_peak_mib": round(read_mib),
+        "history_reads": int(args.reads),
+        "history_p50_ms": float(out[0]),
+        "history_p99_ms": float(out[1]),
+        "history_max_ms": float(out[2]),
+    }
+    path = save(f"etl-{args.scale}", result)
+    print(f"machine: {machine()}")
+    for key, value in result.items():
+        print(f"  {key}: {value}")
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()

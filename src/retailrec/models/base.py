@@ -1,0 +1,163 @@
+"""One contract for every model, after implicit's ``RecommenderBase``.
+
+A model is fitted on a :class:`~retailrec.models.data.Dataset` and then ranks the catalogue for
+*histories*: rows of visitor x item confidences. Scoring from a history, not from a visitor id
+learned at fit time, is what lets the API answer from fresh events (a new cart changes the next
+answer) and lets an anonymous session be scored like anyone else.
+
+Every model also knows the training popularity of each item: it breaks ties, and an empty
+history (a cold visitor) gets the popular items, whatever the model.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import scipy.sparse as sp
+
+from retailrec.models.data import Dataset
+
+#: Rows scored at once: bounds memory at about BATCH x n_items x 4 bytes.
+BATCH = 512
+TIE_BREAK = 1e-6
+
+
+@runtime_checkable
+class Recommender(Protocol):
+    """What the trainer, the evaluator and the API rely on."""
+
+    name: str
+
+    def fit(self, data: Dataset) -> Recommender: ...
+
+    def recommend(
+        self,
+        user_items: sp.csr_matrix,
+        n: int = 10,
+        *,
+        filter_already_liked_items: bool = True,
+        filter_items: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def save(self, path: Path) -> None: ...
+
+
+class BaseRecommender:
+    """Shared machinery: popularity tie-break, batching, filtering, top-n, save and load.
+
+    Subclasses implement :meth:`_fit` and :meth:`score`.
+    """
+
+    name = "base"
+
+    def __init__(self) -> None:
+        self.n_items_ = 0
+        self.prior_: np.ndarray = np.zeros(0, dtype=np.float32)
+
+    # -- fitting ------------------------------------------------------------------------------
+
+    def fit(self, data: Dataset) -> BaseRecommender:
+        """Fit on ``data``; returns self."""
+        self.n_items_ = data.n_items
+        pop = data.item_popularity()
+        self.prior_ = (pop / max(pop.max(), 1.0)).astype(np.float32)
+        self._fit(data)
+        return self
+
+    def _fit(self, data: Dataset) -> None:
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        """The hyper-parameters, as logged to MLflow."""
+        return {}
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    def score(self, user_items: sp.csr_matrix) -> np.ndarray:
+        """(n_rows, n_items) float32 scores for histories ``user_items``; higher is better."""
+        raise NotImplementedError
+
+    def recommend(
+        self,
+        user_items: sp.csr_matrix,
+        n: int = 10,
+        *,
+        filter_already_liked_items: bool = True,
+        filter_items: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``n`` item indices for each history row.
+
+        Args:
+            user_items: (n_rows, n_items) CSR confidences, one history per row.
+            filter_already_liked_items: Leave out the items in each row's history.
+            filter_items: Item indices never to recommend (e.g. unavailable items).
+
+        Returns:
+            ``(items, scores)``, both (n_rows, n); where fewer than ``n`` items qualify the rest is
+            padded with item -1 and score -inf.
+        """
+        user_items = sp.csr_matrix(user_items, dtype=np.float32)
+        n_rows = user_items.shape[0]
+        n = int(min(n, self.n_items_)) if self.n_items_ else 0
+        out_items = np.full((n_rows, n), -1, dtype=np.int64)
+        out_scores = np.full((n_rows, n), -np.inf, dtype=np.float32)
+        if n == 0:
+            return out_items, out_scores
+        for start in range(0, n_rows, BATCH):
+            rows = user_items[start : start + BATCH]
+            scores = np.asarray(self.score(rows), dtype=np.float32)
+            scores += TIE_BREAK * self.prior_[None, :]
+            cold = np.diff(rows.indptr) == 0
+            if cold.any():  # no history: the popular items, whatever the model
+                scores[cold] = self.prior_[None, :]
+            if filter_already_liked_items:
+                r, c = rows.nonzero()
+                scores[r, c] = -np.inf
+            if filter_items is not None and len(filter_items):
+                scores[:, np.asarray(filter_items, dtype=np.int64)] = -np.inf
+            top = _top_n(scores, n)
+            top_scores = np.take_along_axis(scores, top, axis=1)
+            top[~np.isfinite(top_scores)] = -1
+            out_items[start : start + len(top)] = top
+            out_scores[start : start + len(top)] = top_scores
+        return out_items, out_scores
+
+    def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Items most like each of ``items`` (indices): the ranking for a one-item history."""
+        items = np.asarray(items, dtype=np.int64)
+        one_hot = sp.csr_matrix(
+            (np.ones(len(items), dtype=np.float32), (np.arange(len(items)), items)),
+            shape=(len(items), self.n_items_),
+        )
+        return self.recommend(one_hot, n, filter_already_liked_items=True)
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        """Write the fitted model to one file (pickle: load only files you wrote)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as fh:
+            pickle.dump(self, fh, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def load(cls, path: Path) -> BaseRecommender:
+        with Path(path).open("rb") as fh:
+            model = pickle.load(fh)
+        if not isinstance(model, BaseRecommender):
+            raise TypeError(f"{path} does not hold a RetailRec model")
+        return model
+
+
+def _top_n(scores: np.ndarray, n: int) -> np.ndarray:
+    """(n_rows, n) column indices of the largest scores per row, best first."""
+    if n >= scores.shape[1]:
+        return np.argsort(-scores, axis=1, kind="stable")[:, :n]
+    part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)

@@ -1,0 +1,66 @@
+"""Popularity baselines: global, recent window, and per category."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from retailrec.models.base import BaseRecommender
+from retailrec.models.data import Dataset
+
+DAY_MS = 86_400_000
+
+
+class PopularityRecommender(BaseRecommender):
+    """Items ranked by how many events they had.
+
+    Args:
+        window_days: Count only events in the last ``window_days`` before the data's end
+            (None: all of them). A recent window follows trends and new items.
+        by_category: Rank within the visitor's categories first: an item scores its popularity
+            plus the share of the visitor's history in its category, so a visitor who browses
+            shoes sees popular shoes. With an empty history this is plain popularity.
+    """
+
+    def __init__(self, window_days: float | None = None, by_category: bool = False) -> None:
+        super().__init__()
+        self.window_days = window_days
+        self.by_category = by_category
+        self.name = (
+            "popular"
+            + (f"_{window_days:g}d" if window_days else "")
+            + ("_category" if by_category else "")
+        )
+        self.popularity_ = np.zeros(0, dtype=np.float32)
+        self.item_category_ = np.zeros(0, dtype=np.int64)
+
+    def params(self) -> dict[str, Any]:
+        return {"window_days": self.window_days, "by_category": self.by_category}
+
+    def _fit(self, data: Dataset) -> None:
+        ev = data.events
+        if self.window_days:
+            ev = ev[ev["timestamp"].to_numpy() > data.as_of_ms - self.window_days * DAY_MS]
+        counts = np.bincount(ev["item"].to_numpy(), minlength=data.n_items).astype(np.float64)
+        self.popularity_ = (np.log1p(counts) / max(np.log1p(counts).max(), 1e-9)).astype(np.float32)
+        self.item_category_ = data.item_category.copy()
+
+    def score(self, user_items: sp.csr_matrix) -> np.ndarray:
+        scores = np.tile(self.popularity_, (user_items.shape[0], 1))
+        if not self.by_category:
+            return scores
+        known = self.item_category_ >= 0
+        codes, cat_index = np.unique(self.item_category_[known], return_inverse=True)
+        item_to_cat = sp.csr_matrix(
+            (np.ones(int(known.sum()), dtype=np.float32), (np.flatnonzero(known), cat_index)),
+            shape=(self.n_items_, len(codes)),
+        )
+        binary = user_items.copy()
+        binary.data[:] = 1.0
+        share = np.asarray((binary @ item_to_cat).todense(), dtype=np.float32)
+        share /= np.maximum(share.sum(axis=1, keepdims=True), 1.0)
+        boost = np.zeros_like(scores)
+        boost[:, known] = share[:, cat_index]
+        return scores + 2.0 * boost

@@ -1,0 +1,256 @@
+"""A two-tower retrieval model in PyTorch, served with numpy.
+
+* Item embedding (shared): the item's id embedding plus its category's embedding.
+* Visitor tower: the embeddings of the visitor's recent items (up to ``history_len``, weighted by
+  event type and recency exactly as the confidences are), mean-pooled, plus two history features
+  (log distinct items, log total confidence), through a linear layer, L2-normalised.
+* Item tower: the item embedding through a linear layer, L2-normalised.
+* Training: next-event prediction over the training log with in-batch sampled softmax, each logit
+  corrected by the log of the chance that the item is a candidate in a batch (the logQ
+  correction of Yi et al. 2019, for deduplicated in-batch candidates) so that popular items are
+  not over-penalised as negatives.
+
+After fitting, the weights are copied to numpy: scoring needs no torch, so the API stays small.
+Training uses the GPU when one is present.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from retailrec.models.base import BaseRecommender
+from retailrec.models.data import Dataset
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+
+
+def _history_features(n_items: np.ndarray, total_weight: np.ndarray) -> np.ndarray:
+    return np.stack([np.log1p(n_items), np.log1p(total_weight)], axis=1).astype(np.float32)
+
+
+def training_examples(
+    data: Dataset, history_len: int, event_weights: dict[str, float], half_life_days: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Next-event examples: for each event with earlier events of the same visitor, its context.
+
+    Returns:
+        ``(context_items (N, L) with -1 padding, context_weights (N, L), features (N, 2),
+        targets (N,))``, all item indices into the dataset's catalogue.
+    """
+    ev = data.events.sort_values(["user", "timestamp"], kind="stable")
+    user = ev["user"].to_numpy()
+    item = ev["item"].to_numpy()
+    ts = ev["timestamp"].to_numpy()
+    kind = ev["event"].astype("str").to_numpy()
+    w_event = np.zeros(len(ev), dtype=np.float64)
+    for name, w in event_weights.items():
+        w_event[kind == name] = w
+    start = np.r_[0, np.flatnonzero(user[1:] != user[:-1]) + 1]
+    user_start = np.repeat(start, np.diff(np.r_[start, len(ev)]))
+    pos = np.arange(len(ev))
+    has_context = pos > user_start
+    p = pos[has_context]
+    lag = np.arange(1, history_len + 1)
+    idx = p[:, None] - lag[None, :]
+    valid = idx >= user_start[p][:, None]
+    idx_safe = np.where(valid, idx, 0)
+    age_days = (ts[p][:, None] - ts[idx_safe]) / DAY_MS
+    weights = np.where(valid, w_event[idx_safe] * np.power(0.5, age_days / half_life_days), 0.0)
+    items = np.where(valid, item[idx_safe], -1)
+    feats = _history_features(_row_distinct(items), weights.sum(axis=1))
+    return items, weights.astype(np.float32), feats, item[p]
+
+
+def _row_distinct(items: np.ndarray) -> np.ndarray:
+    """Distinct non-negative values per row."""
+    s = np.sort(items, axis=1)
+    new = np.ones_like(s, dtype=bool)
+    new[:, 1:] = s[:, 1:] != s[:, :-1]
+    counts: np.ndarray = (new & (s >= 0)).sum(axis=1)
+    return counts
+
+
+class TwoTowerRecommender(BaseRecommender):
+    """Two-tower retrieval; see the module docstring.
+
+    Args:
+        dim: Embedding size of both towers.
+        history_len: Recent events the visitor tower looks at.
+        epochs, batch_size, lr: Training schedule (Adam).
+        max_examples: Examples drawn per epoch at most (a time budget on large logs).
+        temperature: Softmax temperature on cosine similarities.
+        device: ``auto`` (GPU when present), ``cpu`` or ``cuda``.
+    """
+
+    name = "two_tower"
+
+    def __init__(
+        self,
+        dim: int = 64,
+        history_len: int = 20,
+        epochs: int = 5,
+        batch_size: int = 1024,
+        lr: float = 0.005,
+        temperature: float = 0.1,
+        weight_decay: float = 1e-6,
+        max_examples: int = 400_000,
+        event_weights: dict[str, float] | None = None,
+        half_life_days: float = 30.0,
+        device: str = "auto",
+        random_state: int = 0,
+    ) -> None:
+        super().__init__()
+        self.dim, self.history_len, self.epochs = dim, history_len, epochs
+        self.batch_size, self.lr, self.temperature = batch_size, lr, temperature
+        self.weight_decay = weight_decay
+        self.max_examples = max_examples
+        self.event_weights = event_weights or {"view": 1.0, "addtocart": 4.0, "transaction": 8.0}
+        self.half_life_days = half_life_days
+        self.device = device
+        self.random_state = random_state
+        self.item_factors_ = np.zeros((0, dim), dtype=np.float32)
+        self.context_embedding_ = np.zeros((0, dim), dtype=np.float32)
+        self.user_w_ = np.zeros((dim, dim + 2), dtype=np.float32)
+        self.user_b_ = np.zeros(dim, dtype=np.float32)
+        self.train_stats_: dict[str, float] = {}
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "dim": self.dim,
+            "history_len": self.history_len,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "temperature": self.temperature,
+        }
+
+    def _fit(self, data: Dataset) -> None:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(self.random_state)
+        rng = np.random.default_rng(self.random_state)
+        device = torch.device(
+            "cuda"
+            if self.device == "auto" and torch.cuda.is_available()
+            else ("cpu" if self.device == "auto" else self.device)
+        )
+        ctx_items, ctx_w, feats, targets = training_examples(
+            data, self.history_len, self.event_weights, self.half_life_days
+        )
+        n_items = data.n_items
+        cats, cat_index = np.unique(data.item_category, return_inverse=True)
+        # logQ correction with the probability that an item is among a batch's (deduplicated)
+        # candidates: 1 - (1 - q)^B. For a large catalogue that is ~B*q (the usual log q up to a
+        # constant); for a small one it saturates at 1, where subtracting log q would over-correct.
+        q = np.bincount(targets, minlength=n_items).astype(np.float64) + 1.0
+        q /= q.sum()
+        p_batch = -np.expm1(self.batch_size * np.log1p(-q))
+        log_q = torch.tensor(np.log(p_batch), dtype=torch.float32, device=device)
+
+        class Towers(nn.Module):  # type: ignore[misc]
+            def __init__(self, dim: int) -> None:
+                super().__init__()
+                self.item = nn.Embedding(n_items, dim)
+                self.cat = nn.Embedding(len(cats), dim)
+                self.user_proj = nn.Linear(dim + 2, dim)
+                self.item_proj = nn.Linear(dim, dim)
+                for emb in (self.item, self.cat):
+                    nn.init.normal_(emb.weight, std=0.05)
+
+            def embed(self, idx: Any) -> Any:
+                # Shared by both towers: what a visitor looked at and what is recommended live in
+                # one space, so items of a category learn from each other's interactions.
+                return self.item(idx) + self.cat(cat_t[idx])
+
+            def users(self, items: Any, weights: Any, f: Any) -> Any:
+                w = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-9)
+                pooled = (self.embed(items) * w.unsqueeze(-1)).sum(dim=1)
+                return nn.functional.normalize(self.user_proj(torch.cat([pooled, f], dim=1)), dim=1)
+
+            def items(self, idx: Any) -> Any:
+                return nn.functional.normalize(self.item_proj(self.embed(idx)), dim=1)
+
+        cat_t = torch.tensor(cat_index, dtype=torch.long, device=device)
+        model = Towers(self.dim).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        ctx_t = torch.tensor(np.maximum(ctx_items, 0), dtype=torch.long)  # padding has weight 0
+        w_t = torch.tensor(ctx_w)
+        f_t = torch.tensor(feats)
+        y_t = torch.tensor(targets, dtype=torch.long)
+        n = len(targets)
+        start, steps, loss_sum = time.perf_counter(), 0, 0.0
+        model.train()
+        for _epoch in range(self.epochs):
+            order = torch.from_numpy(rng.permutation(n)[: self.max_examples])
+            for b in range(0, n - 1, self.batch_size):
+                batch = order[b : b + self.batch_size]
+                if len(batch) < 2:
+                    continue
+                y = y_t[batch].to(device)
+                u = model.users(
+                    ctx_t[batch].to(device), w_t[batch].to(device), f_t[batch].to(device)
+                )
+                v = model.items(y)
+                logits = u @ v.T / self.temperature - log_q[y][None, :]
+                # The same item twice in a batch is not a negative for itself.
+                same = (y[:, None] == y[None, :]) & ~torch.eye(
+                    len(y), dtype=torch.bool, device=device
+                )
+                logits = logits.masked_fill(same, float("-inf"))
+                loss = nn.functional.cross_entropy(logits, torch.arange(len(y), device=device))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                steps += 1
+                loss_sum += float(loss.detach())
+        seconds = time.perf_counter() - start
+        self.train_stats_ = {
+            "examples": float(n),
+            "steps": float(steps),
+            "seconds": seconds,
+            "examples_per_second": min(n, self.max_examples) * self.epochs / max(seconds, 1e-9),
+            "final_mean_loss": loss_sum / max(steps, 1),
+            "device": 1.0 if device.type == "cuda" else 0.0,
+        }
+        log.info(
+            "two-tower: %d examples x %d epochs in %.1fs on %s", n, self.epochs, seconds, device
+        )
+        model.eval()
+        with torch.no_grad():
+            all_items = torch.arange(n_items, device=device)
+            self.item_factors_ = model.items(all_items).cpu().numpy().astype(np.float32)
+            self.context_embedding_ = model.embed(all_items).cpu().numpy().astype(np.float32)
+            self.user_w_ = model.user_proj.weight.cpu().numpy().astype(np.float32)
+            self.user_b_ = model.user_proj.bias.cpu().numpy().astype(np.float32)
+
+    def user_vectors(self, user_items: sp.csr_matrix) -> np.ndarray:
+        """The visitor tower in numpy, on each row's ``history_len`` highest-confidence items."""
+        rows = sp.csr_matrix(user_items, dtype=np.float32)
+        n_rows = rows.shape[0]
+        pooled = np.zeros((n_rows, self.dim), dtype=np.float32)
+        n_distinct = np.diff(rows.indptr)
+        total = np.asarray(rows.sum(axis=1)).ravel()
+        for r in range(n_rows):
+            lo, hi = rows.indptr[r], rows.indptr[r + 1]
+            if hi == lo:
+                continue
+            idx, w = rows.indices[lo:hi], rows.data[lo:hi]
+            if len(idx) > self.history_len:
+                keep = np.argpartition(-w, self.history_len - 1)[: self.history_len]
+                idx, w = idx[keep], w[keep]
+            pooled[r] = (w / max(w.sum(), 1e-9)) @ self.context_embedding_[idx]
+        x = np.concatenate([pooled, _history_features(n_distinct, total)], axis=1)
+        u: np.ndarray = x @ self.user_w_.T + self.user_b_
+        normalised: np.ndarray = u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-9)
+        return normalised
+
+    def score(self, user_items: sp.csr_matrix) -> np.ndarray:
+        return np.asarray(self.user_vectors(user_items) @ self.item_factors_.T, dtype=np.float32)

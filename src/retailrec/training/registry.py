@@ -1,0 +1,233 @@
+"""The only code that talks to MLflow's model registry.
+
+Each trained bundle becomes a new version of the registered model ``RETAILREC_MODEL_NAME``. The
+alias ``champion`` marks what the API serves. Moving it is a single registry update, so a crash
+leaves either the old or the new champion in place, both loadable. The order of champions is
+kept in the registered model's tag ``champion_history`` for :func:`rollback`.
+
+Promotion is gated: a version carries, in its tags, its own score on the primary metric over its
+test window and the score of the champion of the day on the *same* window (computed at training
+time). :func:`promote` moves the alias only when the first beats the second and that champion is
+still the champion.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc.model import PythonModel
+
+from retailrec.config import Settings
+from retailrec.models.bundle import ModelBundle
+from retailrec.training.registry_errors import RegistryError
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "retailrec"
+CHAMPION = "champion"
+HISTORY_TAG = "champion_history"
+
+
+def configure(settings: Settings) -> MlflowClient:
+    """Point MLflow at the settings' store and make sure the experiment exists."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        settings.mlartifacts_dir.mkdir(parents=True, exist_ok=True)
+        mlflow.create_experiment(
+            EXPERIMENT, artifact_location=settings.mlartifacts_dir.resolve().as_uri()
+        )
+    mlflow.set_experiment(EXPERIMENT)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+class BundleModel(PythonModel):
+    """MLflow pyfunc wrapper: ``item_ids`` lists in, recommended item ids out (session model)."""
+
+    def load_context(self, context: Any) -> None:
+        self.bundle = ModelBundle.load(Path(context.artifacts["bundle"]))
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> list[list[int]]:
+        k = int((params or {}).get("k", 10))
+        session = self.bundle.models["session"]
+        out = []
+        for items in model_input["item_ids"]:
+            row = session.session_row(self.bundle.item_index(np.asarray(items)))  # type: ignore[attr-defined]
+            idx, _ = session.recommend(row, k)
+            out.append([int(self.bundle.item_ids[i]) for i in idx[0] if i >= 0])
+        return out
+
+
+def register_bundle(
+    client: MlflowClient, settings: Settings, bundle_dir: Path, tags: dict[str, str]
+) -> str:
+    """Log ``bundle_dir`` as a pyfunc model in the active run, register it, return the version."""
+    info = mlflow.pyfunc.log_model(
+        name="bundle",
+        python_model=BundleModel(),
+        artifacts={"bundle": str(bundle_dir)},
+        pip_requirements=_requirements(),
+        input_example=pd.DataFrame({"item_ids": [[0]]}),
+        registered_model_name=settings.model_name,
+    )
+    version = str(info.registered_model_version)
+    for key, value in tags.items():
+        client.set_model_version_tag(settings.model_name, version, key, value)
+    return version
+
+
+def _requirements() -> list[str]:
+    req = Path(__file__).resolve().parents[3] / "requirements.txt"
+    if req.is_file():
+        return [
+            line.strip()
+            for line in req.read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
+    return ["retailrec"]
+
+
+def champion(client: MlflowClient, name: str) -> ModelVersion | None:
+    """The version the ``champion`` alias points to, or None."""
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def latest_version(client: MlflowClient, name: str) -> ModelVersion | None:
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    return max(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def download_bundle(
+    client: MlflowClient, name: str, version: str, dest: Path | None = None
+) -> Path:
+    """Copy a version's bundle folder locally and return its path (the folder with bundle.json)."""
+    mv = client.get_model_version(name, version)
+    target = (
+        Path(dest) if dest is not None else Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-"))
+    )
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(target)))
+    found = next((p.parent for p in root.rglob("bundle.json")), None)
+    if found is None:
+        raise RegistryError(f"version {version} of {name} holds no bundle")
+    return found
+
+
+@dataclass
+class PromotionResult:
+    promoted: bool
+    version: str
+    previous: str | None
+    reason: str
+
+
+def _tag_float(mv: ModelVersion, key: str) -> float | None:
+    value = mv.tags.get(key)
+    return None if value in (None, "") else float(value)
+
+
+def promote(
+    client: MlflowClient, name: str, version: str | None = None, primary_metric: str = "ndcg_at_10"
+) -> PromotionResult:
+    """Move ``champion`` to ``version`` (default: the latest) if it beats the current champion.
+
+    Raises:
+        RegistryError: no such version, or the version lacks the gate's tags.
+    """
+    latest = latest_version(client, name) if version is None else None
+    if version is None and latest is None:
+        raise RegistryError(f"no registered versions of {name}: run `retailrec train` first")
+    try:  # a search result may lack tags: read the version itself
+        mv = client.get_model_version(name, version or latest.version)  # type: ignore[union-attr]
+    except MlflowException as exc:
+        raise RegistryError(f"no version {version} of {name}") from exc
+    current = champion(client, name)
+    version, current_version = str(mv.version), None if current is None else str(current.version)
+    score = _tag_float(mv, f"test_{primary_metric}")
+    if score is None:
+        raise RegistryError(f"version {version} has no test_{primary_metric} tag to gate on")
+    if current_version == version:
+        return PromotionResult(
+            False, version, current_version, f"version {version} is already the champion"
+        )
+    baseline = _tag_float(mv, f"gate_champion_{primary_metric}")
+    if current_version is not None:
+        if mv.tags.get("gate_champion_version") != current_version or baseline is None:
+            return PromotionResult(
+                False,
+                version,
+                current_version,
+                f"version {version} was not compared with champion {current_version} on its test "
+                "window: retrain to compare them",
+            )
+        if not score > baseline:
+            return PromotionResult(
+                False,
+                version,
+                current_version,
+                f"{primary_metric} {score:.4f} does not beat champion {current_version}'s "
+                f"{baseline:.4f} on the same test window",
+            )
+    _set_champion(client, name, version)
+    reason = (
+        f"first champion, {primary_metric} {score:.4f}"
+        if current_version is None
+        else f"{primary_metric} {score:.4f} beats champion {current_version}'s {baseline:.4f}"
+    )
+    return PromotionResult(True, version, current_version, reason)
+
+
+def _history(client: MlflowClient, name: str) -> list[str]:
+    raw = client.get_registered_model(name).tags.get(HISTORY_TAG, "[]")
+    return [str(v) for v in json.loads(raw)]
+
+
+def _set_champion(client: MlflowClient, name: str, version: str) -> None:
+    history = [v for v in _history(client, name) if v != version] + [version]
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+    client.set_registered_model_alias(name, CHAMPION, version)  # the single, atomic switch
+
+
+def rollback(client: MlflowClient, name: str) -> PromotionResult:
+    """Move ``champion`` back to the version that held it before the current one."""
+    current = champion(client, name)
+    if current is None:
+        raise RegistryError(f"{name} has no champion to roll back")
+    version, history = str(current.version), _history(client, name)
+    if version not in history or history.index(version) == 0:
+        raise RegistryError(f"no earlier champion of {name} to roll back to")
+    previous = history[history.index(version) - 1]
+    client.set_registered_model_alias(name, CHAMPION, previous)  # the single, atomic switch
+    client.set_registered_model_tag(
+        name, HISTORY_TAG, json.dumps(history[: history.index(version)])
+    )
+    return PromotionResult(True, previous, version, f"champion back to version {previous}")
+
+
+def clear_download_cache(path: Path) -> None:
+    if path.exists() and str(path).startswith(tempfile.gettempdir() + os.sep):
+        shutil.rmtree(path, ignore_errors=True)

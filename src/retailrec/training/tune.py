@@ -1,0 +1,60 @@
+"""Hyper-parameter search with Optuna, on the validation window only."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+
+from retailrec.models import Dataset, make_model
+from retailrec.training import evaluate as ev
+
+log = logging.getLogger(__name__)
+
+SPACES: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "als": lambda t: {
+        "factors": t.suggest_categorical("factors", [32, 64, 128]),
+        "regularization": t.suggest_float("regularization", 1e-3, 1.0, log=True),
+        "alpha": t.suggest_float("alpha", 0.5, 40.0, log=True),
+        "iterations": t.suggest_int("iterations", 5, 25),
+    },
+    "bpr": lambda t: {
+        "factors": t.suggest_categorical("factors", [32, 64, 128]),
+        "learning_rate": t.suggest_float("learning_rate", 1e-3, 0.1, log=True),
+        "regularization": t.suggest_float("regularization", 1e-4, 0.1, log=True),
+        "iterations": t.suggest_int("iterations", 20, 200),
+    },
+    "itemknn_bm25": lambda t: {
+        "k": t.suggest_int("k", 10, 400, log=True),
+        "k1": t.suggest_float("k1", 0.5, 3.0),
+        "b": t.suggest_float("b", 0.1, 1.0),
+    },
+    "itemknn_cosine": lambda t: {"k": t.suggest_int("k", 10, 400, log=True)},
+    "two_tower": lambda t: {
+        "dim": t.suggest_categorical("dim", [32, 64]),
+        "lr": t.suggest_float("lr", 1e-3, 2e-2, log=True),
+        "temperature": t.suggest_float("temperature", 0.05, 0.3, log=True),
+        "epochs": t.suggest_int("epochs", 2, 6),
+    },
+}
+
+
+def tune(
+    name: str, data: Dataset, val: pd.DataFrame, trials: int, metric: str, seed: int = 0
+) -> dict[str, Any]:
+    """The best params for ``name`` after ``trials`` fits on ``data`` scored on ``val``."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def objective(trial: Any) -> float:
+        params = SPACES[name](trial)
+        model = make_model(name, **params).fit(data)
+        return ev.evaluate(ev.model_ranker(model, data), data, val)[metric]
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    study.optimize(objective, n_trials=trials)
+    log.info("tuned %s: %s -> %.4f", name, study.best_params, study.best_value)
+    return dict(study.best_params)

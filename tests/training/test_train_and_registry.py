@@ -1,0 +1,144 @@
+"""Training end to end on a tiny shop: MLflow runs, registration, the promotion gate, rollback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from retailrec.config import Settings
+from retailrec.data_pipeline import etl
+from retailrec.feature_store import store
+from retailrec.models.bundle import ModelBundle
+from retailrec.training import registry
+from retailrec.training.registry_errors import RegistryError
+from retailrec.training.train import TrainConfig, train
+from tests.utils.factories import Shop
+
+pytestmark = pytest.mark.integration
+
+
+def _settings(tmp_path: Path, shop: Shop, events: pd.DataFrame | None = None) -> Settings:
+    settings = Settings(data_dir=tmp_path / "data")
+    raw = settings.raw_dir
+    raw.mkdir(parents=True)
+    for name in ("item_properties.csv", "category_tree.csv"):
+        (raw / name).write_bytes((shop.dir / name).read_bytes())
+    (raw / "truth").symlink_to(shop.truth)
+    (events if events is not None else shop.data.events).to_csv(raw / "events.csv", index=False)
+    _etl(settings)
+    return settings
+
+
+def _etl(settings: Settings) -> None:
+    with store.open_store(settings.feature_store_path) as conn:
+        etl.run_etl(
+            settings.raw_dir,
+            conn=conn,
+            rejected_dir=settings.rejected_dir,
+            processed_dir=settings.processed_dir,
+        )
+
+
+def test_train_promote_gate_rollback(tmp_path: Path, tiny_shop: Shop) -> None:
+    settings = _settings(tmp_path, tiny_shop)
+    first = train(settings, TrainConfig(models=("popular",)))
+    assert first.version == "1"
+    assert {"oracle", "popular"} == set(first.table.index)
+    oracle, popular = first.table.loc["oracle"], first.table.loc["popular"]
+    assert oracle["test_ndcg_at_10"] > 3 * popular["test_ndcg_at_10"]
+    client = registry.configure(settings)
+    name = settings.model_name
+
+    assert registry.champion(client, name) is None
+    result = registry.promote(client, name)
+    assert result.promoted
+    assert result.reason.startswith("first champion")
+
+    better = train(settings, TrainConfig(models=("popular_category",)))
+    tags = client.get_model_version(name, better.version).tags
+    assert tags["gate_champion_version"] == "1"  # compared with the champion on the same window
+    assert float(tags["gate_champion_ndcg_at_10"]) == pytest.approx(popular["test_ndcg_at_10"])
+    assert registry.promote(client, name).promoted
+    assert str(registry.champion(client, name).version) == "2"
+
+    worse = train(settings, TrainConfig(models=("popular",)))
+    refused = registry.promote(client, name, worse.version)
+    assert not refused.promoted
+    assert "does not beat champion 2" in refused.reason
+    assert str(registry.champion(client, name).version) == "2"
+
+    back = registry.rollback(client, name)
+    assert (back.version, back.previous) == ("1", "2")
+    assert str(registry.champion(client, name).version) == "1"
+    with pytest.raises(RegistryError, match="no earlier champion"):
+        registry.rollback(client, name)
+
+    # The champion's bundle loads without the training data.
+    path = registry.download_bundle(client, name, "1")
+    bundle = ModelBundle.load(path)
+    assert bundle.metadata["model"] == "popular"
+    assert bundle.n_items >= tiny_shop.data.events["itemid"].nunique()
+
+    # What was logged: the parent run with lineage, a nested run per model with DESIGN's names.
+    runs = mlflow.search_runs(experiment_names=["retailrec"], output_format="pandas")
+    parents = runs[runs["tags.role"] == "training"]
+    assert len(parents) == 3
+    assert parents["tags.data_fingerprint"].nunique() == 1
+    assert parents["tags.git_commit"].notna().all()
+    candidates = runs[runs["tags.role"] == "candidate"]
+    assert {"metrics.ndcg_at_10", "metrics.recall_at_20", "metrics.val_ndcg_at_10"} <= set(
+        candidates.columns
+    )
+    artifacts = [a.path for a in mlflow.MlflowClient().list_artifacts(first.run_id)]
+    assert {"metrics.csv", "metrics.html"} <= set(artifacts)
+
+
+def test_a_crash_while_promoting_keeps_the_old_champion(
+    tmp_path: Path, tiny_shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(tmp_path, tiny_shop)
+    train(settings, TrainConfig(models=("popular",)))
+    client = registry.configure(settings)
+    registry.promote(client, settings.model_name)
+    train(settings, TrainConfig(models=("popular_category",)))
+
+    def crash(*_args: object) -> None:
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(client, "set_registered_model_alias", crash)
+    with pytest.raises(RuntimeError, match="power cut"):
+        registry.promote(client, settings.model_name)
+    monkeypatch.undo()
+    current = registry.champion(client, settings.model_name)
+    assert str(current.version) == "1"
+    ModelBundle.load(registry.download_bundle(client, settings.model_name, "1"))
+
+
+def test_a_stale_champion_is_scored_as_deployed_on_the_new_window(
+    tmp_path: Path, tiny_shop: Shop
+) -> None:
+    events = tiny_shop.data.events
+    cut = int(events["timestamp"].min()) + 100 * 86_400_000
+    settings = _settings(tmp_path, tiny_shop, events[events["timestamp"] < cut])
+    old = train(settings, TrainConfig(models=("popular_category",)))
+    client = registry.configure(settings)
+    registry.promote(client, settings.model_name)
+    events.to_csv(settings.raw_dir / "events.csv", index=False)  # five more weeks arrive
+    _etl(settings)
+    new = train(settings, TrainConfig(models=("popular_category",)))
+    tags = client.get_model_version(settings.model_name, new.version).tags
+    assert tags["gate_champion_version"] == old.version
+    stale = float(tags["gate_champion_ndcg_at_10"])
+    fresh = float(tags["test_ndcg_at_10"])
+    assert 0 < stale < fresh  # the deployed model, without the new items and weeks, does worse
+    assert registry.promote(client, settings.model_name).promoted
+
+
+def test_training_without_events_is_a_clear_error(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    store.connect(settings.feature_store_path).close()
+    with pytest.raises(ValueError, match="no events: run `retailrec etl` first"):
+        train(settings, TrainConfig(models=("popular",)))
