@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SCALE ?= small
+PORT ?= 8000
 export OPENBLAS_NUM_THREADS ?= 1
 
 .PHONY: run test bench lint venv clean
@@ -19,6 +20,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/retailrec pipeline --scale $(SCALE)
+	$(BIN)/retailrec serve --port $(PORT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -26,6 +28,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_synth.py
 	$(BIN)/python bench/bench_etl.py
+	$(BIN)/python bench/bench_models.py
+	$(BIN)/python bench/bench_pipeline.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

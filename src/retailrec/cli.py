@@ -330,6 +330,26 @@ def pipeline(
 
 @app.command()
 @_one_line_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(envvar="PORT", help="Port (Render sets $PORT).")] = 8000,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve the API: the champion from the registry, recommendations, events, metrics."""
+    import uvicorn
+
+    uvicorn.run(
+        "retailrec.api.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+    )
+
+
+@app.command()
+@_one_line_errors
 def download() -> None:
     """Fetch the real Retailrocket files into <data dir>/raw with your Kaggle credentials."""
     from retailrec.data_pipeline.download import download as fetch

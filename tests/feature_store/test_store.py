@@ -59,8 +59,8 @@ def test_migrations_run_once_and_keep_data(tmp_path: Path) -> None:
     path = tmp_path / "fs.sqlite"
     first = store.connect(path)
     first.executescript(
-        "PRAGMA user_version = 0; DROP TABLE user_features; DROP TABLE item_features;"
-        " DROP TABLE item_pairs; DROP TABLE feature_snapshots; PRAGMA user_version = 1;"
+        "DROP TABLE user_features; DROP TABLE item_features; DROP TABLE item_pairs;"
+        " DROP TABLE feature_snapshots; DROP TABLE served_recommendations; PRAGMA user_version = 1;"
     )
     store.append_events(first, _events(ROWS))
     first.close()

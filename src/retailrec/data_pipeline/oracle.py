@@ -100,10 +100,9 @@ class Oracle:
 
         Items not yet introduced at that time score 0. Columns follow ``item_ids``.
         """
-        pref = self.category_preference(np.asarray(visitor_ids), as_of_ms)
-        out: np.ndarray = (
-            pref[:, self.item_leaf] * self.item_week_prob[self._week(as_of_ms)][None, :]
-        )
+        pref = self.category_preference(np.asarray(visitor_ids), as_of_ms).astype(np.float32)
+        week = self.item_week_prob[self._week(as_of_ms)].astype(np.float32)
+        out: np.ndarray = pref[:, self.item_leaf] * week[None, :]
         return out
 
     def recommend(
@@ -116,10 +115,12 @@ class Oracle:
         """(n_visitors, k) item ids in order of true preference, skipping each row's ``exclude``."""
         s = self.scores(visitor_ids, as_of_ms)
         if exclude is not None:
-            col = pd.Series(np.arange(len(self.item_ids)), index=self.item_ids)
+            col = pd.Index(self.item_ids)
             for row, items in enumerate(exclude):
-                known = col.reindex(np.asarray(items)).dropna().to_numpy(dtype=np.int64)
-                s[row, known] = -np.inf
-        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        ids: np.ndarray = self.item_ids[top]
+                known = col.get_indexer(np.asarray(items))
+                s[row, known[known >= 0]] = -np.inf
+        k = min(k, s.shape[1])
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]  # the top k, then only those sorted
+        order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1, kind="stable")
+        ids: np.ndarray = self.item_ids[np.take_along_axis(part, order, axis=1)]
         return ids

@@ -116,6 +116,20 @@ MIGRATIONS: tuple[str, ...] = (
         n_items    INTEGER NOT NULL
     );
     """,
+    # 3: what the API served, for online metrics.
+    """
+    CREATE TABLE served_recommendations (
+        recommendation_id TEXT    PRIMARY KEY,
+        served_ms         INTEGER NOT NULL,
+        endpoint          TEXT    NOT NULL,
+        visitorid         INTEGER,
+        strategy          TEXT    NOT NULL,
+        model_version     TEXT    NOT NULL,
+        items             TEXT    NOT NULL,  -- JSON list of item ids, in served order
+        latency_ms        REAL    NOT NULL
+    );
+    CREATE INDEX served_by_time ON served_recommendations (served_ms);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -528,6 +542,36 @@ def record_etl_run(conn: sqlite3.Connection, report: dict[str, Any]) -> int:
 def last_etl_report(conn: sqlite3.Connection) -> dict[str, Any] | None:
     row = conn.execute("SELECT report_json FROM etl_runs ORDER BY run_id DESC LIMIT 1").fetchone()
     return None if row is None else dict(json.loads(row[0]))
+
+
+def log_served(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Append served recommendations: (id, served_ms, endpoint, visitorid, strategy, version,
+    items JSON, latency_ms) tuples."""
+    if not rows:
+        return
+    with conn:
+        conn.executemany(
+            "INSERT OR IGNORE INTO served_recommendations (recommendation_id, served_ms,"
+            " endpoint, visitorid, strategy, model_version, items, latency_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+
+def read_served(conn: sqlite3.Connection, *, since_ms: int | None = None) -> pd.DataFrame:
+    sql, params = "SELECT * FROM served_recommendations", []
+    if since_ms is not None:
+        sql += " WHERE served_ms >= ?"
+        params.append(int(since_ms))
+    return pd.read_sql_query(sql + " ORDER BY served_ms", conn, params=params)
+
+
+def item_counts_since(conn: sqlite3.Connection, since_ms: int) -> pd.Series:
+    """Events per item at or after ``since_ms``: popularity over a time window."""
+    rows = conn.execute(
+        "SELECT itemid, count(*) FROM events WHERE timestamp >= ? GROUP BY itemid", (int(since_ms),)
+    ).fetchall()
+    return pd.Series(dict(rows), dtype="int64")
 
 
 def open_store(path: Path | str) -> closing[sqlite3.Connection]:

@@ -20,8 +20,8 @@ import scipy.sparse as sp
 
 from retailrec.models.data import Dataset
 
-#: Rows scored at once: bounds memory at about BATCH x n_items x 4 bytes.
-BATCH = 512
+#: Scores held at once (rows x items): about 200 MB of float32 whatever the catalogue size.
+BATCH_CELLS = 50_000_000
 TIE_BREAK = 1e-6
 
 
@@ -108,8 +108,9 @@ class BaseRecommender:
         out_scores = np.full((n_rows, n), -np.inf, dtype=np.float32)
         if n == 0:
             return out_items, out_scores
-        for start in range(0, n_rows, BATCH):
-            rows = user_items[start : start + BATCH]
+        batch = max(1, min(512, BATCH_CELLS // max(self.n_items_, 1)))
+        for start in range(0, n_rows, batch):
+            rows = user_items[start : start + batch]
             scores = np.asarray(self.score(rows), dtype=np.float32)
             scores += TIE_BREAK * self.prior_[None, :]
             cold = np.diff(rows.indptr) == 0

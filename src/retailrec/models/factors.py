@@ -68,7 +68,7 @@ class ALSRecommender(FactorRecommender):
                 alpha=self.alpha,
                 iterations=self.iterations,
                 random_state=self.random_state,
-                num_threads=1,
+                num_threads=0,
             )
             self.model_.fit(data.matrix, show_progress=False)
         self.item_factors_ = np.asarray(self.model_.item_factors, dtype=np.float32)
@@ -90,7 +90,7 @@ class BPRRecommender(FactorRecommender):
         factors: int = 64,
         learning_rate: float = 0.05,
         regularization: float = 0.01,
-        iterations: int = 100,
+        iterations: int = 50,
         random_state: int = 0,
     ) -> None:
         super().__init__()
@@ -119,7 +119,7 @@ class BPRRecommender(FactorRecommender):
                 regularization=self.regularization,
                 iterations=self.iterations,
                 random_state=self.random_state,
-                num_threads=1,
+                num_threads=0,
             )
             model.fit(data.matrix, show_progress=False)
         # implicit keeps the item bias as the last factor, with a constant 1 on the user side.

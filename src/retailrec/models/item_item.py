@@ -93,9 +93,9 @@ class ItemKNNRecommender(ItemItemRecommender):
         from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
 
         model = (
-            BM25Recommender(K=self.k, K1=self.k1, B=self.b, num_threads=1)
+            BM25Recommender(K=self.k, K1=self.k1, B=self.b, num_threads=0)
             if self.similarity == "bm25"
-            else CosineRecommender(K=self.k, num_threads=1)
+            else CosineRecommender(K=self.k, num_threads=0)
         )
         with threadpool_limits(limits=1, user_api="blas"):
             model.fit(data.matrix, show_progress=False)

@@ -1,0 +1,1 @@
+"""The serving API (FastAPI). ``retailrec.api.main.create_app`` builds it."""

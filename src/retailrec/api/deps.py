@@ -1,0 +1,72 @@
+"""Dependencies injected into the routes."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Request
+
+from retailrec.api.service import Served
+from retailrec.api.state import Connections, Metrics, ModelHolder, ServedLog
+from retailrec.config import Settings
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_store(request: Request) -> sqlite3.Connection:
+    connections: Connections = request.app.state.connections
+    return connections.get()
+
+
+def get_served(request: Request) -> Served:
+    """The model as of now: one reference for the whole request, whatever reloads happen."""
+    holder: ModelHolder = request.app.state.holder
+    served = holder.current
+    if served is None:
+        raise HTTPException(
+            status_code=503, detail="no model loaded yet: run `retailrec pipeline`, then reload"
+        )
+    return served
+
+
+def get_holder(request: Request) -> ModelHolder:
+    holder: ModelHolder = request.app.state.holder
+    return holder
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+def get_served_log(request: Request) -> ServedLog:
+    served_log: ServedLog = request.app.state.served_log
+    return served_log
+
+
+def require_api_key(
+    settings: Annotated[Settings, Depends(get_app_settings)],
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> None:
+    """401 without a key, 403 with a wrong one; admin endpoints are off when none is configured."""
+    if not settings.api_key:
+        raise HTTPException(
+            status_code=403, detail="admin endpoints are disabled: set RETAILREC_API_KEY"
+        )
+    if x_api_key is None:
+        raise HTTPException(status_code=401, detail="missing X-API-Key header")
+    if not secrets.compare_digest(x_api_key, settings.api_key):
+        raise HTTPException(status_code=403, detail="wrong API key")
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+StoreDep = Annotated[sqlite3.Connection, Depends(get_store)]
+ServedDep = Annotated[Served, Depends(get_served)]
+HolderDep = Annotated[ModelHolder, Depends(get_holder)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+ServedLogDep = Annotated[ServedLog, Depends(get_served_log)]

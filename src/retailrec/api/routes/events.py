@@ -1,0 +1,34 @@
+"""Real-time events: validated with the ETL's schema, appended to the feature store."""
+
+from __future__ import annotations
+
+import pandas as pd
+from fastapi import APIRouter
+
+from retailrec.api.deps import MetricsDep, StoreDep
+from retailrec.api.schemas import EventsRequest, EventsResponse, RejectedEvent
+from retailrec.data_pipeline import schema
+from retailrec.feature_store import store
+
+router = APIRouter(prefix="/v1", tags=["events"])
+
+
+@router.post("/events", response_model=EventsResponse)
+def post_events(body: EventsRequest, conn: StoreDep, metrics: MetricsDep) -> EventsResponse:
+    """Up to 1,000 events. Each is accepted, a duplicate of one already stored (re-sending a batch
+    is safe), or rejected with its index and reason; the three always add up to the batch."""
+    frame = pd.DataFrame.from_records(
+        [{c: e.get(c) for c in schema.REQUIRED_COLUMNS} for e in body.events],
+        columns=list(schema.REQUIRED_COLUMNS),
+    ).astype(object)
+    checked = schema.validate_events(frame)
+    rejected = [
+        RejectedEvent(index=int(i), reason=str(r)) for i, r in checked.rejected["reason"].items()
+    ]
+    unique = checked.valid.drop_duplicates()
+    accepted = store.append_events(conn, unique, source="api")
+    duplicates = len(checked.valid) - accepted
+    metrics.events.labels(outcome="accepted").inc(accepted)
+    metrics.events.labels(outcome="duplicate").inc(duplicates)
+    metrics.events.labels(outcome="rejected").inc(len(rejected))
+    return EventsResponse(accepted=accepted, duplicates=duplicates, rejected=rejected)

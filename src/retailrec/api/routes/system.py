@@ -1,0 +1,73 @@
+"""Health, readiness, metrics, the served model, and the admin reload."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from retailrec.api.deps import HolderDep, MetricsDep, ServedDep, SettingsDep, require_api_key
+from retailrec.api.schemas import Health, ModelInfo, Ready, ReloadResponse
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/health", response_model=Health)
+def health() -> Health:
+    """Liveness: the process answers."""
+    return Health(status="ok")
+
+
+@router.get("/ready", response_model=Ready)
+def ready(holder: HolderDep, response: Response) -> Ready:
+    """Readiness: a model is loaded (503 until then)."""
+    served = holder.current
+    if served is None:
+        response.status_code = 503
+    return Ready(ready=served is not None, model_version=None if served is None else served.version)
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(metrics: MetricsDep, holder: HolderDep) -> Response:
+    """Prometheus metrics: requests and latency per route, answers per strategy, model version."""
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/model", response_model=ModelInfo)
+def model_info(served: ServedDep, settings: SettingsDep) -> ModelInfo:
+    """The champion being served: version, training time, metrics on its test window."""
+    meta = served.bundle.metadata
+    return ModelInfo(
+        model_name=settings.model_name,
+        version=served.version,
+        model=str(meta.get("model", "unknown")),
+        params=dict(meta.get("params", {})),
+        trained_at_ms=meta.get("trained_at_ms"),
+        loaded_at_ms=served.loaded_ms,
+        data_end_ms=meta.get("data_end_ms"),
+        metrics={
+            k.removeprefix("test_"): float(v) for k, v in meta.get("test_metrics", {}).items()
+        },
+    )
+
+
+@router.post(
+    "/v1/admin/reload", response_model=ReloadResponse, dependencies=[Depends(require_api_key)]
+)
+def reload(
+    holder: HolderDep, metrics: MetricsDep, version: Annotated[str | None, None] = None
+) -> ReloadResponse:
+    """Load the current champion (or ``version``) and swap it in without dropping requests.
+    A version that does not load or answer is refused (409) and the old one keeps serving."""
+    try:
+        served, previous = holder.load(version)
+    except LookupError as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from exc
+    except Exception as exc:  # a broken bundle, of whatever kind: refuse it, keep serving
+        raise HTTPException(
+            status_code=409,
+            detail=f"refused: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+        ) from exc
+    metrics.set_model(served.version, str(served.bundle.metadata.get("model", "unknown")))
+    return ReloadResponse(reloaded=True, version=served.version, previous=previous)

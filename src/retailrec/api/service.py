@@ -1,0 +1,254 @@
+"""Recommendation logic behind the API (and the dashboard): fallbacks and business rules.
+
+Kept free of FastAPI so that any caller gets the same answers. Every function returns item ids,
+scores and the strategy that served them; the chain falls back until ``k`` items are found, so an
+answer is never empty while the (filtered) catalogue is not:
+
+    personalized (retrieval model on fresh history) -> session (recent items) -> popular
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from retailrec.data_pipeline import feature_pipeline as fp
+from retailrec.feature_store import store
+from retailrec.models.bundle import ModelBundle
+
+DAY_MS = 86_400_000
+HISTORY_LIMIT = 500
+#: Retrieval models that ignore the history: for them "personalized" would be a false label.
+NON_PERSONAL = ("popular", "popular_7d")
+
+
+class UnknownEntityError(LookupError):
+    """An item or category that the served catalogue does not know."""
+
+
+@dataclass
+class Answer:
+    items: list[int]
+    scores: list[float]
+    strategy: str
+
+
+@dataclass
+class Rules:
+    """Per-request business rules."""
+
+    exclude_purchased: bool = True
+    exclude_seen: bool = False
+    category: int | None = None
+    exclude: Sequence[int] = ()
+
+
+@dataclass
+class Served:
+    """A loaded bundle and what the API needs around it."""
+
+    bundle: ModelBundle
+    version: str
+    loaded_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    def __post_init__(self) -> None:
+        b = self.bundle
+        self.unavailable = np.flatnonzero(~b.item_available)
+        self.by_category: dict[int, np.ndarray] = {
+            int(c): np.flatnonzero(b.item_category == c)
+            for c in np.unique(b.item_category)
+            if c >= 0
+        }
+        weights = b.metadata.get("event_weights") or fp.FeatureConfig().event_weights
+        self.config = fp.FeatureConfig(
+            event_weights=dict(weights),
+            recency_half_life_days=float(b.metadata.get("recency_half_life_days", 30.0)),
+        )
+        self.personal = b.metadata.get("model") not in NON_PERSONAL
+
+    # -- building blocks ------------------------------------------------------------------------
+
+    def blocked(self, rules: Rules, seen: np.ndarray, purchased: np.ndarray) -> np.ndarray:
+        """Item indices never to return under ``rules``: unavailable, excluded, out of category."""
+        parts = [
+            self.unavailable,
+            self.bundle.item_index(np.asarray(rules.exclude, dtype=np.int64)),
+        ]
+        if rules.exclude_purchased:
+            parts.append(purchased)
+        if rules.exclude_seen:
+            parts.append(seen)
+        blocked = np.unique(np.concatenate([p[p >= 0] for p in parts]).astype(np.int64))
+        if rules.category is not None:
+            inside = self.by_category.get(int(rules.category))
+            if inside is None:
+                raise UnknownEntityError(f"unknown category {rules.category}")
+            mask = np.ones(self.bundle.n_items, dtype=bool)
+            mask[inside] = False
+            blocked = np.union1d(blocked, np.flatnonzero(mask))
+        return blocked
+
+    def history_row(self, history: store.History, now_ms: int) -> sp.csr_matrix:
+        """The visitor's confidences right now, in the bundle's item space."""
+        idx = self.bundle.item_index(history.itemid)
+        known = idx >= 0
+        weights = np.zeros(len(idx))
+        for name, w in self.config.event_weights.items():
+            weights[np.asarray(history.event) == name] = w
+        age_days = np.maximum(now_ms - history.timestamp, 0) / DAY_MS
+        conf = weights * np.power(0.5, age_days / self.config.recency_half_life_days)
+        return sp.csr_matrix(
+            (
+                conf[known].astype(np.float32),
+                (np.zeros(int(known.sum()), dtype=np.int64), idx[known]),
+            ),
+            shape=(1, self.bundle.n_items),
+        )
+
+    def _take(
+        self, role: str, row: sp.csr_matrix, k: int, blocked: np.ndarray, have: list[int]
+    ) -> tuple[list[int], list[float]]:
+        model = self.bundle.models[role]
+        skip = np.union1d(blocked, np.asarray(have, dtype=np.int64))
+        items, scores = model.recommend(row, k, filter_already_liked_items=False, filter_items=skip)
+        keep = (items[0] >= 0) & np.isfinite(scores[0])
+        # A model with nothing to say falls back to popularity inside recommend; only real
+        # signal (above the tie-break) counts for the item-to-item roles.
+        if role in ("session", "similar", "bought_together"):
+            keep &= scores[0] > 1e-4
+        return items[0][keep].tolist(), scores[0][keep].tolist()
+
+    def _fill(
+        self, answer: Answer, k: int, blocked: np.ndarray, role: str = "popular_7d"
+    ) -> Answer:
+        """Top up with popular items (recent first, then all-time) until ``k`` or none are left."""
+        empty = sp.csr_matrix((1, self.bundle.n_items), dtype=np.float32)
+        for r in (role, "popular"):
+            if len(answer.items) >= k:
+                break
+            idx = self.bundle.item_index(np.asarray(answer.items, dtype=np.int64))
+            items, scores = self._take(r, empty, k - len(answer.items), blocked, idx.tolist())
+            answer.items += self.bundle.item_ids[items].tolist()
+            answer.scores += scores
+            if not answer.strategy:
+                answer.strategy = "popular"
+        answer.strategy = answer.strategy or "popular"
+        return answer
+
+    def _ids(self, items: list[int]) -> list[int]:
+        return (
+            [int(i) for i in self.bundle.item_ids[np.asarray(items, dtype=np.int64)]]
+            if items
+            else []
+        )
+
+    # -- endpoints ------------------------------------------------------------------------------
+
+    def for_visitor(
+        self,
+        conn: sqlite3.Connection,
+        visitor_id: int,
+        k: int,
+        rules: Rules,
+        now_ms: int | None = None,
+    ) -> Answer:
+        """Personalised from the visitor's fresh history, then session-seeded, then popular."""
+        history = store.visitor_history(conn, visitor_id, limit=HISTORY_LIMIT)
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        if len(history.timestamp):
+            now = max(now, int(history.timestamp[-1]))
+        idx = self.bundle.item_index(history.itemid)
+        kinds = np.asarray(history.event)
+        seen = np.unique(idx[idx >= 0])
+        purchased = np.unique(idx[(idx >= 0) & (kinds == "transaction")])
+        blocked = self.blocked(rules, seen, purchased)
+        answer = Answer([], [], "")
+        row = self.history_row(history, now)
+        if row.nnz and self.personal:
+            items, scores = self._take("retrieval", row, k, blocked, [])
+            if items:
+                answer = Answer(self._ids(items), scores, "personalized")
+        if len(answer.items) < k and row.nnz:
+            recent = idx[idx >= 0][-20:]  # the latest items, in viewing order
+            session_row = self.bundle.models["session"].session_row(recent)  # type: ignore[attr-defined]
+            have = self.bundle.item_index(np.asarray(answer.items, dtype=np.int64)).tolist()
+            items, scores = self._take("session", session_row, k - len(answer.items), blocked, have)
+            answer.items += self._ids(items)
+            answer.scores += scores
+            answer.strategy = answer.strategy or ("session" if items else "")
+        return self._fill(answer, k, blocked)
+
+    def for_session(self, item_ids: Sequence[int], k: int, rules: Rules) -> Answer:
+        """An anonymous session: items just viewed, latest last."""
+        idx = self.bundle.item_index(np.asarray(item_ids, dtype=np.int64))
+        known = idx[idx >= 0]
+        blocked = self.blocked(rules, np.unique(known), np.zeros(0, dtype=np.int64))
+        answer = Answer([], [], "")
+        if len(known):
+            row = self.bundle.models["session"].session_row(known)  # type: ignore[attr-defined]
+            items, scores = self._take("session", row, k, blocked, known.tolist())
+            if items:
+                answer = Answer(self._ids(items), scores, "session")
+        return self._fill(answer, k, blocked)
+
+    def for_item(self, item_id: int, k: int, role: str) -> Answer:
+        """Similar items (``role="similar"``) or bought together (``role="bought_together"``)."""
+        idx = self.bundle.item_index(np.asarray([item_id]))
+        if idx[0] < 0:
+            raise UnknownEntityError(f"unknown item {item_id}")
+        blocked = np.union1d(self.unavailable, idx)
+        one = sp.csr_matrix(
+            ([1.0], ([0], [idx[0]])), shape=(1, self.bundle.n_items), dtype=np.float32
+        )
+        answer = Answer([], [], "")
+        roles = (role, "similar") if role == "bought_together" else (role,)
+        for r in roles:
+            have = self.bundle.item_index(np.asarray(answer.items, dtype=np.int64)).tolist()
+            items, scores = self._take(r, one, k - len(answer.items), blocked, have)
+            answer.items += self._ids(items)
+            answer.scores += scores
+            answer.strategy = answer.strategy or ("similar" if items else "")
+            if len(answer.items) >= k:
+                break
+        # Then popular items of the same category, then anything popular.
+        cat = int(self.bundle.item_category[idx[0]])
+        if len(answer.items) < k and cat in self.by_category:
+            in_cat = Rules(category=cat)
+            answer = self._fill(
+                answer,
+                k,
+                np.union1d(
+                    blocked, self.blocked(in_cat, np.zeros(0, np.int64), np.zeros(0, np.int64))
+                ),
+            )
+        return self._fill(answer, k, blocked)
+
+    def popular(
+        self, conn: sqlite3.Connection, k: int, category: int | None, days: int | None
+    ) -> Answer:
+        """Most popular items overall or in the last ``days`` days of the log (not of the clock)."""
+        blocked = self.blocked(
+            Rules(exclude_purchased=False, category=category),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+        )
+        if days is None:
+            return self._fill(Answer([], [], "popular"), k, blocked, role="popular")
+        end = store.time_range(conn)[1] or 0
+        counts = store.item_counts_since(conn, end - days * DAY_MS)
+        idx = self.bundle.item_index(counts.index.to_numpy())
+        ok = (idx >= 0) & ~np.isin(idx, blocked)
+        ranked = pd.Series(counts.to_numpy()[ok], index=idx[ok]).sort_values(
+            ascending=False, kind="stable"
+        )
+        top = ranked.head(k)
+        answer = Answer(
+            self._ids(top.index.tolist()), [float(v) for v in top.to_numpy()], "popular"
+        )
+        return self._fill(answer, k, blocked, role="popular")

@@ -1,0 +1,221 @@
+"""Process state of the API: the served model (swapped atomically), store connections, the
+served-recommendations log and the Prometheus metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from retailrec.api.service import Served
+from retailrec.config import Settings
+from retailrec.feature_store import store
+from retailrec.models.bundle import ModelBundle
+
+log = logging.getLogger(__name__)
+
+
+class ModelHolder:
+    """The served bundle. Requests take a reference once and keep it: a reload swaps the
+    reference in one assignment, so requests in flight finish on the model they started with."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.current: Served | None = None
+        self._lock = threading.Lock()
+
+    def load(self, version: str | None = None) -> tuple[Served, str | None]:
+        """Load ``version`` (default: the champion) and swap it in; returns (new, previous version).
+
+        Raises:
+            LookupError: no champion; ValueError: the version's bundle does not load or answer.
+        """
+        from retailrec.training import registry
+
+        with self._lock:  # one reload at a time; serving never waits on this lock
+            client = registry.configure(self.settings)
+            if version is None:
+                champion = registry.champion(client, self.settings.model_name)
+                if champion is None:
+                    raise LookupError(
+                        f"no champion for {self.settings.model_name}: run `retailrec pipeline`"
+                    )
+                version = str(champion.version)
+            path = registry.download_bundle(client, self.settings.model_name, version)
+            try:
+                served = Served(ModelBundle.load(path), version)
+                _smoke_test(served)
+            finally:
+                registry.clear_download_cache(path)
+            previous = None if self.current is None else self.current.version
+            self.current = served
+            return served, previous
+
+    def load_dir(self, path: Path, version: str) -> Served:
+        """Serve a bundle folder directly (tests, and deployments without a registry)."""
+        served = Served(ModelBundle.load(path), version)
+        _smoke_test(served)
+        self.current = served
+        return served
+
+
+def _smoke_test(served: Served) -> None:
+    """A bundle must answer before it serves: one anonymous and one item request."""
+    from retailrec.api.service import Rules
+
+    if served.bundle.n_items == 0:
+        raise ValueError("the bundle's catalogue is empty")
+    answer = served.for_session([int(served.bundle.item_ids[0])], 3, Rules(exclude_purchased=False))
+    if not answer.items:
+        raise ValueError("the bundle answered nothing for a session request")
+
+
+class Connections:
+    """One SQLite connection per worker thread (sqlite3 connections are not shared)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._generation = 0
+
+    def get(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "generation", -1) != self._generation:
+            conn = store.connect(self.path)
+            self._local.conn, self._local.generation = conn, self._generation
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every connection; threads open fresh ones if the app starts again."""
+        with self._lock:
+            self._generation += 1
+            for conn in self._all:
+                # One created in another thread refuses: it is closed when collected.
+                with contextlib.suppress(sqlite3.ProgrammingError):
+                    conn.close()
+            self._all.clear()
+
+
+class ServedLog:
+    """Writes served recommendations to the store from a background thread, in batches, so the
+    request path only puts a tuple on a queue."""
+
+    def __init__(self, path: Path, flush_s: float = 0.5) -> None:
+        self.path = path
+        self.flush_s = flush_s
+        self.queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=100_000)
+        self.dropped = 0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="served-log", daemon=True)
+            self._thread.start()
+
+    def put(
+        self,
+        rec_id: str,
+        endpoint: str,
+        visitor: int | None,
+        strategy: str,
+        version: str,
+        items: list[int],
+        latency_ms: float,
+    ) -> None:
+        row = (
+            rec_id,
+            int(time.time() * 1000),
+            endpoint,
+            visitor,
+            strategy,
+            version,
+            json.dumps(items),
+            latency_ms,
+        )
+        try:
+            self.queue.put_nowait(row)
+        except queue.Full:  # never block serving; the count is exported as a metric
+            self.dropped += 1
+
+    def _run(self) -> None:
+        conn = store.connect(self.path)
+        stop = False
+        while not stop:
+            batch: list[tuple[Any, ...]] = []
+            try:
+                item = self.queue.get(timeout=self.flush_s)
+                while True:
+                    if item is None:
+                        stop = True
+                        break
+                    batch.append(item)
+                    if len(batch) >= 500:
+                        break
+                    item = self.queue.get_nowait()
+            except queue.Empty:
+                pass
+            if batch:
+                try:
+                    store.log_served(conn, batch)
+                except sqlite3.Error:
+                    log.exception("could not log %d served recommendations", len(batch))
+        conn.close()
+
+    def stop(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self.queue.put(None)
+            self._thread.join(timeout=10)
+
+
+class Metrics:
+    """Prometheus metrics, on a registry of the app's own (so tests can build many apps)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "retailrec_requests_total",
+            "HTTP requests",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "retailrec_request_latency_seconds",
+            "Request latency",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self.strategy = Counter(
+            "retailrec_recommendations_total",
+            "Answers per strategy",
+            ["strategy"],
+            registry=self.registry,
+        )
+        self.model = Gauge(
+            "retailrec_model_info",
+            "The served model version (value 1)",
+            ["version", "model"],
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "retailrec_events_total",
+            "Posted events by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+    def set_model(self, version: str, model: str) -> None:
+        self.model.clear()
+        self.model.labels(version=version, model=model).set(1)
