@@ -216,9 +216,9 @@ def features(
 
 def _print_training(result: Any, primary: str) -> None:
     table = Table(title=f"models on the test window (best on validation: {result.best_model})")
-    table.add_column("model")
-    for col in ("NDCG@10", "Recall@20", "NDCG@10 buy", "HitRate@10", "coverage", "fit s"):
-        table.add_column(col, justify="right")
+    table.add_column("model", no_wrap=True)
+    for col in ("NDCG@10", "R@20", "buy NDCG@10", "HR@10", "cov", "fit s"):
+        table.add_column(col, justify="right", no_wrap=True)
     for name, row in result.table.iterrows():
         table.add_row(
             str(name) + (" *" if name == result.best_model else ""),

@@ -115,6 +115,47 @@ class Dataset:
         )
         return cls(user_ids, item_ids, matrix, category, available, indexed, int(as_of_ms))
 
+    def with_history(
+        self, events: pd.DataFrame, as_of_ms: int, config: fp.FeatureConfig | None = None
+    ) -> Dataset:
+        """The same catalogue (and so the same fitted models) with histories from ``events``.
+
+        Evaluating the test week with histories up to its start, while the models stay fitted on
+        the training data only: items first seen later are unknown to them, as they would be in
+        production until the next training run.
+        """
+        config = config or fp.FeatureConfig()
+        ev = events[events["timestamp"].to_numpy() <= as_of_ms]
+        cols = self.item_index(ev["itemid"].to_numpy())
+        ev = ev[cols >= 0].sort_values(["timestamp", "visitorid", "itemid"], kind="stable")
+        ev = ev.reset_index(drop=True)
+        user_ids = np.unique(ev["visitorid"].to_numpy())
+        inter = fp.interactions(ev, as_of_ms, config)
+        matrix = sp.csr_matrix(
+            (
+                inter["confidence"].to_numpy(np.float32),
+                (
+                    np.searchsorted(user_ids, inter["visitorid"].to_numpy()),
+                    self.item_index(inter["itemid"].to_numpy()),
+                ),
+            ),
+            shape=(len(user_ids), self.n_items),
+        )
+        indexed = ev.assign(
+            user=np.searchsorted(user_ids, ev["visitorid"].to_numpy()),
+            item=self.item_index(ev["itemid"].to_numpy()),
+            session=fp.session_numbers(ev, config.session_gap_ms),
+        )
+        return Dataset(
+            user_ids,
+            self.item_ids,
+            matrix,
+            self.item_category,
+            self.item_available,
+            indexed,
+            int(as_of_ms),
+        )
+
     def history_matrix(
         self, events: pd.DataFrame, visitor_ids: np.ndarray, config: fp.FeatureConfig | None = None
     ) -> sp.csr_matrix:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -97,7 +98,9 @@ class ItemKNNRecommender(ItemItemRecommender):
             if self.similarity == "bm25"
             else CosineRecommender(K=self.k, num_threads=0)
         )
-        with threadpool_limits(limits=1, user_api="blas"):
+        with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
+            # implicit's BM25/TF-IDF weighting hands its own kNN a COO matrix and warns about it.
+            warnings.filterwarnings("ignore", message="Method expects CSR input")
             model.fit(data.matrix, show_progress=False)
         self.similarity_ = sp.csr_matrix(model.similarity, dtype=np.float32)
         self.similarity_.setdiag(0)

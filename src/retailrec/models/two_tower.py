@@ -158,8 +158,9 @@ class TwoTowerRecommender(BaseRecommender):
         class Towers(nn.Module):  # type: ignore[misc]
             def __init__(self, dim: int) -> None:
                 super().__init__()
-                self.item = nn.Embedding(n_items, dim)
-                self.cat = nn.Embedding(len(cats), dim)
+                # Sparse gradients: a step touches the rows of its batch, not all 365k items.
+                self.item = nn.Embedding(n_items, dim, sparse=True)
+                self.cat = nn.Embedding(len(cats), dim, sparse=True)
                 self.user_proj = nn.Linear(dim + 2, dim)
                 self.item_proj = nn.Linear(dim, dim)
                 for emb in (self.item, self.cat):
@@ -180,7 +181,12 @@ class TwoTowerRecommender(BaseRecommender):
 
         cat_t = torch.tensor(cat_index, dtype=torch.long, device=device)
         model = Towers(self.dim).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        sparse = [model.item.weight, model.cat.weight]
+        dense = [p for n, p in model.named_parameters() if not n.startswith(("item.", "cat."))]
+        optimizers = [
+            torch.optim.SparseAdam(sparse, lr=self.lr),
+            torch.optim.Adam(dense, lr=self.lr, weight_decay=self.weight_decay),
+        ]
         ctx_t = torch.tensor(np.maximum(ctx_items, 0), dtype=torch.long)  # padding has weight 0
         w_t = torch.tensor(ctx_w)
         f_t = torch.tensor(feats)
@@ -206,9 +212,11 @@ class TwoTowerRecommender(BaseRecommender):
                 )
                 logits = logits.masked_fill(same, float("-inf"))
                 loss = nn.functional.cross_entropy(logits, torch.arange(len(y), device=device))
-                opt.zero_grad()
+                for opt in optimizers:
+                    opt.zero_grad()
                 loss.backward()
-                opt.step()
+                for opt in optimizers:
+                    opt.step()
                 steps += 1
                 loss_sum += float(loss.detach())
         seconds = time.perf_counter() - start

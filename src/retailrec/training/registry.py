@@ -44,6 +44,9 @@ HISTORY_TAG = "champion_history"
 def configure(settings: Settings) -> MlflowClient:
     """Point MLflow at the settings' store and make sure the experiment exists."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow sets its logger to INFO when imported; a quiet caller stays quiet.
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        logging.getLogger("mlflow").setLevel(logging.ERROR)
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
