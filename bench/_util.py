@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -44,5 +43,10 @@ def save(name: str, result: dict[str, object]) -> Path:
     return path
 
 
-def max_rss_self_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def report(name: str, result: dict[str, object]) -> None:
+    """Save ``result`` under bench/results/ and print it with the machine it ran on."""
+    path = save(name, result)
+    print(f"machine: {machine()}")
+    for key, value in result.items():
+        print(f"  {key}: {value}")
+    print(f"saved {path}")

@@ -14,7 +14,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from _util import machine, run_measured, save
+from _util import report, run_measured
 
 SYNTH = """
 import sys
@@ -105,11 +105,7 @@ def main() -> None:
         "history_p99_ms": float(out[1]),
         "history_max_ms": float(out[2]),
     }
-    path = save(f"etl-{args.scale}", result)
-    print(f"machine: {machine()}")
-    for key, value in result.items():
-        print(f"  {key}: {value}")
-    print(f"saved {path}")
+    report(f"etl-{args.scale}", result)
 
 
 if __name__ == "__main__":

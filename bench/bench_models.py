@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _util import machine, save
+from _util import report
 
 
 def main() -> None:
@@ -79,11 +79,7 @@ def main() -> None:
     result["two_tower_examples_per_second"] = round(stats["examples_per_second"])
     result["two_tower_examples"] = int(stats["examples"])
 
-    path = save(f"models-{args.scale}", result)
-    print(f"machine: {machine()}")
-    for key, value in result.items():
-        print(f"  {key}: {value}")
-    print(f"saved {path}")
+    report(f"models-{args.scale}", result)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from _util import machine, run_measured, save
+from _util import report, run_measured
 
 GENERATE = """
 import sys
@@ -49,11 +49,7 @@ def main() -> None:
         "read_csv_peak_mib": round(read_mib),
         "synth_over_read_csv": round(gen_s / read_s, 1),
     }
-    path = save(f"synth-{args.scale}", result)
-    print(f"machine: {machine()}")
-    for key, value in result.items():
-        print(f"  {key}: {value}")
-    print(f"saved {path}")
+    report(f"synth-{args.scale}", result)
 
 
 if __name__ == "__main__":

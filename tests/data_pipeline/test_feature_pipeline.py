@@ -12,27 +12,14 @@ import pytest
 from retailrec.data_pipeline import etl
 from retailrec.data_pipeline import feature_pipeline as fp
 from retailrec.feature_store import store
-from tests.utils.factories import Shop
+from tests.utils.factories import Shop, events_frame
 
 T = 1_433_221_332_117
 MIN = 60_000
 DAY = 86_400_000
 
 
-def _events(rows: list[tuple[int, int, str, int, int | None]]) -> pd.DataFrame:
-    ts, vis, ev, item, tx = zip(*rows, strict=True)
-    return pd.DataFrame(
-        {
-            "timestamp": list(ts),
-            "visitorid": list(vis),
-            "event": list(ev),
-            "itemid": list(item),
-            "transactionid": pd.array(list(tx), dtype="Int64"),
-        }
-    )
-
-
-EVENTS = _events(
+EVENTS = events_frame(
     [
         (T, 1, "view", 10, None),
         (T + 10 * MIN, 1, "view", 11, None),
@@ -110,7 +97,9 @@ def test_item_features_and_pairs_by_hand() -> None:
 
 def test_nothing_after_as_of_leaks_in() -> None:
     as_of = T + 30 * MIN
-    future = _events([(as_of + 1, 1, "transaction", 12, 900), (as_of + DAY, 9, "view", 10, None)])
+    future = events_frame(
+        [(as_of + 1, 1, "transaction", 12, 900), (as_of + DAY, 9, "view", 10, None)]
+    )
     with_future = pd.concat([EVENTS, future], ignore_index=True)
     catalogue = pd.DataFrame(
         {"itemid": [10, 11, 12, 13], "categoryid": [100, 100, 200, 300], "available": [True] * 4}

@@ -10,21 +10,9 @@ import pandas as pd
 import pytest
 
 from retailrec.feature_store import store
+from tests.utils.factories import events_frame
 
 T = 1_433_221_332_117
-
-
-def _events(rows: list[tuple[int, int, str, int, int | None]]) -> pd.DataFrame:
-    ts, vis, ev, item, tx = zip(*rows, strict=True)
-    return pd.DataFrame(
-        {
-            "timestamp": list(ts),
-            "visitorid": list(vis),
-            "event": list(ev),
-            "itemid": list(item),
-            "transactionid": pd.array(list(tx), dtype="Int64"),
-        }
-    )
 
 
 ROWS = [
@@ -62,7 +50,7 @@ def test_migrations_run_once_and_keep_data(tmp_path: Path) -> None:
         "DROP TABLE user_features; DROP TABLE item_features; DROP TABLE item_pairs;"
         " DROP TABLE feature_snapshots; DROP TABLE served_recommendations; PRAGMA user_version = 1;"
     )
-    store.append_events(first, _events(ROWS))
+    store.append_events(first, events_frame(ROWS))
     first.close()
     again = store.connect(path)  # upgrades from version 1 to the latest, keeping the events
     assert store.schema_version(again) == store.SCHEMA_VERSION
@@ -83,18 +71,18 @@ def test_read_only_needs_an_existing_store(tmp_path: Path) -> None:
 
 
 def test_append_is_idempotent_and_counts_new_rows(conn: sqlite3.Connection) -> None:
-    assert store.append_events(conn, _events(ROWS)) == 4
-    assert store.append_events(conn, _events(ROWS)) == 0
-    assert store.append_events(conn, _events([*ROWS, (T + 20, 2, "view", 12, None)])) == 1
+    assert store.append_events(conn, events_frame(ROWS)) == 4
+    assert store.append_events(conn, events_frame(ROWS)) == 0
+    assert store.append_events(conn, events_frame([*ROWS, (T + 20, 2, "view", 12, None)])) == 1
     # Same visitor, time and item but another event type is a different event.
-    assert store.append_events(conn, _events([(T, 1, "addtocart", 10, None)])) == 1
+    assert store.append_events(conn, events_frame([(T, 1, "addtocart", 10, None)])) == 1
     assert store.event_count(conn) == 6
 
 
 def test_read_events_round_trips_types_and_order(conn: sqlite3.Connection) -> None:
-    store.append_events(conn, _events(ROWS))
+    store.append_events(conn, events_frame(ROWS))
     back = store.read_events(conn)
-    expected = _events(sorted(ROWS)).astype({"event": "str"})
+    expected = events_frame(sorted(ROWS)).astype({"event": "str"})
     pd.testing.assert_frame_equal(back, expected, check_dtype=False)
     assert str(back["transactionid"].dtype) == "Int64"
     assert store.read_events(conn, start_ms=T + 2, end_ms=T + 9)["timestamp"].tolist() == [
@@ -105,7 +93,7 @@ def test_read_events_round_trips_types_and_order(conn: sqlite3.Connection) -> No
 
 
 def test_visitor_history_is_point_in_time(conn: sqlite3.Connection) -> None:
-    store.append_events(conn, _events(ROWS))
+    store.append_events(conn, events_frame(ROWS))
     full = store.visitor_history(conn, 1)
     assert full.timestamp.tolist() == [T, T + 5, T + 9]
     assert full.event == ["view", "addtocart", "transaction"]
@@ -149,7 +137,7 @@ def test_concurrent_writers_wait_instead_of_failing(tmp_path: Path) -> None:
         try:
             c = store.connect(path)
             for i in range(30):
-                store.append_events(c, _events([(T + i, visitor, "view", i, None)]))
+                store.append_events(c, events_frame([(T + i, visitor, "view", i, None)]))
             c.close()
         except BaseException as exc:  # collected and asserted below
             errors.append(exc)

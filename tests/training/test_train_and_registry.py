@@ -5,45 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import pytest
 
 from retailrec.config import Settings
-from retailrec.data_pipeline import etl
 from retailrec.feature_store import store
 from retailrec.models.bundle import ModelBundle
 from retailrec.training import registry
 from retailrec.training.registry_errors import RegistryError
 from retailrec.training.train import TrainConfig, train
-from tests.utils.factories import Shop
+from tests.utils.factories import Shop, loaded_settings, run_etl_on
 
 pytestmark = pytest.mark.integration
 
 
-def _settings(tmp_path: Path, shop: Shop, events: pd.DataFrame | None = None) -> Settings:
-    settings = Settings(data_dir=tmp_path / "data")
-    raw = settings.raw_dir
-    raw.mkdir(parents=True)
-    for name in ("item_properties.csv", "category_tree.csv"):
-        (raw / name).write_bytes((shop.dir / name).read_bytes())
-    (raw / "truth").symlink_to(shop.truth)
-    (events if events is not None else shop.data.events).to_csv(raw / "events.csv", index=False)
-    _etl(settings)
-    return settings
-
-
-def _etl(settings: Settings) -> None:
-    with store.open_store(settings.feature_store_path) as conn:
-        etl.run_etl(
-            settings.raw_dir,
-            conn=conn,
-            rejected_dir=settings.rejected_dir,
-            processed_dir=settings.processed_dir,
-        )
-
-
 def test_train_promote_gate_rollback(tmp_path: Path, tiny_shop: Shop) -> None:
-    settings = _settings(tmp_path, tiny_shop)
+    settings = loaded_settings(tmp_path, tiny_shop)
     first = train(settings, TrainConfig(models=("popular",)))
     assert first.version == "1"
     assert {"oracle", "popular"} == set(first.table.index)
@@ -99,7 +75,7 @@ def test_train_promote_gate_rollback(tmp_path: Path, tiny_shop: Shop) -> None:
 def test_a_crash_while_promoting_keeps_the_old_champion(
     tmp_path: Path, tiny_shop: Shop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = _settings(tmp_path, tiny_shop)
+    settings = loaded_settings(tmp_path, tiny_shop)
     train(settings, TrainConfig(models=("popular",)))
     client = registry.configure(settings)
     registry.promote(client, settings.model_name)
@@ -122,12 +98,12 @@ def test_a_stale_champion_is_scored_as_deployed_on_the_new_window(
 ) -> None:
     events = tiny_shop.data.events
     cut = int(events["timestamp"].min()) + 100 * 86_400_000
-    settings = _settings(tmp_path, tiny_shop, events[events["timestamp"] < cut])
+    settings = loaded_settings(tmp_path, tiny_shop, events[events["timestamp"] < cut])
     old = train(settings, TrainConfig(models=("popular_category",)))
     client = registry.configure(settings)
     registry.promote(client, settings.model_name)
     events.to_csv(settings.raw_dir / "events.csv", index=False)  # five more weeks arrive
-    _etl(settings)
+    run_etl_on(settings)
     new = train(settings, TrainConfig(models=("popular_category",)))
     tags = client.get_model_version(settings.model_name, new.version).tags
     assert tags["gate_champion_version"] == old.version

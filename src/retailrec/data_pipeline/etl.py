@@ -42,8 +42,7 @@ log = logging.getLogger(__name__)
 BLOCK_SIZE = 16 << 20  # bytes of CSV per batch: bounded memory whatever the file size
 ITEM_PROPERTY_REASONS = {
     "bad_row": "wrong number of fields",
-    "bad_int": "timestamp or itemid is not a non-negative integer",
-    "empty": "missing value",
+    "bad_int": "timestamp or itemid is not a non-negative integer, or the value is empty",
 }
 
 
@@ -97,6 +96,38 @@ def read_header(path: Path) -> list[str]:
     return [c.strip() for c in next(csv.reader([first]))]
 
 
+def _text_batches(
+    path: Path, columns: tuple[str, ...], malformed: list[str], block_size: int = BLOCK_SIZE
+) -> Iterator[pd.DataFrame]:
+    """Stream ``columns`` of a CSV file as text, block by block; the raw lines of rows with the
+    wrong number of fields are appended to ``malformed`` instead of failing the read.
+
+    Raises:
+        DataFileError: missing or empty file, or one of ``columns`` not in the header.
+    """
+    missing = [c for c in columns if c not in read_header(path)]
+    if missing:
+        raise DataFileError(f"{path}: missing required column(s) {', '.join(missing)}")
+
+    def on_invalid(row: Any) -> str:
+        malformed.append(row.text)
+        return "skip"
+
+    reader = pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(block_size=block_size),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+        convert_options=pacsv.ConvertOptions(
+            include_columns=list(columns),
+            column_types={c: pa.large_string() for c in columns},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    for record_batch in reader:
+        yield record_batch.to_pandas(types_mapper=lambda _t: pd.StringDtype("pyarrow"))
+
+
 @dataclass
 class _Batch:
     rows: pd.DataFrame  # the required columns, as text
@@ -109,29 +140,8 @@ def iter_event_batches(path: Path, block_size: int = BLOCK_SIZE) -> Iterator[_Ba
     Raises:
         DataFileError: missing file, empty file, or a required column missing from the header.
     """
-    header = read_header(path)
-    missing = [c for c in schema.REQUIRED_COLUMNS if c not in header]
-    if missing:
-        raise DataFileError(f"{path}: missing required column(s) {', '.join(missing)}")
     malformed: list[str] = []
-
-    def on_invalid(row: Any) -> str:
-        malformed.append(row.text)
-        return "skip"
-
-    reader = pacsv.open_csv(
-        path,
-        read_options=pacsv.ReadOptions(block_size=block_size),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
-        convert_options=pacsv.ConvertOptions(
-            include_columns=list(schema.REQUIRED_COLUMNS),
-            column_types={c: pa.large_string() for c in schema.REQUIRED_COLUMNS},
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
-    )
-    for record_batch in reader:
-        rows = record_batch.to_pandas(types_mapper=lambda _t: pd.StringDtype("pyarrow"))
+    for rows in _text_batches(path, schema.REQUIRED_COLUMNS, malformed, block_size):
         yield _Batch(rows, malformed.copy())
         malformed.clear()
     if malformed:
@@ -245,28 +255,8 @@ def _iter_property_chunks(
 ) -> Iterator[pd.DataFrame]:
     wanted = set(readers.READABLE_PROPERTIES)
     for path in paths:
-        header = read_header(path)
-        missing = [c for c in readers.ITEM_PROPERTIES_COLUMNS if c not in header]
-        if missing:
-            raise DataFileError(f"{path}: missing required column(s) {', '.join(missing)}")
         malformed: list[str] = []
-
-        def on_invalid(row: Any, sink: list[str] = malformed) -> str:
-            sink.append(row.text)
-            return "skip"
-
-        reader = pacsv.open_csv(
-            path,
-            read_options=pacsv.ReadOptions(block_size=BLOCK_SIZE),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
-            convert_options=pacsv.ConvertOptions(
-                include_columns=list(readers.ITEM_PROPERTIES_COLUMNS),
-                column_types={c: pa.large_string() for c in readers.ITEM_PROPERTIES_COLUMNS},
-                strings_can_be_null=False,
-            ),
-        )
-        for record_batch in reader:
-            df = record_batch.to_pandas(types_mapper=lambda _t: pd.StringDtype("pyarrow"))
+        for df in _text_batches(path, readers.ITEM_PROPERTIES_COLUMNS, malformed):
             df = df[df["property"].str.strip().isin(wanted)]
             ts = pd.to_numeric(df["timestamp"], errors="coerce")
             item = pd.to_numeric(df["itemid"], errors="coerce")
