@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tests.utils.factories import events_frame
+
 T0 = 1_433_221_332_117
 MIN = 60_000
 DAY = 86_400_000
@@ -31,16 +33,7 @@ def checkerboard_events(n_users: int = 40, n_items: int = 30, seed: int = 0) -> 
         for j, item in enumerate(bought):
             rows.append((t + (k + j) * MIN, 1000 + u, "addtocart", 500 + item, None))
             rows.append((t + (k + 5) * MIN, 1000 + u, "transaction", 500 + item, 9000 + u))
-    ts, vis, ev, item, tx = zip(*rows, strict=True)
-    return pd.DataFrame(
-        {
-            "timestamp": np.array(ts, dtype=np.int64),
-            "visitorid": np.array(vis, dtype=np.int64),
-            "event": list(ev),
-            "itemid": np.array(item, dtype=np.int64),
-            "transactionid": pd.array(list(tx), dtype="Int64"),
-        }
-    )
+    return events_frame(rows)
 
 
 def checkerboard_catalogue(n_items: int = 30) -> pd.DataFrame:
