@@ -329,3 +329,49 @@ def test_openapi_has_examples(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert "examples" in spec["components"]["schemas"]["EventsRequest"]
     assert client.get("/docs").status_code == 200
+
+
+def test_a_real_server_answers_concurrent_requests(trained: Settings, known: pd.DataFrame) -> None:
+    """Under uvicorn, dependencies and endpoints may run on different worker threads: each
+    request must still get a connection of its own thread (TestClient does not show this)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RETAILREC_DATA_DIR": str(trained.data_dir)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "retailrec", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{base}/ready", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.3)
+        visitors = known["visitorid"].drop_duplicates().head(40).tolist()
+
+        def fetch(v: int) -> int:
+            with urllib.request.urlopen(
+                f"{base}/v1/users/{v}/recommendations?k=5", timeout=30
+            ) as r:
+                return int(r.status)
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = list(pool.map(fetch, visitors * 5))
+        assert statuses == [200] * len(statuses)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import sqlite3
 from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
@@ -18,9 +17,11 @@ def get_app_settings(request: Request) -> Settings:
     return settings
 
 
-def get_store(request: Request) -> sqlite3.Connection:
+def get_connections(request: Request) -> Connections:
+    """The per-thread connection pool. FastAPI may run a sync dependency and the endpoint in
+    different worker threads, so the endpoint calls ``.get()`` itself, in its own thread."""
     connections: Connections = request.app.state.connections
-    return connections.get()
+    return connections
 
 
 def get_served(request: Request) -> Served:
@@ -65,7 +66,7 @@ def require_api_key(
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-StoreDep = Annotated[sqlite3.Connection, Depends(get_store)]
+StoreDep = Annotated[Connections, Depends(get_connections)]
 ServedDep = Annotated[Served, Depends(get_served)]
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -14,7 +14,7 @@ router = APIRouter(prefix="/v1", tags=["events"])
 
 
 @router.post("/events", response_model=EventsResponse)
-def post_events(body: EventsRequest, conn: StoreDep, metrics: MetricsDep) -> EventsResponse:
+def post_events(body: EventsRequest, connections: StoreDep, metrics: MetricsDep) -> EventsResponse:
     """Up to 1,000 events. Each is accepted, a duplicate of one already stored (re-sending a batch
     is safe), or rejected with its index and reason; the three always add up to the batch."""
     frame = pd.DataFrame.from_records(
@@ -26,7 +26,7 @@ def post_events(body: EventsRequest, conn: StoreDep, metrics: MetricsDep) -> Eve
         RejectedEvent(index=int(i), reason=str(r)) for i, r in checked.rejected["reason"].items()
     ]
     unique = checked.valid.drop_duplicates()
-    accepted = store.append_events(conn, unique, source="api")
+    accepted = store.append_events(connections.get(), unique, source="api")
     duplicates = len(checked.valid) - accepted
     metrics.events.labels(outcome="accepted").inc(accepted)
     metrics.events.labels(outcome="duplicate").inc(duplicates)

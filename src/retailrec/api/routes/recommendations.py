@@ -56,7 +56,7 @@ def _respond(
 def recommend_for_visitor(
     visitor_id: VisitorId,
     served: ServedDep,
-    conn: StoreDep,
+    connections: StoreDep,
     served_log: ServedLogDep,
     metrics: MetricsDep,
     k: K = 10,
@@ -73,7 +73,7 @@ def recommend_for_visitor(
     started = time.perf_counter()
     rules = Rules(exclude_purchased, exclude_seen, category, exclude or ())
     try:
-        answer = served.for_visitor(conn, visitor_id, k, rules)
+        answer = served.for_visitor(connections.get(), visitor_id, k, rules)
     except UnknownEntityError as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from exc
     return _respond(answer, visitor_id, served.version, "user", started, served_log, metrics)
@@ -118,7 +118,7 @@ def session_recommendations(
 @router.get("/popular", response_model=Recommendations)
 def popular(
     served: ServedDep,
-    conn: StoreDep,
+    connections: StoreDep,
     served_log: ServedLogDep,
     metrics: MetricsDep,
     k: K = 10,
@@ -130,7 +130,7 @@ def popular(
     """The most popular items, overall or within a category, over all time or the last days."""
     started = time.perf_counter()
     try:
-        answer = served.popular(conn, k, category, days)
+        answer = served.popular(connections.get(), k, category, days)
     except UnknownEntityError as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from exc
     return _respond(answer, None, served.version, "popular", started, served_log, metrics)
