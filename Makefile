@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_etl.py
 	$(BIN)/python bench/bench_models.py
 	$(BIN)/python bench/bench_pipeline.py
+	$(BIN)/python bench/bench_api.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
