@@ -155,23 +155,3 @@ class Dataset:
             indexed,
             int(as_of_ms),
         )
-
-    def history_matrix(
-        self, events: pd.DataFrame, visitor_ids: np.ndarray, config: fp.FeatureConfig | None = None
-    ) -> sp.csr_matrix:
-        """(len(visitor_ids), n_items) confidences from ``events`` (fresh history when serving).
-
-        Items outside the catalogue are dropped (a model cannot score them).
-        """
-        config = config or fp.FeatureConfig()
-        visitor_ids = np.asarray(visitor_ids)
-        if events.empty:
-            return sp.csr_matrix((len(visitor_ids), self.n_items), dtype=np.float32)
-        inter = fp.interactions(events, int(events["timestamp"].max()), config)
-        rows = pd.Index(visitor_ids).get_indexer(inter["visitorid"].to_numpy())
-        cols = self.item_index(inter["itemid"].to_numpy())
-        keep = (rows >= 0) & (cols >= 0)
-        return sp.csr_matrix(
-            (inter["confidence"].to_numpy(np.float32)[keep], (rows[keep], cols[keep])),
-            shape=(len(visitor_ids), self.n_items),
-        )
