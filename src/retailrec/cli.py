@@ -77,6 +77,17 @@ def main(
         warnings.filterwarnings("ignore", module="mlflow")
 
 
+def _spinner(first: str) -> tuple[Progress, Any]:
+    """A progress line for steps of unknown length: the stage's name and the time so far."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
+    return progress, progress.add_task(first, total=None)
+
+
 def _stage_progress(total: int) -> tuple[Progress, Callable[[str], None]]:
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -158,13 +169,7 @@ def etl(
     from retailrec.feature_store import open_store
 
     settings = get_settings()
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    )
-    task = progress.add_task("reading", total=None)
+    progress, task = _spinner("reading")
     with progress, open_store(settings.feature_store_path) as conn:
         report = run_etl(
             raw if raw is not None else settings.raw_dir,
@@ -238,13 +243,7 @@ def _train(models: str | None, trials: int) -> Any:
     from retailrec.training.train import train as run_train
 
     names = tuple(m.strip() for m in models.split(",") if m.strip()) if models else DEFAULT_MODELS
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    )
-    task = progress.add_task("training", total=None)
+    progress, task = _spinner("training")
     with progress:
         result = run_train(
             get_settings(),

@@ -84,12 +84,7 @@ def similar_items(
     item_id: ItemId, served: ServedDep, served_log: ServedLogDep, metrics: MetricsDep, k: K = 10
 ) -> Recommendations:
     """Items like this one (item-kNN), topped up with popular items of its category."""
-    started = time.perf_counter()
-    try:
-        answer = served.for_item(item_id, k, "similar")
-    except UnknownEntityError as exc:
-        raise HTTPException(status_code=404, detail=str(exc)) from exc
-    return _respond(answer, None, served.version, "similar", started, served_log, metrics)
+    return _for_item(item_id, k, "similar", served, served_log, metrics)
 
 
 @router.get("/items/{item_id}/bought-together", response_model=Recommendations)
@@ -97,12 +92,23 @@ def bought_together(
     item_id: ItemId, served: ServedDep, served_log: ServedLogDep, metrics: MetricsDep, k: K = 10
 ) -> Recommendations:
     """Items bought in the same baskets or carted in the same sessions, then similar items."""
+    return _for_item(item_id, k, "bought_together", served, served_log, metrics)
+
+
+def _for_item(
+    item_id: int,
+    k: int,
+    role: str,
+    served: ServedDep,
+    served_log: ServedLogDep,
+    metrics: MetricsDep,
+) -> Recommendations:
     started = time.perf_counter()
     try:
-        answer = served.for_item(item_id, k, "bought_together")
+        answer = served.for_item(item_id, k, role)
     except UnknownEntityError as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from exc
-    return _respond(answer, None, served.version, "bought_together", started, served_log, metrics)
+    return _respond(answer, None, served.version, role, started, served_log, metrics)
 
 
 @router.post("/sessions/recommendations", response_model=Recommendations)
