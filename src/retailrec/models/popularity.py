@@ -35,6 +35,9 @@ class PopularityRecommender(BaseRecommender):
         )
         self.popularity_ = np.zeros(0, dtype=np.float32)
         self.item_category_ = np.zeros(0, dtype=np.int64)
+        self.known_ = np.zeros(0, dtype=bool)
+        self.cat_index_ = np.zeros(0, dtype=np.int64)
+        self.item_to_cat_ = sp.csr_matrix((0, 0), dtype=np.float32)
 
     def params(self) -> dict[str, Any]:
         return {"window_days": self.window_days, "by_category": self.by_category}
@@ -46,21 +49,22 @@ class PopularityRecommender(BaseRecommender):
         counts = np.bincount(ev["item"].to_numpy(), minlength=data.n_items).astype(np.float64)
         self.popularity_ = (np.log1p(counts) / max(np.log1p(counts).max(), 1e-9)).astype(np.float32)
         self.item_category_ = data.item_category.copy()
+        # item -> category incidence, built once: scoring is then one sparse product per batch.
+        known = self.item_category_ >= 0
+        codes, self.cat_index_ = np.unique(self.item_category_[known], return_inverse=True)
+        self.known_ = known
+        self.item_to_cat_ = sp.csr_matrix(
+            (np.ones(int(known.sum()), dtype=np.float32), (np.flatnonzero(known), self.cat_index_)),
+            shape=(data.n_items, len(codes)),
+        )
 
     def score(self, user_items: sp.csr_matrix) -> np.ndarray:
         scores = np.tile(self.popularity_, (user_items.shape[0], 1))
         if not self.by_category:
             return scores
-        known = self.item_category_ >= 0
-        codes, cat_index = np.unique(self.item_category_[known], return_inverse=True)
-        item_to_cat = sp.csr_matrix(
-            (np.ones(int(known.sum()), dtype=np.float32), (np.flatnonzero(known), cat_index)),
-            shape=(self.n_items_, len(codes)),
-        )
         binary = user_items.copy()
         binary.data[:] = 1.0
-        share = np.asarray((binary @ item_to_cat).todense(), dtype=np.float32)
+        share = np.asarray((binary @ self.item_to_cat_).todense(), dtype=np.float32)
         share /= np.maximum(share.sum(axis=1, keepdims=True), 1.0)
-        boost = np.zeros_like(scores)
-        boost[:, known] = share[:, cat_index]
-        return scores + 2.0 * boost
+        scores[:, self.known_] += 2.0 * share[:, self.cat_index_]
+        return scores
