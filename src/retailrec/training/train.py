@@ -178,12 +178,10 @@ def train(
     client = registry.configure(settings)
     rows: list[dict[str, Any]] = []
     chosen_params: dict[str, dict[str, Any]] = {}
-    data_fp = fingerprint(prep.events)
+    data_fp, commit = fingerprint(prep.events), git_commit()
 
     with mlflow.start_run(run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
-        mlflow.set_tags(
-            {"git_commit": git_commit(), "data_fingerprint": data_fp, "role": "training"}
-        )
+        mlflow.set_tags({"git_commit": commit, "data_fingerprint": data_fp, "role": "training"})
         mlflow.log_params(
             {
                 "n_events": len(prep.events),
@@ -264,7 +262,7 @@ def train(
                 "end_ms": str(split.end_ms),
                 "data_end_ms": str(split.end_ms),
                 "data_fingerprint": data_fp,
-                "git_commit": git_commit(),
+                "git_commit": commit,
                 **{k: repr(float(v)) for k, v in table.loc[best].items() if k.startswith("test_")},
             }
             if champion_version is not None and champion_metric is not None:
