@@ -358,3 +358,122 @@ def download() -> None:
         f"Retailrocket files in {paths[0].parent}: {', '.join(p.name for p in paths)}",
         soft_wrap=True,
     )
+
+
+def _print_monitor(result: Any) -> None:
+    drift, online = result.drift, result.online
+    table = Table(title=drift.verdict)
+    table.add_column("signal", no_wrap=True)
+    for col in ("value", "threshold", "p", "noise floor", ""):
+        table.add_column(col, justify="right", no_wrap=True)
+    for s in drift.signals:
+        table.add_row(
+            s.name,
+            f"{s.value:.4f}",
+            f"{s.threshold:g}",
+            f"{s.p_value:.2g}",
+            "-" if s.noise_floor is None else f"{s.noise_floor:.4f}",
+            "[bold red]DRIFT[/]" if s.drifted else "ok",
+        )
+    console.print(table)
+    if online.get("requests"):
+        ctr = online["click_through"]
+        console.print(
+            f"online: {online['requests']:,} answers served, click-through proxy "
+            f"{_share(ctr['rate'])}, fallback rate {_share(online['fallback_rate'])}, coverage "
+            f"{_share(online['coverage']['rate'])},"
+            f" p99 {online['latency']['all']['p99_ms']:.1f} ms",
+            soft_wrap=True,
+        )
+    else:
+        console.print("online: nothing served in the window", soft_wrap=True)
+    if result.retrain is not None:
+        r = result.retrain
+        verb = "promoted" if r["promoted"] else "not promoted"
+        console.print(
+            f"retrained: version {r['version']} ({r['best_model']}) {verb}: {r['reason']}",
+            soft_wrap=True,
+        )
+        reload = r["reload"]
+        if reload.get("asked"):
+            console.print(f"API reload: status {reload.get('status')}", soft_wrap=True)
+    console.print(f"report: {result.json_path} and {result.html_path.name}", soft_wrap=True)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+@app.command()
+@_one_line_errors
+def monitor(
+    fail_on_drift: Annotated[
+        bool, typer.Option("--fail-on-drift", help="Exit 3 when drift is detected.")
+    ] = False,
+    retrain: Annotated[
+        bool,
+        typer.Option(
+            "--retrain",
+            help="Then retrain on the latest data, promote only a better model, reload the API.",
+        ),
+    ] = False,
+    models: Annotated[
+        str | None, typer.Option(help="Models to retrain (comma-separated; default: all).")
+    ] = None,
+    every: Annotated[
+        str | None, typer.Option(help="Run again every interval (e.g. 1h, 30m) until stopped.")
+    ] = None,
+    current_days: Annotated[int, typer.Option(min=1, help="Length of the current window.")] = 7,
+    reference_days: Annotated[
+        int, typer.Option(min=1, help="Length of the reference window before it.")
+    ] = 56,
+    reference: Annotated[
+        str,
+        typer.Option(help="weeks: the weeks before; champion: up to the champion's data end."),
+    ] = "weeks",
+    online_days: Annotated[
+        float, typer.Option(min=0, help="Served answers from the last N days feed online metrics.")
+    ] = 7.0,
+    attribution_hours: Annotated[
+        float, typer.Option(min=0, help="An event this soon after serving counts as followed.")
+    ] = 24.0,
+    max_runs: Annotated[int | None, typer.Option(hidden=True, min=1)] = None,
+) -> None:
+    """Drift and online-quality report into reports/; optionally retrain through the gate."""
+    from retailrec.monitoring import monitor as mon
+    from retailrec.monitoring.drift_detector import DriftConfig
+
+    if every is not None and fail_on_drift:
+        raise typer.BadParameter("--fail-on-drift ends a single run; leave it out with --every")
+    if reference not in ("weeks", "champion"):
+        raise typer.BadParameter("--reference is weeks or champion")
+    config = mon.MonitorConfig(
+        drift=DriftConfig(current_days=current_days, reference_days=reference_days),
+        reference=reference,
+        online_days=online_days,
+        attribution_hours=attribution_hours,
+        retrain=retrain,
+        models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
+    )
+
+    def once() -> Any:
+        progress, _task = _spinner("monitoring" + (" and retraining" if retrain else ""))
+        with progress:
+            result = mon.run_monitor(get_settings(), config)
+        _print_monitor(result)
+        return result
+
+    if every is not None:
+        try:
+            interval = mon.parse_interval(every)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        console.print(f"monitoring every {every}; Ctrl-C stops", soft_wrap=True)
+        try:
+            mon.run_every(interval, once, max_runs=max_runs)
+        except KeyboardInterrupt:
+            console.print("stopped")
+        return
+    result = once()
+    if fail_on_drift and result.drifted:
+        raise typer.Exit(mon.EXIT_DRIFT)

@@ -26,6 +26,10 @@ class Settings(BaseSettings):
         default=Path("data"), description="Root of all data, models and reports."
     )
     api_key: str | None = Field(default=None, description="Key for the admin endpoints.")
+    api_url: str | None = Field(
+        default=None,
+        description="A running API that `retailrec monitor --retrain` asks to reload the champion.",
+    )
     model_name: str = Field(default="retailrec", description="Registered model name in MLflow.")
     mlflow_tracking_uri: str | None = Field(
         default=None,

@@ -19,6 +19,7 @@ from retailrec.config import Settings
 from retailrec.feature_store import store
 from retailrec.training import registry
 from tests.api.conftest import KEY
+from tests.utils.server import serving
 
 pytestmark = pytest.mark.integration
 
@@ -334,33 +335,10 @@ def test_openapi_has_examples(client: TestClient) -> None:
 def test_a_real_server_answers_concurrent_requests(trained: Settings, known: pd.DataFrame) -> None:
     """Under uvicorn, dependencies and endpoints may run on different worker threads: each
     request must still get a connection of its own thread (TestClient does not show this)."""
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
     import urllib.request
     from concurrent.futures import ThreadPoolExecutor
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "RETAILREC_DATA_DIR": str(trained.data_dir)}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "retailrec", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"{base}/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.3)
+    with serving(trained) as base:
         visitors = known["visitorid"].drop_duplicates().head(40).tolist()
 
         def fetch(v: int) -> int:
@@ -372,6 +350,3 @@ def test_a_real_server_answers_concurrent_requests(trained: Settings, known: pd.
         with ThreadPoolExecutor(max_workers=8) as pool:
             statuses = list(pool.map(fetch, visitors * 5))
         assert statuses == [200] * len(statuses)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=20)

@@ -1,0 +1,224 @@
+"""``retailrec monitor``: drift and online quality into ``reports/``, and gated retraining.
+
+One run reads the event log and the served log from the feature store, writes
+``reports/drift-<UTC time>.json`` and ``.html`` and returns the result; with ``retrain`` it then
+trains on the latest data, promotes only through the registry's gate (the challenger must beat the
+champion on the same test window), and asks a running API (``RETAILREC_API_URL``, with
+``RETAILREC_API_KEY``) to reload the champion when it changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from retailrec.config import Settings
+from retailrec.feature_store import store
+from retailrec.monitoring.drift_detector import DAY_MS, DriftConfig, DriftReport, detect
+from retailrec.monitoring.online import HOUR_MS, online_metrics
+from retailrec.monitoring.report import write_html
+
+log = logging.getLogger(__name__)
+
+EXIT_DRIFT = 3
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_interval(text: str) -> float:
+    """``90s``, ``15m``, ``1h``, ``2d`` (or plain seconds) as seconds.
+
+    Raises:
+        ValueError: not a positive duration.
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"not a positive interval: {text!r} (use e.g. 90s, 15m, 1h, 1d)")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    #: "weeks": the weeks before the current window; "champion": the weeks up to the end of the
+    #: data the champion was trained on.
+    reference: str = "weeks"
+    #: Served answers from the last ``online_days`` (wall-clock) feed the online metrics.
+    online_days: float = 7.0
+    attribution_hours: float = 24.0
+    retrain: bool = False
+    models: tuple[str, ...] | None = None
+
+
+@dataclass
+class MonitorResult:
+    drift: DriftReport
+    online: dict[str, Any]
+    retrain: dict[str, Any] | None
+    json_path: Path
+    html_path: Path
+
+    @property
+    def drifted(self) -> bool:
+        return self.drift.drifted
+
+
+def _champion_data_end(settings: Settings) -> int | None:
+    from retailrec.training import registry
+
+    client = registry.configure(settings)
+    current = registry.champion(client, settings.model_name)
+    if current is None or "data_end_ms" not in current.tags:
+        return None
+    return int(current.tags["data_end_ms"])
+
+
+def request_reload(settings: Settings, timeout: float = 120.0) -> dict[str, Any]:
+    """Ask the API at ``settings.api_url`` to load the current champion."""
+    if not settings.api_url:
+        return {"asked": False, "reason": "RETAILREC_API_URL is not set"}
+    if not settings.api_key:
+        return {"asked": False, "reason": "RETAILREC_API_KEY is not set: the API would refuse"}
+    url = settings.api_url.rstrip("/") + "/v1/admin/reload"
+    req = urllib.request.Request(
+        url, method="POST", headers={"X-API-Key": settings.api_key}, data=b""
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # the operator's own API
+            body = json.loads(resp.read() or b"{}")
+            return {"asked": True, "status": resp.status, "answer": body}
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")[:300]
+        return {"asked": True, "status": exc.code, "error": detail}
+    except OSError as exc:
+        return {"asked": True, "status": None, "error": f"{url}: {exc}"}
+
+
+def retrain(settings: Settings, models: tuple[str, ...] | None) -> dict[str, Any]:
+    """Train on everything in the feature store, promote through the gate, reload the API."""
+    from retailrec.data_pipeline.feature_pipeline import FeatureConfig
+    from retailrec.training import registry
+    from retailrec.training.train import DEFAULT_MODELS, TrainConfig, train
+
+    feature_config = FeatureConfig(
+        event_weights=settings.event_weights,
+        recency_half_life_days=settings.recency_half_life_days,
+    )
+    result = train(settings, TrainConfig(models=models or DEFAULT_MODELS), feature_config)
+    client = registry.configure(settings)
+    promotion = registry.promote(client, settings.model_name, result.version)
+    out: dict[str, Any] = {
+        "version": result.version,
+        "best_model": result.best_model,
+        "champion_score_on_window": result.champion_metric,
+        "promoted": promotion.promoted,
+        "previous_champion": promotion.previous,
+        "reason": promotion.reason,
+    }
+    out["reload"] = (
+        request_reload(settings)
+        if promotion.promoted
+        else {"asked": False, "reason": "the champion did not change"}
+    )
+    return out
+
+
+def run_monitor(
+    settings: Settings, config: MonitorConfig | None = None, now_ms: int | None = None
+) -> MonitorResult:
+    """One monitoring pass: drift, online metrics, reports, and optionally gated retraining."""
+    config = config or MonitorConfig()
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    drift_config = config.drift
+    if config.reference == "champion":
+        end = _champion_data_end(settings)
+        if end is None:
+            raise ValueError("no champion with a data_end_ms tag to take the reference from")
+        drift_config = replace(drift_config, reference_end_ms=end)
+    elif config.reference != "weeks":
+        raise ValueError(f"reference must be 'weeks' or 'champion', not {config.reference!r}")
+    with store.open_store(settings.feature_store_path) as conn:
+        from retailrec.data_pipeline.feature_pipeline import item_category_as_of
+
+        events = store.read_events(conn)
+        if events.empty:
+            raise ValueError(
+                f"no events in {settings.feature_store_path}: run `retailrec etl` first"
+            )
+        catalogue = item_category_as_of(conn, None)
+        served = store.read_served(conn, since_ms=now_ms - int(config.online_days * DAY_MS))
+    categories = catalogue.set_index("itemid")["categoryid"]
+    report = detect(events, categories, drift_config)
+    online = online_metrics(
+        served,
+        events,
+        events["itemid"].value_counts(),
+        attribution_ms=int(config.attribution_hours * HOUR_MS),
+    )
+    retrained = retrain(settings, config.models) if config.retrain else None
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now_ms / 1000)) + f"{now_ms % 1000:03d}Z"
+    settings.reports_dir.mkdir(parents=True, exist_ok=True)
+    json_path = settings.reports_dir / f"drift-{stamp}.json"
+    payload = {
+        "created_ms": now_ms,
+        "drift": report.to_dict(),
+        "online": online,
+        "retrain": retrained,
+        "daily": _daily(events, report.reference_start_ms),
+    }
+    json_path.write_text(json.dumps(payload, indent=2, default=_json_default))
+    html_path = write_html(payload, json_path.with_suffix(".html"))
+    return MonitorResult(report, online, retrained, json_path, html_path)
+
+
+def _daily(events: Any, start_ms: int) -> dict[str, dict[str, int]]:
+    """Events per day and type from ``start_ms``: the report's timeline."""
+    recent = events[events["timestamp"] >= start_ms]
+    day = (recent["timestamp"] // DAY_MS * DAY_MS).rename("day")
+    table = recent.groupby([day, recent["event"]]).size().unstack(fill_value=0)
+    return {str(int(d)): {str(k): int(v) for k, v in row.items()} for d, row in table.iterrows()}
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def latest_report(reports_dir: Path) -> Path | None:
+    """The newest ``drift-*.json`` in ``reports_dir``, or None."""
+    found = sorted(reports_dir.glob("drift-*.json"))
+    return found[-1] if found else None
+
+
+def run_every(
+    interval_s: float,
+    once: Callable[[], Any],
+    *,
+    stop: threading.Event | None = None,
+    max_runs: int | None = None,
+) -> int:
+    """Call ``once`` now and then every ``interval_s`` seconds until ``stop`` is set or
+    ``max_runs`` calls are done. A failing run is logged and the loop goes on. Returns the number
+    of runs."""
+    stop = stop or threading.Event()
+    runs = 0
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            once()
+        except Exception:  # a scheduled loop must outlive one bad run; the log says why
+            log.exception("monitoring run failed")
+        runs += 1
+        if max_runs is not None and runs >= max_runs:
+            break
+        stop.wait(max(0.0, interval_s - (time.monotonic() - started)))
+    return runs
