@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from retailrec.data_pipeline.readers import item_catalogue
 from retailrec.models import MODELS, Dataset, Recommender, make_model
 from retailrec.models.base import BaseRecommender
 from tests.utils.checkerboard import checkerboard_catalogue, checkerboard_events
+from tests.utils.factories import Shop
 
 FAST = {
     "two_tower": {"epochs": 30, "dim": 16, "batch_size": 64, "lr": 0.02},
@@ -146,3 +148,55 @@ def test_loading_something_else_is_refused(tmp_path: Path) -> None:
     (tmp_path / "x.pkl").write_bytes(pickle.dumps({"not": "a model"}))
     with pytest.raises(TypeError, match="does not hold a RetailRec model"):
         BaseRecommender.load(tmp_path / "x.pkl")
+
+
+def _same_ranking(model: BaseRecommender, row: sp.csr_matrix, n: int, blocked: np.ndarray) -> None:
+    """``recommend_one`` ranks like ``recommend``: the same scores in the same order, and each
+    item is one that ``recommend`` scores the same (identical items wherever there is no tie)."""
+    items, scores = model.recommend_one(row, n, blocked)
+    full_items, full_scores = (
+        a[0]
+        for a in model.recommend(
+            row,
+            model.n_items_,
+            filter_already_liked_items=False,
+            filter_items=np.flatnonzero(blocked),
+        )
+    )
+    finite = np.isfinite(full_scores)
+    full_items, full_scores = full_items[finite], full_scores[finite]
+    np.testing.assert_allclose(scores, full_scores[:n], rtol=1e-6, atol=1e-9)
+    score_of = dict(zip(full_items.tolist(), full_scores.tolist(), strict=True))
+    for i, (item, s) in enumerate(zip(items.tolist(), scores.tolist(), strict=True)):
+        assert score_of[item] == pytest.approx(s, rel=1e-6, abs=1e-9)
+        if np.isclose(full_scores, s, rtol=1e-6, atol=1e-9).sum() == 1:
+            assert item == full_items[i]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_serving_path_ranks_like_recommend(
+    name: str, data: Dataset, fitted: dict[str, BaseRecommender]
+) -> None:
+    model = fitted[name]
+    model.prepare_serving()
+    rng = np.random.default_rng(0)
+    rows = [*(data.matrix[r] for r in range(8)), sp.csr_matrix((1, 30), dtype=np.float32)]
+    for row in rows:
+        for density in (0.0, 0.2, 0.9, 1.0):
+            blocked = rng.random(30) < density
+            for n in (1, 5, 30):
+                _same_ranking(model, row, n, blocked)
+
+
+@pytest.mark.parametrize("name", ["popular_7d", "popular_category", "itemknn_cosine", "session"])
+def test_the_serving_path_on_a_real_sized_catalogue(name: str, tiny_shop: Shop) -> None:
+    """Thousands of items and many categories: candidate lists must grow past blocked items."""
+    catalogue = item_catalogue(tiny_shop.data.item_properties)
+    data = Dataset.from_events(tiny_shop.data.events, catalogue)
+    model = make_model(name).fit(data)
+    rng = np.random.default_rng(1)
+    for r in rng.choice(data.n_users, 30, replace=False):
+        row = data.matrix[int(r)]
+        blocked = rng.random(data.n_items) < rng.choice([0.01, 0.5, 0.99])
+        for n in (10, 100):
+            _same_ranking(model, row, n, blocked)

@@ -1,4 +1,8 @@
-"""Dependencies injected into the routes."""
+"""Dependencies injected into the routes.
+
+They only read app state, so they are ``async``: FastAPI runs a sync dependency in a worker
+thread, a hop that costs more than the lookup itself.
+"""
 
 from __future__ import annotations
 
@@ -12,19 +16,19 @@ from retailrec.api.state import Connections, Metrics, ModelHolder, ServedLog
 from retailrec.config import Settings
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_connections(request: Request) -> Connections:
-    """The per-thread connection pool. FastAPI may run a sync dependency and the endpoint in
-    different worker threads, so the endpoint calls ``.get()`` itself, in its own thread."""
+async def get_connections(request: Request) -> Connections:
+    """The per-thread connection pool. The dependency runs on the event loop and the (sync)
+    endpoint in a worker thread, so the endpoint calls ``.get()`` itself, in its own thread."""
     connections: Connections = request.app.state.connections
     return connections
 
 
-def get_served(request: Request) -> Served:
+async def get_served(request: Request) -> Served:
     """The model as of now: one reference for the whole request, whatever reloads happen."""
     holder: ModelHolder = request.app.state.holder
     served = holder.current
@@ -35,17 +39,17 @@ def get_served(request: Request) -> Served:
     return served
 
 
-def get_holder(request: Request) -> ModelHolder:
+async def get_holder(request: Request) -> ModelHolder:
     holder: ModelHolder = request.app.state.holder
     return holder
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-def get_served_log(request: Request) -> ServedLog:
+async def get_served_log(request: Request) -> ServedLog:
     served_log: ServedLog = request.app.state.served_log
     return served_log
 

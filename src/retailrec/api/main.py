@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retailrec.api.routes import events, recommendations, system
 from retailrec.api.state import Connections, Metrics, ModelHolder, ServedLog
@@ -25,6 +26,66 @@ log = logging.getLogger(__name__)
 
 #: Request bodies above this are refused (the largest valid one, 1,000 events, is ~150 kB).
 MAX_BODY_BYTES = 1_000_000
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+class LimitsAndMetrics:
+    """Caps request bodies (422 beyond :data:`MAX_BODY_BYTES`) and counts and times requests per
+    route. Plain ASGI rather than ``@app.middleware``: that wrapper costs more per request than
+    a whole recommendation."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            await _too_large(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > MAX_BODY_BYTES:  # a chunked body with no length announced
+                raise _BodyTooLargeError
+            return message
+
+        async def status_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, status_send)
+        except _BodyTooLargeError:
+            status = 422
+            await _too_large(scope, receive, send)
+        finally:
+            metrics: Metrics = scope["app"].state.metrics
+            path = getattr(scope.get("route"), "path", "unmatched")
+            metrics.requests.labels(route=path, method=scope["method"], status=str(status)).inc()
+            metrics.latency.labels(route=path).observe(time.perf_counter() - started)
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
+    response = JSONResponse(
+        status_code=422,
+        content={
+            "detail": f"request body over {MAX_BODY_BYTES} bytes; send at most 1,000 events a batch"
+        },
+    )
+    await response(scope, receive, send)
 
 
 def create_app(
@@ -71,30 +132,7 @@ def create_app(
     app.state.served_log = ServedLog(settings.feature_store_path)
     app.state.metrics = Metrics()
 
-    @app.middleware("http")
-    async def limits_and_metrics(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return JSONResponse(
-                status_code=422,
-                content={
-                    "detail": f"request body over {MAX_BODY_BYTES} bytes;"
-                    " send at most 1,000 events a batch"
-                },
-            )
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics: Metrics = request.app.state.metrics
-        metrics.requests.labels(
-            route=path, method=request.method, status=str(response.status_code)
-        ).inc()
-        metrics.latency.labels(route=path).observe(time.perf_counter() - started)
-        return response
-
+    app.add_middleware(LimitsAndMetrics)
     app.include_router(recommendations.router)
     app.include_router(events.router)
     app.include_router(system.router)

@@ -59,7 +59,7 @@ class Served:
 
     def __post_init__(self) -> None:
         b = self.bundle
-        self.unavailable = np.flatnonzero(~b.item_available)
+        self.unavailable = ~b.item_available.astype(bool)
         self.by_category: dict[int, np.ndarray] = {
             int(c): np.flatnonzero(b.item_category == c)
             for c in np.unique(b.item_category)
@@ -71,27 +71,30 @@ class Served:
             recency_half_life_days=float(b.metadata.get("recency_half_life_days", 30.0)),
         )
         self.personal = b.metadata.get("model") not in NON_PERSONAL
+        for model in b.models.values():
+            model.prepare_serving()
 
     # -- building blocks ------------------------------------------------------------------------
 
     def blocked(self, rules: Rules, seen: np.ndarray, purchased: np.ndarray) -> np.ndarray:
-        """Item indices never to return under ``rules``: unavailable, excluded, out of category."""
-        parts = [
-            self.unavailable,
-            self.bundle.item_index(np.asarray(rules.exclude, dtype=np.int64)),
-        ]
-        if rules.exclude_purchased:
-            parts.append(purchased)
-        if rules.exclude_seen:
-            parts.append(seen)
-        blocked = np.unique(np.concatenate([p[p >= 0] for p in parts]).astype(np.int64))
+        """(n_items,) bool: True for items never to return under ``rules`` (unavailable,
+        excluded, purchased or seen as asked, outside the category)."""
         if rules.category is not None:
             inside = self.by_category.get(int(rules.category))
             if inside is None:
                 raise UnknownEntityError(f"unknown category {rules.category}")
-            mask = np.ones(self.bundle.n_items, dtype=bool)
-            mask[inside] = False
-            blocked = np.union1d(blocked, np.flatnonzero(mask))
+            blocked = np.ones(self.bundle.n_items, dtype=bool)
+            blocked[inside] = False
+            blocked |= self.unavailable
+        else:
+            blocked = self.unavailable.copy()
+        parts = [self.bundle.item_index(np.asarray(rules.exclude, dtype=np.int64))]
+        if rules.exclude_purchased:
+            parts.append(purchased)
+        if rules.exclude_seen:
+            parts.append(seen)
+        for part in parts:
+            blocked[part[part >= 0]] = True
         return blocked
 
     def history_row(self, history: store.History, now_ms: int) -> sp.csr_matrix:
@@ -103,35 +106,31 @@ class Served:
             weights[np.asarray(history.event) == name] = w
         age_days = np.maximum(now_ms - history.timestamp, 0) / DAY_MS
         conf = weights * np.power(0.5, age_days / self.config.recency_half_life_days)
-        return sp.csr_matrix(
-            (
-                conf[known].astype(np.float32),
-                (np.zeros(int(known.sum()), dtype=np.int64), idx[known]),
-            ),
-            shape=(1, self.bundle.n_items),
-        )
+        return _one_row(idx[known], conf[known], self.bundle.n_items)
 
     def _take(
         self, role: str, row: sp.csr_matrix, k: int, blocked: np.ndarray, have: list[int]
     ) -> tuple[list[int], list[float]]:
         model = self.bundle.models[role]
-        skip = np.union1d(blocked, np.asarray(have, dtype=np.int64))
-        items, scores = model.recommend(row, k, filter_already_liked_items=False, filter_items=skip)
-        keep = (items[0] >= 0) & np.isfinite(scores[0])
-        # A model with nothing to say falls back to popularity inside recommend; only real
-        # signal (above the tie-break) counts for the item-to-item roles.
+        if have:
+            blocked = blocked.copy()
+            blocked[np.asarray(have, dtype=np.int64)] = True
+        items, scores = model.recommend_one(row, k, blocked)
+        # A model with nothing to say falls back to popularity; only real signal (above the
+        # tie-break) counts for the item-to-item roles.
         if role in ("session", "similar", "bought_together"):
-            keep &= scores[0] > 1e-4
-        return items[0][keep].tolist(), scores[0][keep].tolist()
+            keep = scores > 1e-4
+            items, scores = items[keep], scores[keep]
+        return items.tolist(), scores.tolist()
 
     def _fill(
         self, answer: Answer, k: int, blocked: np.ndarray, role: str = "popular_7d"
     ) -> Answer:
         """Top up with popular items (recent first, then all-time) until ``k`` or none are left."""
-        empty = sp.csr_matrix((1, self.bundle.n_items), dtype=np.float32)
         for r in (role, "popular"):
             if len(answer.items) >= k:
                 break
+            empty = _one_row(np.zeros(0, np.int64), np.zeros(0), self.bundle.n_items)
             idx = self.bundle.item_index(np.asarray(answer.items, dtype=np.int64))
             items, scores = self._take(r, empty, k - len(answer.items), blocked, idx.tolist())
             answer.items += self.bundle.item_ids[items].tolist()
@@ -165,8 +164,8 @@ class Served:
             now = max(now, int(history.timestamp[-1]))
         idx = self.bundle.item_index(history.itemid)
         kinds = np.asarray(history.event)
-        seen = np.unique(idx[idx >= 0])
-        purchased = np.unique(idx[(idx >= 0) & (kinds == "transaction")])
+        seen = idx[idx >= 0]
+        purchased = idx[(idx >= 0) & (kinds == "transaction")]
         blocked = self.blocked(rules, seen, purchased)
         answer = Answer([], [], "")
         row = self.history_row(history, now)
@@ -188,7 +187,7 @@ class Served:
         """An anonymous session: items just viewed, latest last."""
         idx = self.bundle.item_index(np.asarray(item_ids, dtype=np.int64))
         known = idx[idx >= 0]
-        blocked = self.blocked(rules, np.unique(known), np.zeros(0, dtype=np.int64))
+        blocked = self.blocked(rules, known, np.zeros(0, dtype=np.int64))
         answer = Answer([], [], "")
         if len(known):
             row = self.bundle.models["session"].session_row(known)  # type: ignore[attr-defined]
@@ -202,10 +201,9 @@ class Served:
         idx = self.bundle.item_index(np.asarray([item_id]))
         if idx[0] < 0:
             raise UnknownEntityError(f"unknown item {item_id}")
-        blocked = np.union1d(self.unavailable, idx)
-        one = sp.csr_matrix(
-            ([1.0], ([0], [idx[0]])), shape=(1, self.bundle.n_items), dtype=np.float32
-        )
+        blocked = self.unavailable.copy()
+        blocked[idx] = True
+        one = _one_row(idx, np.ones(1), self.bundle.n_items)
         answer = Answer([], [], "")
         roles = (role, "similar") if role == "bought_together" else (role,)
         for r in roles:
@@ -223,9 +221,7 @@ class Served:
             answer = self._fill(
                 answer,
                 k,
-                np.union1d(
-                    blocked, self.blocked(in_cat, np.zeros(0, np.int64), np.zeros(0, np.int64))
-                ),
+                blocked | self.blocked(in_cat, np.zeros(0, np.int64), np.zeros(0, np.int64)),
             )
         return self._fill(answer, k, blocked)
 
@@ -243,7 +239,8 @@ class Served:
         end = store.time_range(conn)[1] or 0
         counts = store.item_counts_since(conn, end - days * DAY_MS)
         idx = self.bundle.item_index(counts.index.to_numpy())
-        ok = (idx >= 0) & ~np.isin(idx, blocked)
+        ok = idx >= 0
+        ok[ok] = ~blocked[idx[ok]]
         ranked = pd.Series(counts.to_numpy()[ok], index=idx[ok]).sort_values(
             ascending=False, kind="stable"
         )
@@ -252,3 +249,13 @@ class Served:
             self._ids(top.index.tolist()), [float(v) for v in top.to_numpy()], "popular"
         )
         return self._fill(answer, k, blocked, role="popular")
+
+
+def _one_row(items: np.ndarray, values: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """A (1, n_items) CSR row, repeated items summed; built directly, as the hot path needs."""
+    cols, inverse = np.unique(items, return_inverse=True)
+    data = np.bincount(inverse, weights=values, minlength=len(cols)).astype(np.float32)
+    return sp.csr_matrix(
+        (data, cols.astype(np.int32), np.array([0, len(cols)], dtype=np.int32)),
+        shape=(1, n_items),
+    )

@@ -3,10 +3,10 @@ served-recommendations log and the Prometheus metrics."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -109,18 +109,26 @@ class Connections:
 
 
 class ServedLog:
-    """Writes served recommendations to the store from a background thread, in batches, so the
-    request path only puts a tuple on a queue."""
+    """Writes served recommendations to the store from a background thread, in batches.
 
-    def __init__(self, path: Path, flush_s: float = 0.5) -> None:
+    The request path appends a tuple to a deque (atomic, no lock, no wake-up); the writer thread
+    wakes every ``flush_s`` and writes whatever has gathered, so serving never waits on SQLite and
+    never trades the GIL with the writer on every request. At most ``max_pending`` rows wait;
+    beyond that rows are dropped and counted (``dropped``), never blocking an answer.
+    """
+
+    def __init__(self, path: Path, flush_s: float = 0.5, max_pending: int = 100_000) -> None:
         self.path = path
         self.flush_s = flush_s
-        self.queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=100_000)
+        self.pending: collections.deque[tuple[Any, ...]] = collections.deque()
+        self.max_pending = max_pending
         self.dropped = 0
+        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="served-log", daemon=True)
             self._thread.start()
 
@@ -134,48 +142,47 @@ class ServedLog:
         items: list[int],
         latency_ms: float,
     ) -> None:
-        row = (
-            rec_id,
-            int(time.time() * 1000),
-            endpoint,
-            visitor,
-            strategy,
-            version,
-            json.dumps(items),
-            latency_ms,
-        )
-        try:
-            self.queue.put_nowait(row)
-        except queue.Full:  # never block serving; the count is exported as a metric
+        if len(self.pending) >= self.max_pending:  # never block serving; exported as a metric
             self.dropped += 1
+            return
+        self.pending.append(
+            (
+                rec_id,
+                int(time.time() * 1000),
+                endpoint,
+                visitor,
+                strategy,
+                version,
+                items,
+                latency_ms,
+            )
+        )
+
+    def flush(self, conn: sqlite3.Connection) -> int:
+        """Write what has gathered; returns the number of rows."""
+        batch = []
+        while self.pending:
+            row = self.pending.popleft()
+            batch.append((*row[:6], json.dumps(row[6]), row[7]))
+        if batch:
+            try:
+                store.log_served(conn, batch)
+            except sqlite3.Error:
+                log.exception("could not log %d served recommendations", len(batch))
+        return len(batch)
 
     def _run(self) -> None:
         conn = store.connect(self.path)
-        stop = False
-        while not stop:
-            batch: list[tuple[Any, ...]] = []
-            try:
-                item = self.queue.get(timeout=self.flush_s)
-                while True:
-                    if item is None:
-                        stop = True
-                        break
-                    batch.append(item)
-                    if len(batch) >= 500:
-                        break
-                    item = self.queue.get_nowait()
-            except queue.Empty:
-                pass
-            if batch:
-                try:
-                    store.log_served(conn, batch)
-                except sqlite3.Error:
-                    log.exception("could not log %d served recommendations", len(batch))
-        conn.close()
+        try:
+            while not self._stop.wait(self.flush_s):
+                self.flush(conn)
+            self.flush(conn)
+        finally:
+            conn.close()
 
     def stop(self) -> None:
         if self._thread is not None and self._thread.is_alive():
-            self.queue.put(None)
+            self._stop.set()
             self._thread.join(timeout=10)
 
 
@@ -207,6 +214,11 @@ class Metrics:
             "retailrec_model_info",
             "The served model version (value 1)",
             ["version", "model"],
+            registry=self.registry,
+        )
+        self.log_dropped = Gauge(
+            "retailrec_served_log_dropped",
+            "Served answers not logged because the log's queue was full",
             registry=self.registry,
         )
         self.events = Counter(

@@ -128,6 +128,72 @@ class BaseRecommender:
             out_scores[start : start + len(top)] = top_scores
         return out_items, out_scores
 
+    # -- serving: one row at a time -----------------------------------------------------------
+
+    def recommend_one(
+        self, row: sp.csr_matrix, n: int, blocked: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The API's hot path: the top ``n`` items for one history row.
+
+        Ranks exactly as ``recommend(row, n, filter_already_liked_items=False,
+        filter_items=np.flatnonzero(blocked))``, without its padding: fewer than ``n`` items come
+        back only when fewer are left. Models that can find their top items among a few candidates
+        (popularity, item-to-item) override :meth:`_candidate_scores`; the others score the whole
+        catalogue.
+
+        Args:
+            row: a (1, n_items) history.
+            blocked: (n_items,) bool, True for items never to return.
+        """
+        if not (sp.isspmatrix_csr(row) and row.dtype == np.float32):
+            row = sp.csr_matrix(row, dtype=np.float32)
+        n = int(min(n, self.n_items_))
+        if n == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        if row.nnz == 0:  # cold: the popular items, as in recommend()
+            items = first_unblocked(self._serving("prior_order"), blocked, n)
+            return items, self.prior_[items]
+        found = self._candidate_scores(row, n, blocked)
+        if found is None:
+            scores = np.asarray(self.score(row), dtype=np.float32)[0]
+            scores += TIE_BREAK * self.prior_
+            scores[blocked] = -np.inf
+            top = _top_n(scores[None, :], n)[0]
+            keep = np.isfinite(scores[top])
+            return top[keep], scores[top[keep]]
+        cand, scores = found
+        ok = ~blocked[cand]
+        cand, scores = cand[ok], scores[ok]
+        order = np.argsort(-scores, kind="stable")[:n]
+        return cand[order], scores[order]
+
+    def _candidate_scores(
+        self, row: sp.csr_matrix, n: int, blocked: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Candidate items that surely hold the top ``n`` unblocked ones, with their full scores
+        (tie-break included); None to score the whole catalogue."""
+        return None
+
+    def prepare_serving(self) -> None:
+        """Build what the serving path walks (orderings), so that no request pays for it."""
+        self._serving("prior_order")
+
+    def _serving(self, key: str) -> Any:
+        cache: dict[str, Any] = self.__dict__.setdefault("_serving_cache", {})
+        if key not in cache:
+            cache[key] = self._build_serving(key)
+        return cache[key]
+
+    def _build_serving(self, key: str) -> Any:
+        if key == "prior_order":
+            return np.argsort(-self.prior_, kind="stable")
+        raise KeyError(key)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_serving_cache", None)  # derived after loading; never stored in a bundle
+        return state
+
     def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Items most like each of ``items`` (indices): the ranking for a one-item history."""
         items = np.asarray(items, dtype=np.int64)
@@ -153,6 +219,17 @@ class BaseRecommender:
         if not isinstance(model, BaseRecommender):
             raise TypeError(f"{path} does not hold a RetailRec model")
         return model
+
+
+def first_unblocked(order: np.ndarray, blocked: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` entries of ``order`` (item indices, best first) that are not blocked."""
+    m = 4 * n + 64
+    while True:
+        head = order[:m]
+        ok: np.ndarray = head[~blocked[head]]
+        if len(ok) >= n or m >= len(order):
+            return ok[:n]
+        m *= 8
 
 
 def _top_n(scores: np.ndarray, n: int) -> np.ndarray:

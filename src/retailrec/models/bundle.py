@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from retailrec.models.base import BaseRecommender
 from retailrec.models.data import Dataset
@@ -39,13 +38,17 @@ class ModelBundle:
     item_category: np.ndarray
     item_available: np.ndarray
     metadata: dict[str, Any] = field(default_factory=dict)
-    _item_pos: pd.Index = field(init=False, repr=False)
+    _sorted_ids: np.ndarray = field(init=False, repr=False)
+    _sorted_pos: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         missing = [r for r in ROLES if r not in self.models]
         if missing:
             raise ValueError(f"bundle lacks model(s) {', '.join(missing)}")
-        self._item_pos = pd.Index(self.item_ids)
+        # A sorted copy for binary search: far cheaper per call than a hash-index lookup on the
+        # few ids a request carries.
+        self._sorted_pos = np.argsort(self.item_ids, kind="stable")
+        self._sorted_ids = np.asarray(self.item_ids, dtype=np.int64)[self._sorted_pos]
 
     @classmethod
     def from_dataset(
@@ -65,7 +68,11 @@ class ModelBundle:
 
     def item_index(self, item_ids: np.ndarray) -> np.ndarray:
         """Column indices of item ids, -1 for items the bundle does not know."""
-        return np.asarray(self._item_pos.get_indexer(np.asarray(item_ids)), dtype=np.int64)
+        ids = np.asarray(item_ids, dtype=np.int64).ravel()
+        if not len(self._sorted_ids) or not len(ids):
+            return np.full(len(ids), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self._sorted_ids, ids), len(self._sorted_ids) - 1)
+        return np.where(self._sorted_ids[at] == ids, self._sorted_pos[at], -1).astype(np.int64)
 
     def save(self, path: Path) -> Path:
         """Write the bundle folder (replacing one already there) and return it."""

@@ -15,7 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from retailrec.models.base import BaseRecommender
+from retailrec.models.base import TIE_BREAK, BaseRecommender, first_unblocked
 from retailrec.models.data import Dataset
 
 
@@ -28,6 +28,19 @@ class ItemItemRecommender(BaseRecommender):
 
     def score(self, user_items: sp.csr_matrix) -> np.ndarray:
         return np.asarray((user_items @ self.similarity_).todense(), dtype=np.float32)
+
+    def _candidate_scores(
+        self, row: sp.csr_matrix, n: int, blocked: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        # Items with no similarity to the history score only their tie-break, so the top n lies
+        # among the history's neighbours and the n most popular unblocked items.
+        sims = (row @ self.similarity_).tocsr()
+        sims.sum_duplicates()
+        fill = first_unblocked(self._serving("prior_order"), blocked, n)
+        cand = np.union1d(sims.indices, fill)
+        scores = TIE_BREAK * self.prior_[cand]
+        scores[np.searchsorted(cand, sims.indices)] += sims.data
+        return cand, scores.astype(np.float32)
 
 
 def _top_k_rows(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from retailrec.models.base import BaseRecommender
+from retailrec.models.base import TIE_BREAK, BaseRecommender, first_unblocked
 from retailrec.models.data import Dataset
 
 DAY_MS = 86_400_000
@@ -68,3 +68,56 @@ class PopularityRecommender(BaseRecommender):
         share /= np.maximum(share.sum(axis=1, keepdims=True), 1.0)
         scores[:, self.known_] += 2.0 * share[:, self.cat_index_]
         return scores
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def prepare_serving(self) -> None:
+        super().prepare_serving()
+        self._serving("order")
+        if self.by_category:
+            self._serving("category_order")
+
+    def _build_serving(self, key: str) -> Any:
+        base = self.popularity_ + TIE_BREAK * self.prior_
+        if key == "order":
+            return np.argsort(-base, kind="stable")
+        if key == "item_code":  # each item's category code (-1: none), over the whole catalogue
+            code = np.full(len(self.known_), -1, dtype=np.int64)
+            code[self.known_] = self.cat_index_
+            return code
+        if key == "category_order":
+            # Items grouped by category, most popular first within each: inside a category the
+            # scores differ only by popularity, so a category's best items head its list.
+            code = self._serving("item_code")
+            known = np.flatnonzero(code >= 0)
+            order = known[np.lexsort((-base[known], code[known]))]
+            cats = code[order]
+            bounds = np.flatnonzero(np.diff(cats)) + 1
+            return dict(zip(np.unique(cats).tolist(), np.split(order, bounds), strict=True))
+        return super()._build_serving(key)
+
+    def _candidate_scores(
+        self, row: sp.csr_matrix, n: int, blocked: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        # The top n lies among the n most popular unblocked items overall and, for each category
+        # in the history, the n most popular unblocked items of that category.
+        parts = [first_unblocked(self._serving("order"), blocked, n)]
+        codes = np.zeros(0, dtype=np.int64)
+        boost = np.zeros(0, dtype=np.float32)
+        if self.by_category:
+            code = self._serving("item_code")
+            cats = code[np.unique(row.indices)]
+            cats = cats[cats >= 0]
+            if len(cats):
+                codes, counts = np.unique(cats, return_counts=True)
+                boost = (2.0 * counts / len(cats)).astype(np.float32)
+                by_cat = self._serving("category_order")
+                parts += [first_unblocked(by_cat[int(c)], blocked, n) for c in codes]
+        cand = np.unique(np.concatenate(parts))
+        scores = self.popularity_[cand] + TIE_BREAK * self.prior_[cand]
+        if len(codes):
+            cand_cat = self._serving("item_code")[cand]
+            pos = np.minimum(np.searchsorted(codes, cand_cat), len(codes) - 1)
+            hit = codes[pos] == cand_cat
+            scores[hit] += boost[pos[hit]]
+        return cand, scores.astype(np.float32)

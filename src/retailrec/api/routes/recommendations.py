@@ -1,16 +1,25 @@
-"""Recommendation endpoints."""
+"""Recommendation endpoints.
+
+The hot path is kept lean: the endpoints are ``async`` and compute inline (a recommendation takes
+well under a millisecond, less than handing it to a worker thread), they read app state from the
+request instead of one dependency per object, and they answer pre-serialised JSON in the
+:class:`~retailrec.api.schemas.Recommendations` shape that the OpenAPI schema documents.
+"""
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 
-from retailrec.api.deps import MetricsDep, ServedDep, ServedLogDep, StoreDep
-from retailrec.api.schemas import MAX_ID, MAX_K, Recommendations, ScoredItem, SessionRequest
+from retailrec.api.deps import ServedDep
+from retailrec.api.schemas import MAX_ID, MAX_K, Recommendations, SessionRequest
 from retailrec.api.service import Answer, Rules, UnknownEntityError
+from retailrec.api.state import Connections, Metrics, ServedLog
 
 router = APIRouter(prefix="/v1", tags=["recommendations"])
 
@@ -21,15 +30,17 @@ Category = Annotated[int | None, Query(ge=0, le=MAX_ID, description="Only items 
 
 
 def _respond(
+    request: Request,
     answer: Answer,
     visitor_id: int | None,
     version: str,
     endpoint: str,
     started: float,
-    served_log: ServedLogDep,
-    metrics: MetricsDep,
-) -> Recommendations:
+) -> Response:
     rec_id = uuid.uuid4().hex
+    state = request.app.state
+    metrics: Metrics = state.metrics
+    served_log: ServedLog = state.served_log
     metrics.strategy.labels(strategy=answer.strategy).inc()
     served_log.put(
         rec_id,
@@ -40,25 +51,29 @@ def _respond(
         answer.items,
         (time.perf_counter() - started) * 1000,
     )
-    return Recommendations(
-        visitor_id=visitor_id,
-        items=[
-            ScoredItem(item_id=i, score=float(s))
+    body = {
+        "visitor_id": visitor_id,
+        "items": [
+            {"item_id": int(i), "score": float(s)}
             for i, s in zip(answer.items, answer.scores, strict=True)
         ],
-        strategy=answer.strategy,  # type: ignore[arg-type]
-        model_version=version,
-        recommendation_id=rec_id,
-    )
+        "strategy": answer.strategy,
+        "model_version": version,
+        "recommendation_id": rec_id,
+    }
+    return Response(json.dumps(body), media_type="application/json")
+
+
+def _connection(request: Request) -> sqlite3.Connection:
+    connections: Connections = request.app.state.connections
+    return connections.get()
 
 
 @router.get("/users/{visitor_id}/recommendations", response_model=Recommendations)
-def recommend_for_visitor(
+async def recommend_for_visitor(
     visitor_id: VisitorId,
+    request: Request,
     served: ServedDep,
-    connections: StoreDep,
-    served_log: ServedLogDep,
-    metrics: MetricsDep,
     k: K = 10,
     exclude_purchased: bool = True,
     exclude_seen: bool = False,
@@ -67,76 +82,68 @@ def recommend_for_visitor(
         list[Annotated[int, Query(ge=0, le=MAX_ID)]] | None,
         Query(max_length=1000, description="Item ids never to return."),
     ] = None,
-) -> Recommendations:
+) -> Response:
     """Personalised from the visitor's history as it is now (events posted a moment ago count);
     falls back to their recent session, then to popular items. Unavailable items never appear."""
     started = time.perf_counter()
     rules = Rules(exclude_purchased, exclude_seen, category, exclude or ())
     try:
-        answer = served.for_visitor(connections.get(), visitor_id, k, rules)
+        answer = served.for_visitor(_connection(request), visitor_id, k, rules)
     except UnknownEntityError as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from exc
-    return _respond(answer, visitor_id, served.version, "user", started, served_log, metrics)
+    return _respond(request, answer, visitor_id, served.version, "user", started)
 
 
 @router.get("/items/{item_id}/similar", response_model=Recommendations)
-def similar_items(
-    item_id: ItemId, served: ServedDep, served_log: ServedLogDep, metrics: MetricsDep, k: K = 10
-) -> Recommendations:
+async def similar_items(
+    item_id: ItemId, request: Request, served: ServedDep, k: K = 10
+) -> Response:
     """Items like this one (item-kNN), topped up with popular items of its category."""
-    return _for_item(item_id, k, "similar", served, served_log, metrics)
+    return _for_item(request, item_id, k, "similar", served)
 
 
 @router.get("/items/{item_id}/bought-together", response_model=Recommendations)
-def bought_together(
-    item_id: ItemId, served: ServedDep, served_log: ServedLogDep, metrics: MetricsDep, k: K = 10
-) -> Recommendations:
+async def bought_together(
+    item_id: ItemId, request: Request, served: ServedDep, k: K = 10
+) -> Response:
     """Items bought in the same baskets or carted in the same sessions, then similar items."""
-    return _for_item(item_id, k, "bought_together", served, served_log, metrics)
+    return _for_item(request, item_id, k, "bought_together", served)
 
 
-def _for_item(
-    item_id: int,
-    k: int,
-    role: str,
-    served: ServedDep,
-    served_log: ServedLogDep,
-    metrics: MetricsDep,
-) -> Recommendations:
+def _for_item(request: Request, item_id: int, k: int, role: str, served: ServedDep) -> Response:
     started = time.perf_counter()
     try:
         answer = served.for_item(item_id, k, role)
     except UnknownEntityError as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from exc
-    return _respond(answer, None, served.version, role, started, served_log, metrics)
+    return _respond(request, answer, None, served.version, role, started)
 
 
 @router.post("/sessions/recommendations", response_model=Recommendations)
-def session_recommendations(
-    body: SessionRequest, served: ServedDep, served_log: ServedLogDep, metrics: MetricsDep
-) -> Recommendations:
+async def session_recommendations(
+    body: SessionRequest, request: Request, served: ServedDep
+) -> Response:
     """For an anonymous visitor: from the items just viewed (latest last)."""
     started = time.perf_counter()
     answer = served.for_session(body.item_ids, body.k, Rules(exclude_purchased=False))
-    return _respond(answer, None, served.version, "session", started, served_log, metrics)
+    return _respond(request, answer, None, served.version, "session", started)
 
 
 @router.get("/popular", response_model=Recommendations)
 def popular(
+    request: Request,
     served: ServedDep,
-    connections: StoreDep,
-    served_log: ServedLogDep,
-    metrics: MetricsDep,
     k: K = 10,
     category: Category = None,
     days: Annotated[
         int | None, Query(ge=1, le=3650, description="Count only the last N days of the log.")
     ] = None,
-) -> Recommendations:
-    """The most popular items, overall or within a category, over all time or the last days."""
+) -> Response:
+    """The most popular items, overall or within a category, over all time or the last days.
+    (A worker thread serves it: with ``days`` it counts a window of the event log.)"""
     started = time.perf_counter()
     try:
-        answer = served.popular(connections.get(), k, category, days)
+        answer = served.popular(_connection(request), k, category, days)
     except UnknownEntityError as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from exc
-    return _respond(answer, None, served.version, "popular", started, served_log, metrics)
+    return _respond(request, answer, None, served.version, "popular", started)

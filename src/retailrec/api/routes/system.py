@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from retailrec.api.deps import HolderDep, MetricsDep, ServedDep, SettingsDep, require_api_key
@@ -29,8 +29,10 @@ def ready(holder: HolderDep, response: Response) -> Ready:
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(metrics: MetricsDep, holder: HolderDep) -> Response:
-    """Prometheus metrics: requests and latency per route, answers per strategy, model version."""
+def metrics(metrics: MetricsDep, request: Request) -> Response:
+    """Prometheus metrics: requests and latency per route, answers per strategy, model version,
+    and served answers the log had to drop."""
+    metrics.log_dropped.set(request.app.state.served_log.dropped)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
