@@ -74,8 +74,9 @@ class LimitsAndMetrics:
         finally:
             metrics: Metrics = scope["app"].state.metrics
             path = getattr(scope.get("route"), "path", "unmatched")
-            metrics.requests.labels(route=path, method=scope["method"], status=str(status)).inc()
-            metrics.latency.labels(route=path).observe(time.perf_counter() - started)
+            counter, histogram = metrics.for_route(path, scope["method"], status)
+            counter.inc()
+            histogram.observe(time.perf_counter() - started)
 
 
 async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:

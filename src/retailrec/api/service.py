@@ -71,6 +71,10 @@ class Served:
             recency_half_life_days=float(b.metadata.get("recency_half_life_days", 30.0)),
         )
         self.personal = b.metadata.get("model") not in NON_PERSONAL
+        #: Confidence weight per event code (store.EVENT_TYPES order).
+        self.code_weights = np.array(
+            [self.config.event_weights.get(name, 0.0) for name in store.EVENT_TYPES]
+        )
         for model in b.models.values():
             model.prepare_serving()
 
@@ -79,6 +83,13 @@ class Served:
     def blocked(self, rules: Rules, seen: np.ndarray, purchased: np.ndarray) -> np.ndarray:
         """(n_items,) bool: True for items never to return under ``rules`` (unavailable,
         excluded, purchased or seen as asked, outside the category)."""
+        parts = [self.bundle.item_index(np.asarray(rules.exclude, dtype=np.int64))]
+        if rules.exclude_purchased:
+            parts.append(purchased)
+        if rules.exclude_seen:
+            parts.append(seen)
+        extra = np.concatenate(parts)
+        extra = extra[extra >= 0]
         if rules.category is not None:
             inside = self.by_category.get(int(rules.category))
             if inside is None:
@@ -86,24 +97,18 @@ class Served:
             blocked = np.ones(self.bundle.n_items, dtype=bool)
             blocked[inside] = False
             blocked |= self.unavailable
-        else:
+        elif len(extra):
             blocked = self.unavailable.copy()
-        parts = [self.bundle.item_index(np.asarray(rules.exclude, dtype=np.int64))]
-        if rules.exclude_purchased:
-            parts.append(purchased)
-        if rules.exclude_seen:
-            parts.append(seen)
-        for part in parts:
-            blocked[part[part >= 0]] = True
+        else:
+            return self.unavailable  # shared and never written: callers copy before adding
+        blocked[extra] = True
         return blocked
 
     def history_row(self, history: store.History, now_ms: int) -> sp.csr_matrix:
         """The visitor's confidences right now, in the bundle's item space."""
         idx = self.bundle.item_index(history.itemid)
         known = idx >= 0
-        weights = np.zeros(len(idx))
-        for name, w in self.config.event_weights.items():
-            weights[np.asarray(history.event) == name] = w
+        weights = self.code_weights[history.event_code]
         age_days = np.maximum(now_ms - history.timestamp, 0) / DAY_MS
         conf = weights * np.power(0.5, age_days / self.config.recency_half_life_days)
         return _one_row(idx[known], conf[known], self.bundle.n_items)
@@ -163,9 +168,9 @@ class Served:
         if len(history.timestamp):
             now = max(now, int(history.timestamp[-1]))
         idx = self.bundle.item_index(history.itemid)
-        kinds = np.asarray(history.event)
+        kinds = history.event_code
         seen = idx[idx >= 0]
-        purchased = idx[(idx >= 0) & (kinds == "transaction")]
+        purchased = idx[(idx >= 0) & (kinds == store.EVENT_TYPES.index("transaction"))]
         blocked = self.blocked(rules, seen, purchased)
         answer = Answer([], [], "")
         row = self.history_row(history, now)

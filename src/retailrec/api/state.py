@@ -191,6 +191,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._route_cache: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.requests = Counter(
             "retailrec_requests_total",
             "HTTP requests",
@@ -227,6 +228,19 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+
+    def for_route(self, route: str, method: str, status: int) -> tuple[Any, Any]:
+        """The request counter and latency histogram of one route, looked up once per label set
+        (``labels()`` takes a lock and builds a key on every call)."""
+        key = (route, method, status)
+        found = self._route_cache.get(key)
+        if found is None:
+            found = (
+                self.requests.labels(route=route, method=method, status=str(status)),
+                self.latency.labels(route=route),
+            )
+            self._route_cache[key] = found
+        return found
 
     def set_model(self, version: str, model: str) -> None:
         self.model.clear()

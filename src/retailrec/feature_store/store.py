@@ -323,9 +323,17 @@ class History:
     """One visitor's events in time order, as plain arrays (the serving hot path)."""
 
     timestamp: np.ndarray
-    event: list[str]
+    event_code: np.ndarray  # positions in EVENT_TYPES
     itemid: np.ndarray
-    transactionid: list[int | None]
+    tx_key: np.ndarray  # transactionid, -1 where there is none
+
+    @property
+    def event(self) -> list[str]:
+        return [EVENT_TYPES[c] for c in self.event_code]
+
+    @property
+    def transactionid(self) -> list[int | None]:
+        return [None if t < 0 else int(t) for t in self.tx_key]
 
     def frame(self, visitor_id: int) -> pd.DataFrame:
         return pd.DataFrame(
@@ -350,7 +358,10 @@ def visitor_history(
 
     One range read of the clustered key. With ``limit``, the most recent ``limit`` events.
     """
-    sql = "SELECT timestamp, event, itemid, transactionid FROM events WHERE visitorid = ?"
+    sql = (
+        "SELECT timestamp, CASE event WHEN 'view' THEN 0 WHEN 'addtocart' THEN 1 ELSE 2 END,"
+        " itemid, ifnull(transactionid, -1) FROM events WHERE visitorid = ?"
+    )
     params: list[int] = [int(visitor_id)]
     if as_of_ms is not None:
         sql += " AND timestamp <= ?"
@@ -361,10 +372,8 @@ def visitor_history(
     else:
         sql += " ORDER BY timestamp"
     rows = conn.execute(sql, params).fetchall()
-    if not rows:
-        return History(np.zeros(0, np.int64), [], np.zeros(0, np.int64), [])
-    ts, ev, item, tx = zip(*rows, strict=True)
-    return History(np.array(ts, dtype=np.int64), list(ev), np.array(item, dtype=np.int64), list(tx))
+    a = np.array(rows, dtype=np.int64).reshape(len(rows), 4)  # integers only: one conversion
+    return History(a[:, 0], a[:, 1], a[:, 2], a[:, 3])
 
 
 def event_count(conn: sqlite3.Connection) -> int:
