@@ -7,7 +7,7 @@ SCALE ?= small
 PORT ?= 8000
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: run test bench lint venv clean
+.PHONY: run test bench lint venv clean container-test
 
 venv: $(STAMP)
 
@@ -33,9 +33,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_api.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/mypy
+
+# Build the image with podman from a debootstrap base, run it, smoke-test it (see the script).
+container-test: $(STAMP)
+	PY=$(BIN)/python scripts/container_test.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

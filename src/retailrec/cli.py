@@ -239,10 +239,10 @@ def _print_training(result: Any, primary: str) -> None:
 
 
 def _train(models: str | None, trials: int) -> Any:
-    from retailrec.training.train import DEFAULT_MODELS, TrainConfig
+    from retailrec.training.train import TrainConfig, default_models
     from retailrec.training.train import train as run_train
 
-    names = tuple(m.strip() for m in models.split(",") if m.strip()) if models else DEFAULT_MODELS
+    names = tuple(m.strip() for m in models.split(",") if m.strip()) if models else default_models()
     progress, task = _spinner("training")
     with progress:
         result = run_train(
@@ -327,16 +327,52 @@ def pipeline(
     promote(version=None, metric="ndcg_at_10")
 
 
+def _bootstrap(scale: str, models: str | None) -> None:
+    """Train a first champion when there is none, in a child process so that the server does not
+    keep the training's memory."""
+    import subprocess
+    import sys
+
+    registry, client = _registry()
+    if registry.champion(client, get_settings().model_name) is not None:
+        return
+    err_console.print(f"no champion yet: running the pipeline ({scale}) before serving")
+    cmd = [sys.executable, "-m", "retailrec", "pipeline", "--scale", scale]
+    if models:
+        cmd += ["--models", models]
+    if subprocess.run(cmd, check=False).returncode != 0:
+        raise CommandError("the bootstrap pipeline failed; see its output above")
+
+
 @app.command()
 @_one_line_errors
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "0.0.0.0",
     port: Annotated[int, typer.Option(envvar="PORT", help="Port (Render sets $PORT).")] = 8000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    bootstrap: Annotated[
+        bool,
+        typer.Option(
+            "--bootstrap",
+            help="With no champion yet, run the pipeline first (a child process), then serve.",
+        ),
+    ] = False,
+    bootstrap_scale: Annotated[
+        str,
+        typer.Option(
+            envvar="RETAILREC_BOOTSTRAP_SCALE", help="Synthetic scale when there is no raw data."
+        ),
+    ] = "small",
+    bootstrap_models: Annotated[
+        str | None,
+        typer.Option(envvar="RETAILREC_BOOTSTRAP_MODELS", help="Models the bootstrap trains."),
+    ] = None,
 ) -> None:
     """Serve the API: the champion from the registry, recommendations, events, metrics."""
     import uvicorn
 
+    if bootstrap:
+        _bootstrap(bootstrap_scale, bootstrap_models)
     uvicorn.run(
         "retailrec.api.main:create_app",
         factory=True,
@@ -345,6 +381,35 @@ def serve(
         log_level=log_level,
         access_log=False,
     )
+
+
+@app.command()
+@_one_line_errors
+def dashboard(
+    port: Annotated[int, typer.Option(help="Port of the Streamlit server.")] = 8501,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "0.0.0.0",
+) -> None:
+    """The Streamlit dashboard: data, models, a recommendations explorer and monitoring."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent / "dashboard" / "app.py"
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(script),
+        "--server.port",
+        str(port),
+        "--server.address",
+        host,
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    raise typer.Exit(subprocess.run(cmd, check=False).returncode)
 
 
 @app.command()
@@ -437,12 +502,28 @@ def monitor(
     attribution_hours: Annotated[
         float, typer.Option(min=0, help="An event this soon after serving counts as followed.")
     ] = 24.0,
+    remote: Annotated[
+        bool,
+        typer.Option(
+            "--remote",
+            help="Ask the API at RETAILREC_API_URL to run this with --retrain beside its data"
+            " (for schedulers without the data disk, such as a Render cron job).",
+        ),
+    ] = False,
     max_runs: Annotated[int | None, typer.Option(hidden=True, min=1)] = None,
 ) -> None:
     """Drift and online-quality report into reports/; optionally retrain through the gate."""
     from retailrec.monitoring import monitor as mon
     from retailrec.monitoring.drift_detector import DriftConfig
 
+    names = tuple(m.strip() for m in models.split(",") if m.strip()) if models else None
+    if remote:
+        answer = mon.request_remote_retrain(get_settings(), names)
+        if answer.get("status") != 202:
+            why = answer.get("error") or answer.get("reason")
+            raise CommandError(f"the API did not start a retraining run: {why}")
+        console.print(f"the API started a retraining run at {answer['answer']['started_ms']}")
+        return
     if every is not None and fail_on_drift:
         raise typer.BadParameter("--fail-on-drift ends a single run; leave it out with --every")
     if reference not in ("weeks", "champion"):
@@ -453,7 +534,7 @@ def monitor(
         online_days=online_days,
         attribution_hours=attribution_hours,
         retrain=retrain,
-        models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
+        models=names,
     )
 
     def once() -> Any:

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retailrec.api.routes import events, recommendations, system
-from retailrec.api.state import Connections, Metrics, ModelHolder, ServedLog
+from retailrec.api.state import Connections, Metrics, ModelHolder, Retrainer, ServedLog
 from retailrec.config import Settings, get_settings
 from retailrec.feature_store import store
 
@@ -132,6 +132,7 @@ def create_app(
     app.state.connections = Connections(settings.feature_store_path)
     app.state.served_log = ServedLog(settings.feature_store_path)
     app.state.metrics = Metrics()
+    app.state.retrainer = Retrainer(settings, app.state.holder, app.state.metrics)
 
     app.add_middleware(LimitsAndMetrics)
     app.include_router(recommendations.router)

@@ -126,3 +126,14 @@ class ReloadResponse(BaseModel):
     reloaded: bool
     version: str
     previous: str | None
+
+
+class RetrainStarted(BaseModel):
+    started: bool
+    started_ms: int
+
+
+class RetrainStatus(BaseModel):
+    running: bool
+    started_ms: int | None
+    last: dict[str, Any] | None

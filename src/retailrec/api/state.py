@@ -7,7 +7,10 @@ import collections
 import contextlib
 import json
 import logging
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -245,3 +248,67 @@ class Metrics:
     def set_model(self, version: str, model: str) -> None:
         self.model.clear()
         self.model.labels(version=version, model=model).set(1)
+
+
+class Retrainer:
+    """``POST /v1/admin/retrain``: runs ``retailrec monitor --retrain`` in a child process (one
+    at a time, so serving keeps its memory and its GIL) and, when the run promotes a new champion,
+    swaps it in. For schedulers that cannot reach the data disk themselves (a Render cron job)."""
+
+    def __init__(self, settings: Settings, holder: ModelHolder, metrics: Metrics) -> None:
+        self.settings = settings
+        self.holder = holder
+        self.metrics = metrics
+        self.last: dict[str, Any] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._started_ms: int | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, models: str | None = None) -> int:
+        """Start a run; returns its start time (ms).
+
+        Raises:
+            RuntimeError: a run is already going.
+        """
+        with self._lock:
+            if self.running:
+                raise RuntimeError(f"a retraining run started at {self._started_ms} is running")
+            self._started_ms = int(time.time() * 1000)
+            reports = self.settings.reports_dir
+            reports.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-m", "retailrec", "monitor", "--retrain"]
+            if models:
+                cmd += ["--models", models]
+            env = {**os.environ, "RETAILREC_DATA_DIR": str(self.settings.data_dir)}
+            env.pop("RETAILREC_API_URL", None)  # the API reloads itself when the run ends
+            with (reports / f"retrain-{self._started_ms}.log").open("wb") as out:
+                self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            threading.Thread(target=self._finish, args=(self._proc,), daemon=True).start()
+            return self._started_ms
+
+    def _finish(self, proc: subprocess.Popen[bytes]) -> None:
+        code = proc.wait()
+        result: dict[str, Any] = {"started_ms": self._started_ms, "exit_code": code}
+        from retailrec.monitoring.monitor import latest_report
+
+        report = latest_report(self.settings.reports_dir)
+        if code == 0 and report is not None:
+            retrain = json.loads(report.read_text()).get("retrain") or {}
+            result |= {"report": report.name, "retrain": retrain}
+            if retrain.get("promoted"):
+                try:
+                    served, _ = self.holder.load()
+                    self.metrics.set_model(
+                        served.version, str(served.bundle.metadata.get("model", "unknown"))
+                    )
+                    result["reloaded"] = served.version
+                except Exception as exc:  # the old model keeps serving; the status says why
+                    result["reload_error"] = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        self.last = result
+
+    def status(self) -> dict[str, Any]:
+        return {"running": self.running, "started_ms": self._started_ms, "last": self.last}

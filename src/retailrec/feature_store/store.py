@@ -586,3 +586,46 @@ def item_counts_since(conn: sqlite3.Connection, since_ms: int) -> pd.Series:
 def open_store(path: Path | str) -> closing[sqlite3.Connection]:
     """``with open_store(path) as conn:`` opens, migrates and always closes the store."""
     return closing(connect(path))
+
+
+# -- summaries for the dashboard: aggregated in SQLite, so only small frames cross the driver -----
+
+
+def daily_event_counts(conn: sqlite3.Connection) -> pd.DataFrame:
+    """Events per UTC day and type: ``day`` (ms at midnight), ``event``, ``n``."""
+    rows = conn.execute(
+        "SELECT timestamp / 86400000 * 86400000 AS day, event, count(*) FROM events"
+        " GROUP BY day, event ORDER BY day"
+    ).fetchall()
+    return pd.DataFrame(rows, columns=["day", "event", "n"])
+
+
+def visitors_per_event(conn: sqlite3.Connection) -> dict[str, int]:
+    """Distinct visitors with at least one event of each type (the funnel), and in all."""
+    out = {
+        str(e): int(n)
+        for e, n in conn.execute(
+            "SELECT event, count(DISTINCT visitorid) FROM events GROUP BY event"
+        ).fetchall()
+    }
+    out["any"] = int(conn.execute("SELECT count(DISTINCT visitorid) FROM events").fetchone()[0])
+    return out
+
+
+def visitor_activity(conn: sqlite3.Connection) -> pd.Series:
+    """How many visitors have 1, 2, 3, ... events: the activity distribution."""
+    rows = conn.execute(
+        "SELECT n, count(*) FROM (SELECT count(*) AS n FROM events GROUP BY visitorid)"
+        " GROUP BY n ORDER BY n"
+    ).fetchall()
+    return pd.Series(dict(rows), dtype="int64", name="visitors")
+
+
+def sample_visitors(conn: sqlite3.Connection, n: int = 50, min_events: int = 5) -> list[int]:
+    """Up to ``n`` visitors with at least ``min_events`` events, most recent activity first."""
+    rows = conn.execute(
+        "SELECT visitorid FROM events GROUP BY visitorid HAVING count(*) >= ?"
+        " ORDER BY max(timestamp) DESC LIMIT ?",
+        (int(min_events), int(n)),
+    ).fetchall()
+    return [int(r[0]) for r in rows]

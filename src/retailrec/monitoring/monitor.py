@@ -81,13 +81,19 @@ def _champion_data_end(settings: Settings) -> int | None:
     return int(current.tags["data_end_ms"])
 
 
-def request_reload(settings: Settings, timeout: float = 120.0) -> dict[str, Any]:
-    """Ask the API at ``settings.api_url`` to load the current champion."""
+def _api_base(url: str) -> str:
+    """``host:port`` (as Render's ``fromService`` gives it) or a full URL, as a base URL."""
+    url = url.rstrip("/")
+    return url if "://" in url else f"http://{url}"
+
+
+def _admin_post(settings: Settings, path: str, timeout: float) -> dict[str, Any]:
+    """POST an admin endpoint of the API at ``settings.api_url`` with the API key."""
     if not settings.api_url:
         return {"asked": False, "reason": "RETAILREC_API_URL is not set"}
     if not settings.api_key:
         return {"asked": False, "reason": "RETAILREC_API_KEY is not set: the API would refuse"}
-    url = settings.api_url.rstrip("/") + "/v1/admin/reload"
+    url = _api_base(settings.api_url) + path
     req = urllib.request.Request(
         url, method="POST", headers={"X-API-Key": settings.api_key}, data=b""
     )
@@ -102,17 +108,30 @@ def request_reload(settings: Settings, timeout: float = 120.0) -> dict[str, Any]
         return {"asked": True, "status": None, "error": f"{url}: {exc}"}
 
 
+def request_reload(settings: Settings, timeout: float = 120.0) -> dict[str, Any]:
+    """Ask the API at ``settings.api_url`` to load the current champion."""
+    return _admin_post(settings, "/v1/admin/reload", timeout)
+
+
+def request_remote_retrain(
+    settings: Settings, models: tuple[str, ...] | None, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Ask the API at ``settings.api_url`` to run the monitor and retrain beside its data."""
+    query = f"?models={','.join(models)}" if models else ""
+    return _admin_post(settings, f"/v1/admin/retrain{query}", timeout)
+
+
 def retrain(settings: Settings, models: tuple[str, ...] | None) -> dict[str, Any]:
     """Train on everything in the feature store, promote through the gate, reload the API."""
     from retailrec.data_pipeline.feature_pipeline import FeatureConfig
     from retailrec.training import registry
-    from retailrec.training.train import DEFAULT_MODELS, TrainConfig, train
+    from retailrec.training.train import TrainConfig, default_models, train
 
     feature_config = FeatureConfig(
         event_weights=settings.event_weights,
         recency_half_life_days=settings.recency_half_life_days,
     )
-    result = train(settings, TrainConfig(models=models or DEFAULT_MODELS), feature_config)
+    result = train(settings, TrainConfig(models=models or default_models()), feature_config)
     client = registry.configure(settings)
     promotion = registry.promote(client, settings.model_name, result.version)
     out: dict[str, Any] = {

@@ -234,3 +234,76 @@ def rollback(client: MlflowClient, name: str) -> PromotionResult:
 def clear_download_cache(path: Path) -> None:
     if path.exists() and str(path).startswith(tempfile.gettempdir() + os.sep):
         shutil.rmtree(path, ignore_errors=True)
+
+
+# -- read-only views for the dashboard ------------------------------------------------------------
+
+#: Metrics shown side by side for every run (the test window; ``val_*`` are logged too).
+RUN_METRICS = (
+    "ndcg_at_10",
+    "recall_at_20",
+    "ndcg_at_10_buy",
+    "hit_rate_at_10",
+    "coverage_at_10",
+    "fit_seconds",
+)
+
+
+def runs_table(client: MlflowClient) -> pd.DataFrame:
+    """Every model run (candidates and the oracle), newest training first: ``training_run``,
+    ``started`` (UTC), ``model``, ``role`` and the test-window metrics of :data:`RUN_METRICS`."""
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    columns = ["training_run", "started", "model", "role", *RUN_METRICS]
+    if experiment is None:
+        return pd.DataFrame(columns=columns)
+    runs = client.search_runs(
+        [experiment.experiment_id], "tags.role != 'training'", max_results=5000
+    )
+    rows = []
+    for run in runs:
+        tags, metrics = run.data.tags, run.data.metrics
+        rows.append(
+            {
+                "training_run": tags.get("mlflow.parentRunId", run.info.run_id),
+                "started": pd.Timestamp(run.info.start_time, unit="ms", tz="UTC"),
+                "model": tags.get("model", run.info.run_name),
+                "role": tags.get("role", "candidate"),
+                **{m: metrics.get(m) for m in RUN_METRICS},
+            }
+        )
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    return pd.DataFrame(rows, columns=columns).sort_values("started", ascending=False)
+
+
+def versions_table(client: MlflowClient, name: str) -> pd.DataFrame:
+    """Registered versions: ``version``, ``created`` (UTC), ``model``, ``test_ndcg_at_10``,
+    ``champion`` (now) and ``was_champion`` (in the champion history, oldest first)."""
+    columns = ["version", "created", "model", "test_ndcg_at_10", "champion", "was_champion"]
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+        history = _history(client, name)
+    except MlflowException:
+        return pd.DataFrame(columns=columns)
+    current = champion(client, name)
+    rows = [
+        {
+            "version": str(mv.version),
+            "created": pd.Timestamp(mv.creation_timestamp, unit="ms", tz="UTC"),
+            "model": mv.tags.get("model"),
+            "test_ndcg_at_10": _tag_float(mv, "test_ndcg_at_10"),
+            "champion": current is not None and str(current.version) == str(mv.version),
+            "was_champion": str(mv.version) in history,
+        }
+        for mv in (client.get_model_version(name, v.version) for v in versions)
+    ]
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.sort_values("version", key=lambda v: v.astype(int), ascending=False)
+
+
+def champion_history(client: MlflowClient, name: str) -> list[str]:
+    """Versions that held the champion alias, oldest first (what ``rollback`` walks back)."""
+    try:
+        return _history(client, name)
+    except MlflowException:
+        return []

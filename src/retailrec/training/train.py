@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import subprocess
@@ -54,11 +55,24 @@ DEFAULT_MODELS = (
 #: Every model that can be the personalised one (``popular_7d`` is served as a fallback anyway).
 CANDIDATES = (*DEFAULT_MODELS, "popular_7d")
 PRIMARY_METRIC = "ndcg_at_10"
+#: Models that need PyTorch, which a serving image may leave out.
+NEEDS_TORCH = ("two_tower",)
+
+
+def torch_installed() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def default_models() -> tuple[str, ...]:
+    """:data:`DEFAULT_MODELS`, less the ones that need PyTorch where it is not installed."""
+    if torch_installed():
+        return DEFAULT_MODELS
+    return tuple(m for m in DEFAULT_MODELS if m not in NEEDS_TORCH)
 
 
 @dataclass
 class TrainConfig:
-    models: tuple[str, ...] = DEFAULT_MODELS
+    models: tuple[str, ...] = field(default_factory=default_models)
     trials: int = 0
     primary_metric: str = PRIMARY_METRIC
     test_days: float = 7
@@ -171,6 +185,12 @@ def train(
     if unknown:
         raise ValueError(
             f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(CANDIDATES)}"
+        )
+    torchless = [m for m in config.models if m in NEEDS_TORCH]
+    if torchless and not torch_installed():
+        raise ValueError(
+            f"{', '.join(torchless)} needs PyTorch, which is not installed here "
+            "(pip install torch==2.13.0, or build the image with --build-arg WITH_TORCH=1)"
         )
     step("reading the feature store")
     prep = prepare(settings, config, feature_config)

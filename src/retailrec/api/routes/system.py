@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from retailrec.api.deps import HolderDep, MetricsDep, ServedDep, SettingsDep, require_api_key
-from retailrec.api.schemas import Health, ModelInfo, Ready, ReloadResponse
+from retailrec.api.schemas import (
+    Health,
+    ModelInfo,
+    Ready,
+    ReloadResponse,
+    RetrainStarted,
+    RetrainStatus,
+)
+from retailrec.api.state import Retrainer
 
 router = APIRouter(tags=["system"])
 
@@ -73,3 +81,38 @@ def reload(
         ) from exc
     metrics.set_model(served.version, str(served.bundle.metadata.get("model", "unknown")))
     return ReloadResponse(reloaded=True, version=served.version, previous=previous)
+
+
+@router.post(
+    "/v1/admin/retrain",
+    status_code=202,
+    response_model=RetrainStarted,
+    dependencies=[Depends(require_api_key)],
+)
+def retrain(
+    request: Request,
+    models: Annotated[
+        str | None,
+        Query(
+            max_length=200, pattern=r"^[a-z0-9_,]+$", description="Models to train (default: all)."
+        ),
+    ] = None,
+) -> RetrainStarted:
+    """Run ``retailrec monitor --retrain`` beside the API (409 while one runs). A challenger that
+    beats the champion is promoted and served as soon as the run ends; see ``GET`` for the
+    outcome. For schedulers without access to the data disk, such as a Render cron job."""
+    retrainer: Retrainer = request.app.state.retrainer
+    try:
+        started = retrainer.start(models)
+    except RuntimeError as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from exc
+    return RetrainStarted(started=True, started_ms=started)
+
+
+@router.get(
+    "/v1/admin/retrain", response_model=RetrainStatus, dependencies=[Depends(require_api_key)]
+)
+def retrain_status(request: Request) -> RetrainStatus:
+    """Whether a retraining run is going, and what the last one did."""
+    retrainer: Retrainer = request.app.state.retrainer
+    return RetrainStatus(**retrainer.status())

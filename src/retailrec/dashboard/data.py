@@ -1,0 +1,141 @@
+"""What the dashboard shows, read through the package's own functions (no SQL, no Streamlit here).
+
+Every loader takes the settings and returns plain frames or dicts, so the pages stay thin and the
+loaders can be cached (``st.cache_data``) and tested on their own.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from retailrec.config import Settings
+from retailrec.feature_store import store
+
+EVENT_TYPES = ("view", "addtocart", "transaction")
+
+
+@dataclass
+class DataOverview:
+    daily: pd.DataFrame  # day (datetime), view, addtocart, transaction
+    funnel: dict[str, int]  # visitors with any event / a view / a cart / a purchase
+    item_popularity: pd.Series  # events per item, most popular first
+    visitor_activity: pd.Series  # visitors per number of events
+    top_categories: pd.DataFrame  # categoryid, events, share
+    etl_report: dict[str, Any] | None
+    n_events: int
+
+
+def data_overview(settings: Settings, top: int = 15) -> DataOverview:
+    from retailrec.data_pipeline.feature_pipeline import item_category_as_of
+
+    with store.open_store(settings.feature_store_path) as conn:
+        daily = store.daily_event_counts(conn)
+        funnel = store.visitors_per_event(conn)
+        items = store.item_counts_since(conn, 0).sort_values(ascending=False)
+        activity = store.visitor_activity(conn)
+        report = store.last_etl_report(conn)
+        catalogue = item_category_as_of(conn, None)
+    table = daily.pivot_table(index="day", columns="event", values="n", fill_value=0)
+    table = table.reindex(columns=list(EVENT_TYPES), fill_value=0)
+    table.index = pd.to_datetime(table.index, unit="ms", utc=True)
+    category = catalogue.set_index("itemid")["categoryid"].reindex(items.index)
+    by_cat = items.groupby(category.fillna(-1).astype("int64").to_numpy()).sum()
+    by_cat = by_cat.sort_values(ascending=False)
+    cats = pd.DataFrame(
+        {
+            "categoryid": ["unknown" if c == -1 else str(c) for c in by_cat.index[:top]],
+            "events": by_cat.to_numpy()[:top],
+        }
+    )
+    cats["share"] = cats["events"] / max(int(items.sum()), 1)
+    return DataOverview(
+        table.reset_index(names="day"),
+        funnel,
+        items,
+        activity,
+        cats,
+        report,
+        int(items.sum()),
+    )
+
+
+def long_tail(item_popularity: pd.Series) -> pd.DataFrame:
+    """Share of all events covered by the top x% of items: the long-tail curve."""
+    counts = np.sort(item_popularity.to_numpy())[::-1]
+    if not len(counts):
+        return pd.DataFrame({"item_share": [], "event_share": []})
+    cum = np.cumsum(counts) / counts.sum()
+    idx = np.unique(np.linspace(0, len(counts) - 1, min(len(counts), 200)).astype(int))
+    return pd.DataFrame({"item_share": (idx + 1) / len(counts), "event_share": cum[idx]})
+
+
+def model_runs(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(every model run's metrics, the registered versions, the champion history)."""
+    from retailrec.training import registry
+
+    client = registry.configure(settings)
+    return (
+        registry.runs_table(client),
+        registry.versions_table(client, settings.model_name),
+        registry.champion_history(client, settings.model_name),
+    )
+
+
+def catalogue(settings: Settings) -> pd.DataFrame:
+    """Item id -> category and availability, as stated last."""
+    from retailrec.data_pipeline.feature_pipeline import item_category_as_of
+
+    with store.open_store(settings.feature_store_path) as conn:
+        return item_category_as_of(conn, None).set_index("itemid")
+
+
+def sample_visitors(settings: Settings, n: int = 50) -> list[int]:
+    with store.open_store(settings.feature_store_path) as conn:
+        return store.sample_visitors(conn, n)
+
+
+def visitor_history(settings: Settings, visitor_id: int, limit: int = 50) -> pd.DataFrame:
+    """The visitor's latest events, newest first, with time as a date."""
+    with store.open_store(settings.feature_store_path) as conn:
+        frame = store.visitor_history(conn, visitor_id, limit=limit).frame(visitor_id)
+    frame["time"] = pd.to_datetime(frame["timestamp"], unit="ms", utc=True)
+    return frame.iloc[::-1][["time", "event", "itemid", "transactionid"]].reset_index(drop=True)
+
+
+def recommend_via_api(
+    api_url: str, visitor_id: int | None, items: list[int], k: int, rules: dict[str, Any]
+) -> dict[str, Any]:
+    """The same answer from a running API (``RETAILREC_API_URL``)."""
+    base = api_url.rstrip("/")
+    if visitor_id is not None:
+        query = urllib.parse.urlencode(
+            {"k": k, **{key: str(v).lower() for key, v in rules.items() if v is not None}}
+        )
+        req = urllib.request.Request(f"{base}/v1/users/{visitor_id}/recommendations?{query}")
+    else:
+        req = urllib.request.Request(
+            f"{base}/v1/sessions/recommendations",
+            data=json.dumps({"item_ids": items, "k": k}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+    with urllib.request.urlopen(req, timeout=30) as resp:  # the operator's own API
+        answer: dict[str, Any] = json.loads(resp.read())
+    return answer
+
+
+def latest_monitor_report(settings: Settings) -> dict[str, Any] | None:
+    from retailrec.monitoring.monitor import latest_report
+
+    path = latest_report(settings.reports_dir)
+    if path is None:
+        return None
+    payload: dict[str, Any] = json.loads(path.read_text())
+    payload["_path"] = str(path)
+    return payload

@@ -1,0 +1,20 @@
+"""A tiny shop, trained, promoted and monitored once, for the dashboard tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from retailrec.config import Settings
+from retailrec.monitoring.monitor import run_monitor
+from retailrec.training import registry
+from retailrec.training.train import TrainConfig, train
+from tests.utils.factories import Shop, loaded_settings
+
+
+@pytest.fixture(scope="session")
+def shop_settings(tmp_path_factory: pytest.TempPathFactory, tiny_shop: Shop) -> Settings:
+    settings = loaded_settings(tmp_path_factory.mktemp("dashboard"), tiny_shop)
+    train(settings, TrainConfig(models=("popular_category", "itemknn_cosine")))
+    registry.promote(registry.configure(settings), settings.model_name)
+    run_monitor(settings)
+    return settings

@@ -1,0 +1,123 @@
+"""Every dashboard page through Streamlit's AppTest, on a tiny trained shop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from retailrec.config import Settings, get_settings
+from retailrec.dashboard import data
+from retailrec.feature_store import store
+
+APP = Path(__file__).resolve().parents[2] / "src" / "retailrec" / "dashboard" / "app.py"
+
+
+@pytest.fixture
+def use(shop_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("RETAILREC_DATA_DIR", str(shop_settings.data_dir))
+    monkeypatch.delenv("RETAILREC_API_URL", raising=False)
+    get_settings.cache_clear()
+    return shop_settings
+
+
+def _open(page: str) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.query_params["page"] = page
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _table(at: AppTest, column: str) -> pd.DataFrame:
+    """The page's table that has ``column``."""
+    found = [d.value for d in at.dataframe if column in d.value.columns]
+    assert len(found) == 1, [list(d.value.columns) for d in at.dataframe]
+    return found[0]
+
+
+def _titles(at: AppTest) -> str:
+    return " ".join(str(c.proto) for c in at.get("plotly_chart"))
+
+
+def test_data_page(use: Settings) -> None:
+    at = _open("data")
+    assert at.header[0].value == "Data"
+    metrics = {m.label: m.value for m in at.metric}
+    with store.open_store(use.feature_store_path) as conn:
+        assert metrics["Events"] == f"{store.event_count(conn):,}"
+        report = store.last_etl_report(conn)
+    assert report is not None
+    assert metrics["rows read"] == f"{report['rows_read']:,}"
+    charts = _titles(at)
+    for title in (
+        "Events per day",
+        "Conversion funnel",
+        "Long tail",
+        "Visitor activity",
+        "Top categories",
+    ):
+        assert title in charts, title
+    assert {"rows read", "loaded", "duplicates", "rejected"} <= set(metrics)
+
+
+def test_models_page(use: Settings) -> None:
+    at = _open("models")
+    assert at.header[0].value == "Models"
+    runs = at.dataframe[0].value
+    assert {"popular_category", "itemknn_cosine", "oracle"} <= set(runs["model"])
+    assert "oracle (true preferences)" in _titles(at)  # the reference line on synthetic data
+    assert any("Champion: version 1" in m.label for m in at.metric)
+    at.selectbox(key="metric").set_value("recall_at_20").run()
+    assert not at.exception
+    assert "recall_at_20 on the test window" in _titles(at)
+
+
+def test_explorer_recommends_for_a_visitor_and_a_session(use: Settings) -> None:
+    at = _open("recommendations")
+    visitor = at.selectbox(key="visitor_pick").value
+    assert visitor in data.sample_visitors(use)
+    history = _table(at, "event")
+    assert len(history) > 0 and "categoryid" in history
+    recs = _table(at, "score")
+    assert len(recs) == 10 and recs["item_id"].is_unique
+    assert "strategy **" in at.markdown[0].value
+    at.slider(key="k").set_value(5).run()
+    assert len(_table(at, "score")) == 5
+
+    at.radio(key="mode").set_value("a session").run()
+    item = int(recs["item_id"].iloc[0])
+    at.text_input(key="session_items").input(str(item)).run()
+    assert not at.exception
+    session = _table(at, "score")
+    assert len(session) == 5 and item not in set(session["item_id"])
+
+    at.text_input(key="session_items").input("12 abc").run()
+    assert at.error and "integers" in at.error[0].value
+
+
+def test_explorer_says_so_for_a_bad_visitor_id(use: Settings) -> None:
+    at = _open("recommendations")
+    at.text_input(key="visitor_typed").input("not-a-number").run()
+    assert at.error and "not a visitor id" in at.error[0].value
+
+
+def test_monitoring_page_and_its_button(use: Settings) -> None:
+    at = _open("monitoring")
+    assert at.header[0].value == "Monitoring"
+    before = len(list(use.reports_dir.glob("drift-*.json")))
+    verdict = (at.success or at.error)[0].value
+    assert "drift" in verdict
+    assert set(_table(at, "noise_floor")["name"]) >= {"event_mix", "cart_rate"}
+    assert "Signals" in _titles(at)
+    at.button(key="run_monitor").click().run()
+    assert not at.exception
+    assert len(list(use.reports_dir.glob("drift-*.json"))) == before + 1
+
+
+def test_a_fresh_install_gets_a_hint_not_a_traceback() -> None:
+    at = AppTest.from_file(str(APP), default_timeout=60).run()  # empty data dir
+    assert not at.exception
+    assert "retailrec pipeline" in at.warning[0].value
