@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SCALE ?= small
 PORT ?= 8000
+DASHBOARD_PORT ?= 8501
 export OPENBLAS_NUM_THREADS ?= 1
 
 .PHONY: run test bench lint venv clean container-test
@@ -18,8 +19,12 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $@
 
+# The pipeline on the embedded synthetic shop, then the dashboard (in the background) and the API.
 run: $(STAMP)
 	$(BIN)/retailrec pipeline --scale $(SCALE)
+	@echo "API on http://localhost:$(PORT)/docs, dashboard on http://localhost:$(DASHBOARD_PORT)"
+	@$(BIN)/retailrec dashboard --port $(DASHBOARD_PORT) >dashboard.log 2>&1 & dash=$$!; \
+	trap 'kill $$dash 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/retailrec serve --port $(PORT)
 
 test: $(STAMP)

@@ -390,7 +390,7 @@ def dashboard(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "0.0.0.0",
 ) -> None:
     """The Streamlit dashboard: data, models, a recommendations explorer and monitoring."""
-    import subprocess
+    import os
     import sys
 
     script = Path(__file__).resolve().parent / "dashboard" / "app.py"
@@ -408,8 +408,10 @@ def dashboard(
         "true",
         "--browser.gatherUsageStats",
         "false",
+        "--client.toolbarMode",
+        "minimal",
     ]
-    raise typer.Exit(subprocess.run(cmd, check=False).returncode)
+    os.execv(sys.executable, cmd)  # become Streamlit: signals reach it, no orphan is left
 
 
 @app.command()

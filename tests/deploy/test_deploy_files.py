@@ -29,6 +29,15 @@ def _tool(name: str) -> str:
     return found
 
 
+def _validates(schema: str, path: Path) -> None:
+    result = subprocess.run(
+        [_tool("check-jsonschema"), "--builtin-schema", schema, str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def _load(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
 
@@ -69,12 +78,7 @@ def test_dockerfile_meets_the_brief() -> None:
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_workflows_validate_and_follow_the_rules(path: Path) -> None:
-    result = subprocess.run(
-        [_tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    _validates("vendor.github-workflows", path)
     flow = _load(path)
     assert flow["permissions"] == {"contents": "read"}  # least privilege by default
     for name, job in flow["jobs"].items():
@@ -111,12 +115,7 @@ def test_retrain_workflow_is_scheduled_and_publishes_the_report() -> None:
 
 def test_compose_file_validates_and_shares_the_data_volume() -> None:
     path = ROOT / "docker-compose.yml"
-    result = subprocess.run(
-        [_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    _validates("vendor.compose-spec", path)
     compose = _load(path)
     services = compose["services"]
     assert set(services) == {"api", "dashboard", "mlflow", "worker"}

@@ -163,3 +163,49 @@ def test_etl_runs_are_recorded(conn: sqlite3.Connection) -> None:
     }
     store.record_etl_run(conn, report)
     assert store.last_etl_report(conn) == report
+
+
+def test_latest_item_categories_take_the_last_numeric_value(conn: sqlite3.Connection) -> None:
+    props = pd.DataFrame(
+        {
+            "timestamp": [T, T + 5, T, T, T + 1],
+            "itemid": [10, 10, 11, 12, 12],
+            "property": ["categoryid", "categoryid", "available", "categoryid", "categoryid"],
+            "value": ["3", "4", "1", "7", "n/a"],
+        }
+    )
+    store.upsert_item_properties(conn, props)
+    latest = store.latest_item_categories(conn)
+    assert latest.to_dict() == {10: 4}  # 11 has no category; 12's latest is not a number
+    assert latest.dtype == "int64"
+
+
+def test_dashboard_summaries(conn: sqlite3.Connection) -> None:
+    day = 86_400_000
+    start = T - T % day
+    store.append_events(
+        conn,
+        events_frame(
+            [
+                (start, 1, "view", 10, None),
+                (start + 1, 1, "addtocart", 10, None),
+                (start + day, 1, "transaction", 10, 5),
+                (start + day, 2, "view", 11, None),
+            ]
+        ),
+    )
+    daily = store.daily_event_counts(conn)
+    assert daily.to_dict("records") == [
+        {"day": start, "event": "addtocart", "n": 1},
+        {"day": start, "event": "view", "n": 1},
+        {"day": start + day, "event": "transaction", "n": 1},
+        {"day": start + day, "event": "view", "n": 1},
+    ]
+    assert store.visitors_per_event(conn) == {
+        "view": 2,
+        "addtocart": 1,
+        "transaction": 1,
+        "any": 2,
+    }
+    assert store.visitor_activity(conn).to_dict() == {1: 1, 3: 1}
+    assert store.sample_visitors(conn, n=5, min_events=2) == [1]

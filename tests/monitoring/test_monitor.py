@@ -78,6 +78,9 @@ def test_monitor_usage_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     empty = runner.invoke(app, ["monitor"])  # a fresh data dir: no events yet
     assert empty.exit_code == 1
     assert "run `retailrec etl` first" in empty.output
+    no_champion = runner.invoke(app, ["monitor", "--reference", "champion"])
+    assert no_champion.exit_code == 1 and "no champion" in no_champion.output
+    assert runner.invoke(app, ["monitor", "--reference", "lastyear"]).exit_code == 2
 
 
 def test_parse_interval() -> None:
@@ -128,6 +131,11 @@ def test_retraining_promotes_only_a_better_model_and_the_api_serves_it(
     with serving(settings) as base:
         _use(settings, monkeypatch, RETAILREC_API_URL=base, RETAILREC_API_KEY=KEY)
         assert get_json(f"{base}/v1/model")["version"] == "1"
+        # The reference can be what the champion was trained on (here: up to the current week).
+        by_champion = runner.invoke(app, ["monitor", "--reference", "champion"])
+        assert by_champion.exit_code == 0, by_champion.output
+        drift = json.loads(mon.latest_report(settings.reports_dir).read_text())["drift"]  # type: ignore[union-attr]
+        assert drift["reference_end_ms"] == drift["current_start_ms"]
 
         same = runner.invoke(app, ["monitor", "--retrain", "--models", "popular"])
         assert same.exit_code == 0, same.output

@@ -120,3 +120,23 @@ def test_training_without_events_is_a_clear_error(tmp_path: Path) -> None:
     store.connect(settings.feature_store_path).close()
     with pytest.raises(ValueError, match="no events: run `retailrec etl` first"):
         train(settings, TrainConfig(models=("popular",)))
+
+
+def test_configure_leaves_the_environment_as_the_user_set_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow exports the tracking URI to the environment; Settings read MLFLOW_TRACKING_URI as
+    the user's override, so a second data dir in the same process would use the first's registry."""
+    import os
+
+    from retailrec.config import Settings
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = Settings(data_dir=tmp_path / "a")
+    registry.configure(first)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    second = Settings(data_dir=tmp_path / "b")
+    assert second.tracking_uri != first.tracking_uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///" + str(tmp_path / "user.db"))
+    registry.configure(Settings(data_dir=tmp_path / "c"))
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///" + str(tmp_path / "user.db")

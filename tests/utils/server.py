@@ -22,12 +22,30 @@ def get_json(url: str, timeout: float = 30) -> Any:
         return json.loads(r.read())
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
+    """Poll ``url`` until it answers 200; fail early if ``proc`` exits."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:  # loopback only
+                if r.status == 200:
+                    return
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{url} did not come up") from None
+            time.sleep(0.3)
+
+
 @contextmanager
 def serving(settings: Settings, **env: str) -> Iterator[str]:
     """Serve ``settings.data_dir`` until the block ends; yields the base URL once ready."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     environ = {**os.environ, "RETAILREC_DATA_DIR": str(settings.data_dir), **env}
     if settings.api_key:
         environ["RETAILREC_API_KEY"] = settings.api_key
@@ -38,16 +56,7 @@ def serving(settings: Settings, **env: str) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"the API at {base} did not become ready") from None
-                time.sleep(0.3)
+        wait_until_up(f"{base}/ready", server)
         yield base
     finally:
         os.killpg(server.pid, signal.SIGTERM)

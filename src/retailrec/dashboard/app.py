@@ -301,7 +301,16 @@ def page_monitoring(settings: Settings) -> None:
     signals = pd.DataFrame(drift["signals"])[
         ["name", "statistic", "value", "threshold", "p_value", "noise_floor", "drifted"]
     ]
-    st.dataframe(signals, hide_index=True, key="signals")
+    st.dataframe(
+        signals,
+        hide_index=True,
+        key="signals",
+        column_config={
+            "p_value": st.column_config.NumberColumn(format="%.2e"),
+            "value": st.column_config.NumberColumn(format="%.4f"),
+            "noise_floor": st.column_config.NumberColumn(format="%.4f"),
+        },
+    )
     from retailrec.monitoring.report import figures
 
     for i, fig in enumerate(figures(payload)):

@@ -7,8 +7,11 @@ loaders can be cached (``st.cache_data``) and tested on their own.
 from __future__ import annotations
 
 import json
+import sqlite3
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,19 +36,30 @@ class DataOverview:
 
 
 def data_overview(settings: Settings, top: int = 15) -> DataOverview:
-    from retailrec.data_pipeline.feature_pipeline import item_category_as_of
+    """Everything the Data page shows. The aggregations are independent scans of the event log, so
+    they run side by side, each on its own connection (SQLite works outside the GIL)."""
+    path = settings.feature_store_path
 
-    with store.open_store(settings.feature_store_path) as conn:
-        daily = store.daily_event_counts(conn)
-        funnel = store.visitors_per_event(conn)
-        items = store.item_counts_since(conn, 0).sort_values(ascending=False)
-        activity = store.visitor_activity(conn)
-        report = store.last_etl_report(conn)
-        catalogue = item_category_as_of(conn, None)
-    table = daily.pivot_table(index="day", columns="event", values="n", fill_value=0)
+    def run(query: Callable[[sqlite3.Connection], Any]) -> Any:
+        with store.open_store(path) as conn:
+            return query(conn)
+
+    queries: dict[str, Callable[[sqlite3.Connection], Any]] = {
+        "daily": store.daily_event_counts,
+        "funnel": store.visitors_per_event,
+        "items": lambda conn: store.item_counts_since(conn, 0),
+        "activity": store.visitor_activity,
+        "report": store.last_etl_report,
+        "categories": store.latest_item_categories,
+    }
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {name: pool.submit(run, q) for name, q in queries.items()}
+        got = {name: f.result() for name, f in futures.items()}
+    items = got["items"].sort_values(ascending=False)
+    table = got["daily"].pivot_table(index="day", columns="event", values="n", fill_value=0)
     table = table.reindex(columns=list(EVENT_TYPES), fill_value=0)
     table.index = pd.to_datetime(table.index, unit="ms", utc=True)
-    category = catalogue.set_index("itemid")["categoryid"].reindex(items.index)
+    category = got["categories"].reindex(items.index)
     by_cat = items.groupby(category.fillna(-1).astype("int64").to_numpy()).sum()
     by_cat = by_cat.sort_values(ascending=False)
     cats = pd.DataFrame(
@@ -57,11 +71,11 @@ def data_overview(settings: Settings, top: int = 15) -> DataOverview:
     cats["share"] = cats["events"] / max(int(items.sum()), 1)
     return DataOverview(
         table.reset_index(names="day"),
-        funnel,
+        got["funnel"],
         items,
-        activity,
+        got["activity"],
         cats,
-        report,
+        got["report"],
         int(items.sum()),
     )
 
@@ -89,11 +103,9 @@ def model_runs(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, list[str
 
 
 def catalogue(settings: Settings) -> pd.DataFrame:
-    """Item id -> category and availability, as stated last."""
-    from retailrec.data_pipeline.feature_pipeline import item_category_as_of
-
+    """Item id -> its latest category (``categoryid`` column)."""
     with store.open_store(settings.feature_store_path) as conn:
-        return item_category_as_of(conn, None).set_index("itemid")
+        return store.latest_item_categories(conn).to_frame()
 
 
 def sample_visitors(settings: Settings, n: int = 50) -> list[int]:

@@ -165,16 +165,13 @@ def run_monitor(
     elif config.reference != "weeks":
         raise ValueError(f"reference must be 'weeks' or 'champion', not {config.reference!r}")
     with store.open_store(settings.feature_store_path) as conn:
-        from retailrec.data_pipeline.feature_pipeline import item_category_as_of
-
         events = store.read_events(conn)
         if events.empty:
             raise ValueError(
                 f"no events in {settings.feature_store_path}: run `retailrec etl` first"
             )
-        catalogue = item_category_as_of(conn, None)
+        categories = store.latest_item_categories(conn)
         served = store.read_served(conn, since_ms=now_ms - int(config.online_days * DAY_MS))
-    categories = catalogue.set_index("itemid")["categoryid"]
     report = detect(events, categories, drift_config)
     online = online_metrics(
         served,

@@ -50,8 +50,16 @@ def configure(settings: Settings) -> MlflowClient:
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    user_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # MLflow also exports the URIs to the environment, where Settings would read them back as the
+    # user's override: one data dir's registry would then follow the process to the next.
+    for key, value in user_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
         settings.mlartifacts_dir.mkdir(parents=True, exist_ok=True)
         mlflow.create_experiment(

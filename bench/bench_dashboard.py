@@ -1,0 +1,58 @@
+"""Benchmark: how long each dashboard page's data takes to load, cold (the first visit; later
+visits within a minute are served from Streamlit's cache).
+
+Target (issue 7): each page on ``full`` data appears within a few seconds. Measured on a data
+folder made by ``retailrec pipeline`` (``--data``), each loader in a fresh process so that nothing
+is cached or imported already, against a baseline of starting Python and importing the package.
+
+    python bench/bench_dashboard.py --data DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from _util import report, run_measured
+
+SETUP = """
+import os, sys
+os.environ["RETAILREC_DATA_DIR"] = sys.argv[1]
+from retailrec.config import get_settings
+from retailrec.dashboard import data
+settings = get_settings()
+"""
+
+PAGES = {
+    "baseline_import": "",
+    "data": "data.data_overview(settings)",
+    "models": "data.model_runs(settings)",
+    "recommendations": (
+        "from retailrec.api.state import ModelHolder\n"
+        "from retailrec.api.service import Rules\n"
+        "from retailrec.feature_store import store\n"
+        "cat = data.catalogue(settings)\n"
+        "visitors = data.sample_visitors(settings)\n"
+        "served, _ = ModelHolder(settings).load()\n"
+        "data.visitor_history(settings, visitors[0])\n"
+        "with store.open_store(settings.feature_store_path) as conn:\n"
+        "    served.for_visitor(conn, visitors[0], 10, Rules())"
+    ),
+    "monitoring": "data.latest_monitor_report(settings)",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True)
+    args = parser.parse_args()
+    result: dict[str, object] = {"data": str(args.data)}
+    for page, code in PAGES.items():
+        seconds, peak = run_measured(SETUP + code, str(args.data))
+        result[f"{page}_s"] = round(seconds, 2)
+        result[f"{page}_peak_mib"] = round(peak)
+    report("dashboard", result)
+
+
+if __name__ == "__main__":
+    main()
