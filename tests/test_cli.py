@@ -178,3 +178,27 @@ def test_features_before_etl_exits_1() -> None:
     result = runner.invoke(app, ["features"])
     assert result.exit_code == 1
     assert "run `retailrec etl` first" in result.output
+
+
+@pytest.mark.integration
+def test_serve_bootstrap_trains_a_first_champion_then_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+
+    from retailrec.config import get_settings
+    from retailrec.training import registry
+
+    served: list[dict[str, object]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: served.append(kw))
+    args = ["serve", "--bootstrap", "--bootstrap-scale", "tiny", "--bootstrap-models", "popular"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert len(served) == 1 and served[0]["port"] == 8000
+    settings = get_settings()
+    client = registry.configure(settings)
+    assert str(registry.champion(client, settings.model_name).version) == "1"
+    assert (settings.raw_dir / "events.csv").is_file()  # the embedded synthetic shop
+    again = runner.invoke(app, args)  # a champion exists: straight to serving
+    assert again.exit_code == 0 and len(served) == 2
+    assert str(registry.latest_version(client, settings.model_name).version) == "1"

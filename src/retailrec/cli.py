@@ -523,7 +523,8 @@ def monitor(
         answer = mon.request_remote_retrain(get_settings(), names)
         if answer.get("status") != 202:
             why = answer.get("error") or answer.get("reason")
-            raise CommandError(f"the API did not start a retraining run: {why}")
+            status = f" ({answer['status']})" if answer.get("status") else ""
+            raise CommandError(f"the API did not start a retraining run{status}: {why}")
         console.print(f"the API started a retraining run at {answer['answer']['started_ms']}")
         return
     if every is not None and fail_on_drift:
