@@ -57,8 +57,10 @@ def _wait(url: str, timeout: float = 300) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
-def _wrk(url: str, script: Path | None, seconds: int, connections: int) -> dict[str, float]:
-    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+def _wrk(
+    url: str, script: Path | None, seconds: int, connections: int, threads: int
+) -> dict[str, float]:
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if script is not None:
         cmd += ["-s", str(script)]
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
@@ -91,6 +93,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="wrk threads: 1 leaves the server a core of its own on a 2-core machine",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
@@ -155,10 +163,11 @@ def main() -> None:
     try:
         _wait("http://127.0.0.1:8701/ready")
         _wait("http://127.0.0.1:8702/hello")
-        _wrk("http://127.0.0.1:8701", script, 3, args.connections)  # warm-up
-        _wrk("http://127.0.0.1:8702/hello", None, 3, args.connections)
-        recs = _wrk("http://127.0.0.1:8701", script, args.seconds, args.connections)
-        hello = _wrk("http://127.0.0.1:8702/hello", None, args.seconds, args.connections)
+        t = args.threads
+        _wrk("http://127.0.0.1:8701", script, 3, args.connections, t)  # warm-up
+        _wrk("http://127.0.0.1:8702/hello", None, 3, args.connections, t)
+        recs = _wrk("http://127.0.0.1:8701", script, args.seconds, args.connections, t)
+        hello = _wrk("http://127.0.0.1:8702/hello", None, args.seconds, args.connections, t)
         rss = _rss_mib(servers[0].pid)
     finally:
         for proc in servers:
@@ -171,6 +180,7 @@ def main() -> None:
             "scale": args.scale,
             "models": args.models,
             "connections": args.connections,
+            "wrk_threads": args.threads,
             "seconds": args.seconds,
             "recommendations_rps": recs["rps"],
             "recommendations_p50_ms": recs["p50_ms"],

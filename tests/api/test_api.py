@@ -220,6 +220,15 @@ def test_events_are_validated_deduplicated_and_counted(client: TestClient) -> No
             {"content": b"x" * 1_000_001, "headers": {"content-type": "application/json"}},
             "request body over",
         ),
+        (  # no Content-Length: a chunked body is counted as it arrives
+            "post",
+            "/v1/events",
+            {
+                "content": iter([b"x" * 400_000] * 3),
+                "headers": {"content-type": "application/json"},
+            },
+            "request body over",
+        ),
     ],
 )
 def test_limits_answer_422_with_a_clear_message(

@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Header, HTTPException, Request
 
 from retailrec.api.service import Served
-from retailrec.api.state import Connections, Metrics, ModelHolder, ServedLog
+from retailrec.api.state import Connections, Metrics, ModelHolder
 from retailrec.config import Settings
 
 
@@ -49,11 +49,6 @@ async def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
-async def get_served_log(request: Request) -> ServedLog:
-    served_log: ServedLog = request.app.state.served_log
-    return served_log
-
-
 def require_api_key(
     settings: Annotated[Settings, Depends(get_app_settings)],
     x_api_key: Annotated[str | None, Header()] = None,
@@ -74,4 +69,3 @@ StoreDep = Annotated[Connections, Depends(get_connections)]
 ServedDep = Annotated[Served, Depends(get_served)]
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-ServedLogDep = Annotated[ServedLog, Depends(get_served_log)]

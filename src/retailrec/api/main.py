@@ -7,6 +7,7 @@ with ``--factory``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -28,10 +29,6 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1_000_000
 
 
-class _BodyTooLargeError(Exception):
-    pass
-
-
 class LimitsAndMetrics:
     """Caps request bodies (422 beyond :data:`MAX_BODY_BYTES`) and counts and times requests per
     route. Plain ASGI rather than ``@app.middleware``: that wrapper costs more per request than
@@ -51,26 +48,31 @@ class LimitsAndMetrics:
         started = time.perf_counter()
         status = 500
         received = 0
+        answered = False  # a chunked body went over the cap and the 422 has gone out
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, answered, status
             message = await receive()
             received += len(message.get("body", b""))
-            if received > MAX_BODY_BYTES:  # a chunked body with no length announced
-                raise _BodyTooLargeError
+            if received > MAX_BODY_BYTES and not answered:  # no Content-Length was announced
+                answered, status = True, 422
+                await _too_large(scope, receive, send)
+                return {"type": "http.disconnect"}  # the app stops reading; its answer is dropped
             return message
 
         async def status_send(message: Message) -> None:
             nonlocal status
+            if answered:
+                return
             if message["type"] == "http.response.start":
                 status = message["status"]
             await send(message)
 
         try:
             await self.app(scope, counting_receive, status_send)
-        except _BodyTooLargeError:
-            status = 422
-            await _too_large(scope, receive, send)
+        except Exception:
+            if not answered:  # after our 422, whatever the app made of the cut body is moot
+                raise
         finally:
             metrics: Metrics = scope["app"].state.metrics
             path = getattr(scope.get("route"), "path", "unmatched")
@@ -117,6 +119,10 @@ def create_app(
                 log.info("serving %s version %s", settings.model_name, served.version)
             except Exception as exc:  # start anyway: /ready says why not, reload can fix it
                 log.warning("no model loaded at start-up: %s", exc)
+        # What start-up built (the model, MLflow, pandas) lives as long as the process: keep it
+        # out of the cyclic collector, whose full passes over it would pause requests.
+        gc.collect()
+        gc.freeze()
         yield
         app.state.served_log.stop()
         app.state.connections.close()

@@ -60,6 +60,7 @@ class Served:
     def __post_init__(self) -> None:
         b = self.bundle
         self.unavailable = ~b.item_available.astype(bool)
+        self.unavailable.flags.writeable = False  # shared by requests: they copy to add items
         self.by_category: dict[int, np.ndarray] = {
             int(c): np.flatnonzero(b.item_category == c)
             for c in np.unique(b.item_category)
