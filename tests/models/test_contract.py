@@ -165,11 +165,12 @@ def _same_ranking(model: BaseRecommender, row: sp.csr_matrix, n: int, blocked: n
     )
     finite = np.isfinite(full_scores)
     full_items, full_scores = full_items[finite], full_scores[finite]
-    np.testing.assert_allclose(scores, full_scores[:n], rtol=1e-6, atol=1e-9)
+    # float32: a matrix product and a gathered one may differ in the last bits
+    np.testing.assert_allclose(scores, full_scores[:n], rtol=1e-5, atol=1e-6)
     score_of = dict(zip(full_items.tolist(), full_scores.tolist(), strict=True))
     for i, (item, s) in enumerate(zip(items.tolist(), scores.tolist(), strict=True)):
-        assert score_of[item] == pytest.approx(s, rel=1e-6, abs=1e-9)
-        if np.isclose(full_scores, s, rtol=1e-6, atol=1e-9).sum() == 1:
+        assert score_of[item] == pytest.approx(s, rel=1e-5, abs=1e-6)
+        if np.isclose(full_scores, s, rtol=1e-5, atol=1e-6).sum() == 1:
             assert item == full_items[i]
 
 
@@ -188,7 +189,9 @@ def test_the_serving_path_ranks_like_recommend(
                 _same_ranking(model, row, n, blocked)
 
 
-@pytest.mark.parametrize("name", ["popular_7d", "popular_category", "itemknn_cosine", "session"])
+@pytest.mark.parametrize(
+    "name", ["popular_7d", "popular_category", "itemknn_cosine", "session", "als", "bpr"]
+)
 def test_the_serving_path_on_a_real_sized_catalogue(name: str, tiny_shop: Shop) -> None:
     """Thousands of items and many categories: candidate lists must grow past blocked items."""
     catalogue = item_catalogue(tiny_shop.data.item_properties)

@@ -7,14 +7,27 @@ confidence-weighted mean of the history's item vectors. Fresh events therefore c
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController, threadpool_limits
 
-from retailrec.models.base import BaseRecommender
+from retailrec.models.base import TIE_BREAK, BaseRecommender, first_unblocked
 from retailrec.models.data import Dataset
+
+
+@functools.cache
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def one_blas_thread() -> Any:
+    """``threadpool_limits(1, "blas")`` for the scoring path. The plain function inspects the
+    process's libraries on every call (1.5 ms, more than a whole answer); a controller made once
+    does not."""
+    return _blas().limit(limits=1, user_api="blas")
 
 
 class FactorRecommender(BaseRecommender):
@@ -29,6 +42,54 @@ class FactorRecommender(BaseRecommender):
 
     def score(self, user_items: sp.csr_matrix) -> np.ndarray:
         return np.asarray(self.user_vectors(user_items) @ self.item_factors_.T, dtype=np.float32)
+
+    # -- serving: exact top-n without scanning the catalogue ----------------------------------
+
+    def _build_serving(self, key: str) -> Any:
+        if key == "norm_order":  # items by decreasing vector length
+            norms = np.linalg.norm(self.item_factors_, axis=1)
+            order = np.argsort(-norms, kind="stable")
+            # The largest tie-break still to come at each position, for the stopping bound.
+            prior_left = np.maximum.accumulate(self.prior_[order][::-1])[::-1]
+            return order, norms[order].astype(np.float32), prior_left
+        return super()._build_serving(key)
+
+    def prepare_serving(self) -> None:
+        super().prepare_serving()
+        self._serving("norm_order")
+
+    def _candidate_scores(
+        self, row: sp.csr_matrix, n: int, blocked: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Score items in order of decreasing length and stop once none left can make the top n:
+        ``u . v <= |u| |v|`` (Cauchy-Schwarz), plus the largest tie-break left. Exact. Popularity
+        gives ALS long vectors to the few items it knows well, so a visitor's top 10 is usually
+        settled within the first 1% of a large catalogue (docs/BENCHMARKS.md)."""
+        order, norms, prior_left = self._serving("norm_order")
+        u = self.user_vectors(row)[0]
+        u_norm = float(np.linalg.norm(u))
+        if u_norm == 0.0:  # nothing to go on: the tie-break (popularity) decides
+            items = first_unblocked(self._serving("prior_order"), blocked, n)
+            return items, (TIE_BREAK * self.prior_[items]).astype(np.float32)
+        found_items = np.zeros(0, dtype=np.int64)
+        found_scores = np.zeros(0, dtype=np.float32)
+        step = max(2048, 4 * n)
+        for start in range(0, len(order), step):
+            chunk = order[start : start + step]
+            chunk = chunk[~blocked[chunk]]
+            scores = self.item_factors_[chunk] @ u + TIE_BREAK * self.prior_[chunk]
+            found_items = np.concatenate([found_items, chunk])
+            found_scores = np.concatenate([found_scores, scores.astype(np.float32)])
+            if len(found_items) > n:
+                keep = np.argpartition(-found_scores, n - 1)[:n]
+                found_items, found_scores = found_items[keep], found_scores[keep]
+            end = start + step
+            if end >= len(order):
+                break
+            bound = u_norm * float(norms[end]) + TIE_BREAK * float(prior_left[end])
+            if len(found_items) >= n and float(found_scores.min()) > bound:
+                break
+        return found_items, found_scores
 
 
 class ALSRecommender(FactorRecommender):
@@ -72,10 +133,13 @@ class ALSRecommender(FactorRecommender):
             )
             self.model_.fit(data.matrix, show_progress=False)
         self.item_factors_ = np.asarray(self.model_.item_factors, dtype=np.float32)
+        # Visitors are folded in from their history at scoring time; the training visitors'
+        # factors (1.4M x 64 floats on the full shop) would only weigh down the bundle.
+        self.model_.user_factors = np.zeros((0, self.factors), dtype=self.item_factors_.dtype)
 
     def user_vectors(self, user_items: sp.csr_matrix) -> np.ndarray:
         rows = sp.csr_matrix(user_items, dtype=np.float32)
-        with threadpool_limits(limits=1, user_api="blas"):
+        with one_blas_thread():
             vectors = self.model_.recalculate_user(np.arange(rows.shape[0]), rows)
         return np.atleast_2d(np.asarray(vectors, dtype=np.float32))
 
