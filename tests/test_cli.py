@@ -202,3 +202,26 @@ def test_serve_bootstrap_trains_a_first_champion_then_serves(
     again = runner.invoke(app, args)  # a champion exists: straight to serving
     assert again.exit_code == 0 and len(served) == 2
     assert str(registry.latest_version(client, settings.model_name).version) == "1"
+
+
+def test_serve_refuses_a_data_dir_it_cannot_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+
+    from retailrec.config import get_settings
+
+    if os.geteuid() == 0:  # root writes anywhere: make the data dir path a file instead
+        blocker = tmp_path / "not-a-dir"
+        blocker.write_text("")
+        monkeypatch.setenv("RETAILREC_DATA_DIR", str(blocker / "data"))
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        monkeypatch.setenv("RETAILREC_DATA_DIR", str(locked))
+    get_settings.cache_clear()
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: pytest.fail("served anyway"))
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 1
+    assert "is not writable by uid" in result.output
+    assert len(result.output.strip().splitlines()) == 1

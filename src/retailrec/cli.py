@@ -327,6 +327,23 @@ def pipeline(
     promote(version=None, metric="ndcg_at_10")
 
 
+def _check_writable(data_dir: Path) -> None:
+    """The API appends events and logs answers: fail at once, and say why, on a read-only
+    data dir (a volume or disk mounted for another user)."""
+    import os
+    import tempfile
+
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=data_dir):
+            pass
+    except OSError as exc:
+        raise CommandError(
+            f"the data dir {data_dir} is not writable by uid {os.getuid()} ({exc.strerror}):"
+            " mount it writable for this user or set RETAILREC_DATA_DIR"
+        ) from None
+
+
 def _bootstrap(scale: str, models: str | None) -> None:
     """Train a first champion when there is none, in a child process so that the server does not
     keep the training's memory."""
@@ -371,6 +388,7 @@ def serve(
     """Serve the API: the champion from the registry, recommendations, events, metrics."""
     import uvicorn
 
+    _check_writable(get_settings().data_dir)
     if bootstrap:
         _bootstrap(bootstrap_scale, bootstrap_models)
     uvicorn.run(
