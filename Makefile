@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_models.py
 	$(BIN)/python bench/bench_pipeline.py
 	$(BIN)/python bench/bench_api.py
+	$(BIN)/python bench/bench_dashboard.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench scripts

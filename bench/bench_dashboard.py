@@ -5,12 +5,19 @@ Target (issue 7): each page on ``full`` data appears within a few seconds. Measu
 folder made by ``retailrec pipeline`` (``--data``), each loader in a fresh process so that nothing
 is cached or imported already, against a baseline of starting Python and importing the package.
 
-    python bench/bench_dashboard.py --data DIR
+    python bench/bench_dashboard.py [--data DIR] [--scale full]
+
+Without ``--data`` a pipeline and a monitor run go first, into a temporary folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 from _util import report, run_measured
@@ -44,13 +51,32 @@ PAGES = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--scale", default="full")
+    parser.add_argument("--models", default="popular_category,als")
     args = parser.parse_args()
-    result: dict[str, object] = {"data": str(args.data)}
-    for page, code in PAGES.items():
-        seconds, peak = run_measured(SETUP + code, str(args.data))
-        result[f"{page}_s"] = round(seconds, 2)
-        result[f"{page}_peak_mib"] = round(peak)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
+    data = args.data or tmp / "data"
+    try:
+        if args.data is None:
+            env = {**os.environ, "RETAILREC_DATA_DIR": str(data), "OPENBLAS_NUM_THREADS": "1"}
+            for cmd in (
+                ["pipeline", "--scale", args.scale, "--models", args.models],
+                ["monitor"],
+            ):
+                subprocess.run(
+                    [sys.executable, "-m", "retailrec", *cmd],
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                )
+        result: dict[str, object] = {"scale": args.scale if args.data is None else str(data)}
+        for page, code in PAGES.items():
+            seconds, peak = run_measured(SETUP + code, str(data))
+            result[f"{page}_s"] = round(seconds, 2)
+            result[f"{page}_peak_mib"] = round(peak)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     report("dashboard", result)
 
 
