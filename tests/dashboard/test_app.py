@@ -121,3 +121,27 @@ def test_a_fresh_install_gets_a_hint_not_a_traceback() -> None:
     at = AppTest.from_file(str(APP), default_timeout=60).run()  # empty data dir
     assert not at.exception
     assert "retailrec pipeline" in at.warning[0].value
+
+
+@pytest.mark.integration
+def test_explorer_asks_a_running_api_when_one_is_set(
+    use: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.utils.server import serving
+
+    with serving(use) as base:
+        monkeypatch.setenv("RETAILREC_API_URL", base)
+        get_settings.cache_clear()
+        at = _open("recommendations")
+        recs = _table(at, "score")
+        assert len(recs) == 10
+        assert f"via {base}" in at.markdown[0].value
+        at.radio(key="mode").set_value("a session").run()
+        at.text_input(key="session_items").input(str(int(recs["item_id"].iloc[0]))).run()
+        assert not at.exception
+        assert len(_table(at, "score")) == 10
+        assert f"via {base}" in at.markdown[0].value
+    monkeypatch.setenv("RETAILREC_API_URL", "http://127.0.0.1:9")  # nothing listens there
+    get_settings.cache_clear()
+    at = _open("recommendations")
+    assert at.error and "did not answer" in at.error[0].value
