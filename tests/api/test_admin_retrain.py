@@ -90,3 +90,20 @@ def test_monitor_remote_asks_the_api(
         assert "the API started a retraining run" in asked.output
         busy = runner.invoke(cli, ["monitor", "--remote"])
         assert busy.exit_code == 1 and "409" in busy.output
+
+
+def test_a_failed_run_reports_its_exit_code_not_an_older_report(
+    popular_champion: Settings,
+) -> None:
+    from retailrec.monitoring.monitor import run_monitor
+
+    run_monitor(popular_champion)  # an earlier report, without retraining
+    with TestClient(create_app(popular_champion)) as client:
+        started = client.post("/v1/admin/retrain?models=no_such_model", headers={"X-API-Key": KEY})
+        assert started.status_code == 202
+        last = _wait(client)["last"]
+        assert isinstance(last, dict) and last["exit_code"] == 1
+        assert "retrain" not in last and "reloaded" not in last
+        log = popular_champion.reports_dir / f"retrain-{started.json()['started_ms']}.log"
+        assert "unknown model(s) no_such_model" in log.read_text()
+        assert client.get("/v1/model").json()["version"] == "1"

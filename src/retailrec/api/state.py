@@ -296,9 +296,10 @@ class Retrainer:
         from retailrec.monitoring.monitor import latest_report
 
         report = latest_report(self.settings.reports_dir)
-        if code == 0 and report is not None:
-            retrain = json.loads(report.read_text()).get("retrain") or {}
-            result |= {"report": report.name, "retrain": retrain}
+        payload = json.loads(report.read_text()) if report is not None else {}
+        if code == 0 and payload.get("created_ms", 0) >= (self._started_ms or 0):  # this run's
+            retrain = payload.get("retrain") or {}
+            result |= {"report": report.name if report else None, "retrain": retrain}
             if retrain.get("promoted"):
                 try:
                     served, _ = self.holder.load()
