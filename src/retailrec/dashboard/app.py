@@ -52,7 +52,7 @@ def _visitors(data_dir: str) -> list[int]:
     return data.sample_visitors(_settings())
 
 
-@st.cache_resource(show_spinner="Loading the champion...")
+@st.cache_resource(show_spinner="Loading the champion...", max_entries=1)
 def _served(data_dir: str, version: str) -> Any:
     """The champion as the API serves it (one copy per version, shared by sessions)."""
     from retailrec.api.state import ModelHolder
