@@ -50,3 +50,15 @@ def report(name: str, result: dict[str, object]) -> None:
     for key, value in result.items():
         print(f"  {key}: {value}")
     print(f"saved {path}")
+
+
+def retailrec(data: Path, *args: str) -> None:
+    """Run ``retailrec ARGS`` on the data dir ``data`` (one BLAS thread), failing loudly."""
+    import os
+
+    env = {**os.environ, "RETAILREC_DATA_DIR": str(data), "OPENBLAS_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "retailrec", *args], env=env, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"retailrec {' '.join(args)} failed:\n{proc.stderr[-2000:]}")

@@ -23,7 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _util import report
+from _util import report, retailrec
 
 HELLO = """
 from fastapi import FastAPI
@@ -106,21 +106,7 @@ def main() -> None:
     data = args.data or tmp / "data"
     env = {**os.environ, "RETAILREC_DATA_DIR": str(data), "OPENBLAS_NUM_THREADS": "1"}
     if args.data is None:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "retailrec",
-                "pipeline",
-                "--scale",
-                args.scale,
-                "--models",
-                args.models,
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
+        retailrec(data, "pipeline", "--scale", args.scale, "--models", args.models)
     ids = tmp / "visitors.txt"
     subprocess.run(
         [

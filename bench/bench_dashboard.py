@@ -13,14 +13,11 @@ Without ``--data`` a pipeline and a monitor run go first, into a temporary folde
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from _util import report, run_measured
+from _util import report, retailrec, run_measured
 
 SETUP = """
 import os, sys
@@ -59,17 +56,8 @@ def main() -> None:
     data = args.data or tmp / "data"
     try:
         if args.data is None:
-            env = {**os.environ, "RETAILREC_DATA_DIR": str(data), "OPENBLAS_NUM_THREADS": "1"}
-            for cmd in (
-                ["pipeline", "--scale", args.scale, "--models", args.models],
-                ["monitor"],
-            ):
-                subprocess.run(
-                    [sys.executable, "-m", "retailrec", *cmd],
-                    env=env,
-                    check=True,
-                    capture_output=True,
-                )
+            retailrec(data, "pipeline", "--scale", args.scale, "--models", args.models)
+            retailrec(data, "monitor")
         result: dict[str, object] = {"scale": args.scale if args.data is None else str(data)}
         for page, code in PAGES.items():
             seconds, peak = run_measured(SETUP + code, str(data))
