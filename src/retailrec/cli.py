@@ -238,11 +238,17 @@ def _print_training(result: Any, primary: str) -> None:
     console.print(f"registered version {result.version} ({result.best_model})", soft_wrap=True)
 
 
+def _model_names(models: str | None) -> tuple[str, ...] | None:
+    """``--models a,b`` as a tuple of names; None when not given."""
+    return tuple(m.strip() for m in models.split(",") if m.strip()) if models else None
+
+
 def _train(models: str | None, trials: int) -> Any:
     from retailrec.training.train import TrainConfig, default_models
     from retailrec.training.train import train as run_train
 
-    names = tuple(m.strip() for m in models.split(",") if m.strip()) if models else default_models()
+    given = _model_names(models)
+    names = default_models() if given is None else given
     progress, task = _spinner("training")
     with progress:
         result = run_train(
@@ -536,7 +542,7 @@ def monitor(
     from retailrec.monitoring import monitor as mon
     from retailrec.monitoring.drift_detector import DriftConfig
 
-    names = tuple(m.strip() for m in models.split(",") if m.strip()) if models else None
+    names = _model_names(models)
     if remote:
         answer = mon.request_remote_retrain(get_settings(), names)
         if answer.get("status") != 202:
