@@ -154,13 +154,12 @@ class BaseRecommender:
             items = first_unblocked(self._serving("prior_order"), blocked, n)
             return items, self.prior_[items]
         found = self._candidate_scores(row, n, blocked)
-        if found is None:
-            scores = np.asarray(self.score(row), dtype=np.float32)[0]
-            scores += TIE_BREAK * self.prior_
-            scores[blocked] = -np.inf
-            top = _top_n(scores[None, :], n)[0]
-            keep = np.isfinite(scores[top])
-            return top[keep], scores[top[keep]]
+        if found is None:  # the whole catalogue, as recommend() scores it, less its padding
+            items, scores = self.recommend(
+                row, n, filter_already_liked_items=False, filter_items=np.flatnonzero(blocked)
+            )
+            keep = items[0] >= 0
+            return items[0][keep], scores[0][keep]
         cand, scores = found
         ok = ~blocked[cand]
         cand, scores = cand[ok], scores[ok]
