@@ -322,7 +322,8 @@ def detect(
     config = config or DriftConfig()
     if events.empty:
         raise ValueError("the event log is empty: nothing to monitor")
-    events = events.sort_values("timestamp", kind="stable", ignore_index=True)
+    if not events["timestamp"].is_monotonic_increasing:  # the store's reads come sorted
+        events = events.sort_values("timestamp", kind="stable", ignore_index=True)
     end = int(config.end_ms if config.end_ms is not None else events["timestamp"].iloc[-1] + 1)
     period_ms = config.current_days * DAY_MS
     cur_start = end - period_ms
