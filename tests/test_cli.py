@@ -156,11 +156,17 @@ def test_etl_then_features_on_a_synthetic_shop(tmp_path: Path) -> None:
     assert "visitors" in features.output
 
 
-def test_etl_without_events_exits_1_with_one_line(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["etl", "--raw", str(tmp_path / "nothing")])
+@pytest.mark.parametrize(("folder", "message"), [("empty", "no events.csv"), (None, "no such")])
+def test_etl_without_events_exits_1_with_one_line(
+    tmp_path: Path, folder: str | None, message: str
+) -> None:
+    raw = tmp_path / (folder or "nothing")
+    if folder:
+        raw.mkdir()
+    result = runner.invoke(app, ["etl", "--raw", str(raw)])
     assert result.exit_code == 1
     assert len(result.output.strip().splitlines()) == 1
-    assert "no events.csv" in result.output
+    assert message in result.output
 
 
 def test_etl_with_a_missing_column_exits_1_with_one_line(tmp_path: Path) -> None:

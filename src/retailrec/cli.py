@@ -161,7 +161,10 @@ def _feature_config() -> Any:
 @_one_line_errors
 def etl(
     raw: Annotated[
-        Path | None, typer.Option(help="Folder with events.csv (default: <data dir>/raw).")
+        Path | None,
+        typer.Option(
+            help="Folder with events.csv, or the events file itself (default: <data dir>/raw)."
+        ),
     ] = None,
 ) -> None:
     """Validate, quarantine, dedupe and load the raw files into the feature store and parquet."""
@@ -180,7 +183,8 @@ def etl(
             config=_feature_config(),
             progress=lambda stage: progress.update(task, description=stage),
         )
-    table = Table(title=f"ETL of {report.source}")
+    title = f"ETL of {report.source}"
+    table = Table(title=title, min_width=min(len(title), console.width))
     table.add_column("rows")
     table.add_column("count", justify="right")
     table.add_row("read", f"{report.rows_read:,}")
@@ -190,11 +194,26 @@ def etl(
     for reason, count in report.rejected_by_reason.items():
         table.add_row(f"  {reason}", f"{count:,}")
     table.add_row("events in the store", f"{report.events_in_store:,}")
+    if report.item_properties_read:
+        table.add_section()
+        table.add_row("item property rows read", f"{report.item_properties_read:,}")
+        table.add_row("  categoryid / available", f"{report.item_properties_kept:,}")
+        table.add_row("  other properties (not used)", f"{report.item_properties_other:,}")
+        table.add_row("  rejected", f"{report.item_properties_rejected:,}")
+    if report.categories_read:
+        table.add_section()
+        table.add_row("category tree rows read", f"{report.categories_read:,}")
+        table.add_row("  rejected", f"{report.categories_rejected:,}")
     console.print(table)
     for warning in report.warnings:
         err_console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
-    if report.rejected_file:
-        console.print(f"quarantined rows: {report.rejected_file}", soft_wrap=True)
+    quarantined = (
+        report.rejected_file,
+        report.item_properties_rejected_file,
+        report.categories_rejected_file,
+    )
+    for path in filter(None, quarantined):
+        console.print(f"quarantined rows: {path}", soft_wrap=True)
 
 
 @app.command()
@@ -312,7 +331,10 @@ def pipeline(
         str, typer.Option(help="Synthetic scale when there is no raw data.")
     ] = "small",
     raw: Annotated[
-        Path | None, typer.Option(help="Folder with events.csv (default: <data dir>/raw).")
+        Path | None,
+        typer.Option(
+            help="Folder with events.csv, or the events file itself (default: <data dir>/raw)."
+        ),
     ] = None,
     models: Annotated[
         str | None, typer.Option(help="Comma-separated model names (default: all).")

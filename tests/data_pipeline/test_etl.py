@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,6 +163,7 @@ def test_an_empty_file_is_a_one_line_error(
 def test_a_header_without_rows_loads_nothing(tmp_path: Path, conn: sqlite3.Connection) -> None:
     report = _run(tmp_path, conn, HEADER + "\n")
     assert (report.rows_read, report.loaded, report.rejected) == (0, 0, 0)
+    assert report.warnings == ["the file has a header but no rows"]
 
 
 def test_rows_out_of_time_order_are_loaded_and_sorted(
@@ -262,7 +264,125 @@ def test_bad_item_properties_are_quarantined(tmp_path: Path, conn: sqlite3.Conne
     report = etl.run_etl(
         raw, conn=conn, rejected_dir=tmp_path / "rej", processed_dir=tmp_path / "proc"
     )
-    assert report.item_properties_read == 1
+    assert report.item_properties_read == 4
+    assert (report.item_properties_kept, report.item_properties_other) == (1, 1)
     assert report.item_properties_rejected == 2
-    rejected = pd.read_csv(tmp_path / "rej" / "item_properties.csv")
-    assert len(rejected) == 2
+    rejected = pd.read_csv(tmp_path / "rej" / "item_properties.csv", dtype=str)
+    assert rejected["reason"].tolist() == ["itemid is not an integer", "wrong number of fields"]
+    assert rejected["itemid"].tolist() == ["x", "12"]
+    assert report.item_properties_rejected_file == str(tmp_path / "rej" / "item_properties.csv")
+
+
+def test_bad_category_tree_rows_are_quarantined_not_fatal(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "events.csv").write_text(_lines(*GOOD_ROWS))
+    (raw / "category_tree.csv").write_text(
+        "categoryid,parentid\n1,\n2,1\nx,1\n3,-5\n4,1.0\n,2\n5,2,9\n"
+    )
+    report = etl.run_etl(
+        raw, conn=conn, rejected_dir=tmp_path / "rej", processed_dir=tmp_path / "proc"
+    )
+    assert report.loaded == 3
+    assert (report.categories_read, report.categories_rejected) == (7, 4)
+    tree = store.read_categories(conn)
+    assert tree["categoryid"].tolist() == [1, 2, 4]
+    assert tree["parentid"].tolist() == [pd.NA, 1, 1]
+    rejected = pd.read_csv(tmp_path / "rej" / "category_tree.csv", dtype=str)
+    assert rejected["reason"].tolist() == [
+        "categoryid is not an integer",
+        "negative parentid",
+        "missing categoryid",
+        "wrong number of fields",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("header", "delimiter"),
+    [
+        (' Timestamp , VisitorId,EVENT,itemId,"transactionid"', ","),
+        ("timestamp;visitorid;event;itemid;transactionid", ";"),
+        ("timestamp\tvisitorid\tevent\titemid\ttransactionid", "\t"),
+        ("timestamp|visitorid|event|itemid|transactionid", "|"),
+    ],
+)
+def test_header_case_spaces_and_other_delimiters_are_read(
+    tmp_path: Path, conn: sqlite3.Connection, header: str, delimiter: str
+) -> None:
+    rows = [r.replace(",", delimiter) for r in GOOD_ROWS]
+    report = _run(tmp_path, conn, "\n".join([header, *rows]) + "\n")
+    assert (report.rows_read, report.loaded, report.rejected) == (3, 3, 0)
+    assert store.read_events(conn)["transactionid"].tolist()[2] == 77
+    assert report.extra_columns == []
+    assert any("separated" in w for w in report.warnings) == (delimiter != ",")
+
+
+def test_a_required_column_twice_is_a_one_line_error(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    with pytest.raises(DataFileError, match="event appear more than once"):
+        _run(tmp_path, conn, HEADER + ",Event\n" + f"{T},1,view,10,,view\n")
+
+
+def test_an_unnamed_extra_column_is_named_by_position(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    report = _run(tmp_path, conn, HEADER + ",\n" + f"{T},1,view,10,,\n")
+    assert report.loaded == 1
+    assert report.extra_columns == ["(unnamed column 6)"]
+
+
+def test_bytes_that_are_not_utf8_quarantine_their_rows_only(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    text = _lines(*GOOD_ROWS).encode() + f"{T},2,vi\xe9w,10,\n{T}\xe9,3,view\n".encode("latin-1")
+    report = _run(tmp_path, conn, text)
+    assert (report.rows_read, report.loaded, report.rejected) == (5, 3, 2)
+    rejected = _rejected(report)
+    assert rejected["event"].tolist()[0] == "vi\\xe9w"
+    assert rejected["reason"].tolist() == ["unknown event type", "wrong number of fields"]
+
+
+def test_utf16_gzip_and_leading_blank_lines_are_read(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    text = "\r\n\r\n" + _lines(*GOOD_ROWS)
+    _run(tmp_path, conn, text.encode("utf-16"), name="utf16")
+    raw = tmp_path / "gz"
+    raw.mkdir()
+    rows = [f"{T + 5000},9,view,10,", f"{T + 6000},9,view,11,"]
+    (raw / "events.csv.gz").write_bytes(gzip.compress(_lines(*rows).encode()))
+    report = etl.run_etl(
+        raw, conn=conn, rejected_dir=tmp_path / "rej", processed_dir=tmp_path / "proc"
+    )
+    assert (report.rows_read, report.loaded, report.rejected) == (2, 2, 0)
+    assert store.event_count(conn) == 5
+
+
+def test_a_broken_compressed_file_is_a_one_line_error(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rows = [f"{T + i},{i},view,10," for i in range(5000)]
+    (raw / "events.csv.gz").write_bytes(gzip.compress(_lines(*rows).encode())[:4000])
+    with pytest.raises(DataFileError, match="cannot be read") as info:
+        etl.run_etl(raw, conn=conn, rejected_dir=tmp_path / "rej", processed_dir=tmp_path / "p")
+    assert "\n" not in str(info.value)
+    assert store.event_count(conn) == 0
+
+
+def test_the_events_file_itself_may_be_given(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "shop-export.csv").write_text(_lines(*GOOD_ROWS))
+    (raw / "category_tree.csv").write_text("categoryid,parentid\n1,\n")
+    report = etl.run_etl(
+        raw / "shop-export.csv",
+        conn=conn,
+        rejected_dir=tmp_path / "rej",
+        processed_dir=tmp_path / "proc",
+    )
+    assert (report.loaded, report.categories_read) == (3, 1)

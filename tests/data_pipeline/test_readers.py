@@ -110,6 +110,25 @@ def test_hashed_properties_are_filtered_out(tmp_path: Path) -> None:
 def test_missing_events_file_says_where_to_put_it(tmp_path: Path) -> None:
     with pytest.raises(DataFileError, match=r"no events.csv in .*retailrec download"):
         readers.locate(tmp_path)
+    with pytest.raises(DataFileError, match="no such folder"):
+        readers.locate(tmp_path / "nowhere")
+
+
+def test_locate_finds_compressed_files_and_takes_a_file_path(tmp_path: Path) -> None:
+    for name in ("events.csv.gz", "item_properties_part1.csv.gz", "item_properties_part2.csv"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "item_properties_part1.csv.gz.bak").write_bytes(b"")
+    (tmp_path / "category_tree.csv.bz2").write_bytes(b"")
+    files = readers.locate(tmp_path)
+    assert files.events.name == "events.csv.gz"
+    assert [p.name for p in files.item_properties] == [
+        "item_properties_part1.csv.gz",
+        "item_properties_part2.csv",
+    ]
+    assert files.category_tree is not None and files.category_tree.name == "category_tree.csv.bz2"
+    other = tmp_path / "export.csv"
+    other.write_bytes(b"")
+    assert readers.locate(other).events == other
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from retailrec.data_pipeline import feature_pipeline, readers, schema
@@ -40,10 +41,6 @@ from retailrec.feature_store import store
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 16 << 20  # bytes of CSV per batch: bounded memory whatever the file size
-ITEM_PROPERTY_REASONS = {
-    "bad_row": "wrong number of fields",
-    "bad_int": "timestamp or itemid is not a non-negative integer, or the value is empty",
-}
 
 
 @dataclass
@@ -63,14 +60,24 @@ class EtlReport:
     extra_columns: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     events_in_store: int = 0
-    item_properties_read: int = 0
-    item_properties_changed: int = 0
+    item_properties_read: int = 0  # = kept + other + rejected
+    item_properties_kept: int = 0  # rows of the readable properties, upserted
+    item_properties_other: int = 0  # rows of hashed properties: not used, counted
     item_properties_rejected: int = 0
+    item_properties_changed: int = 0
+    item_properties_rejected_file: str | None = None
+    categories_read: int = 0  # = accepted + rejected
+    categories_rejected: int = 0
     categories_changed: int = 0
+    categories_rejected_file: str | None = None
     seconds: float = 0.0
 
     def check(self) -> None:
-        if self.rows_read != self.loaded + self.duplicates + self.rejected:
+        props = self.item_properties_kept + self.item_properties_other
+        if (
+            self.rows_read != self.loaded + self.duplicates + self.rejected
+            or self.item_properties_read != props + self.item_properties_rejected
+        ):
             raise AssertionError(f"ETL counts do not add up: {self}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,51 +88,42 @@ class EtlReport:
 # Extract
 
 
-def read_header(path: Path) -> list[str]:
-    """The column names of a CSV file.
-
-    Raises:
-        DataFileError: the file is missing or empty.
-    """
-    if not path.is_file():
-        raise DataFileError(f"{path}: file not found")
-    with path.open("r", encoding="utf-8-sig", newline="") as fh:
-        first = fh.readline()
-    if not first.strip():
-        raise DataFileError(f"{path}: the file is empty (expected a header line)")
-    return [c.strip() for c in next(csv.reader([first]))]
-
-
 def _text_batches(
-    path: Path, columns: tuple[str, ...], malformed: list[str], block_size: int = BLOCK_SIZE
+    layout: readers.CsvLayout,
+    columns: tuple[str, ...],
+    malformed: list[str],
+    block_size: int = BLOCK_SIZE,
 ) -> Iterator[pd.DataFrame]:
     """Stream ``columns`` of a CSV file as text, block by block; the raw lines of rows with the
-    wrong number of fields are appended to ``malformed`` instead of failing the read.
-
-    Raises:
-        DataFileError: missing or empty file, or one of ``columns`` not in the header.
-    """
-    missing = [c for c in columns if c not in read_header(path)]
-    if missing:
-        raise DataFileError(f"{path}: missing required column(s) {', '.join(missing)}")
+    wrong number of fields are appended to ``malformed`` instead of failing the read."""
 
     def on_invalid(row: Any) -> str:
         malformed.append(row.text)
         return "skip"
 
-    reader = pacsv.open_csv(
-        path,
-        read_options=pacsv.ReadOptions(block_size=block_size),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
-        convert_options=pacsv.ConvertOptions(
-            include_columns=list(columns),
-            column_types={c: pa.large_string() for c in columns},
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
-    )
-    for record_batch in reader:
-        yield record_batch.to_pandas(types_mapper=lambda _t: pd.StringDtype("pyarrow"))
+    try:
+        reader = pacsv.open_csv(
+            layout.path,
+            read_options=pacsv.ReadOptions(
+                block_size=block_size,
+                column_names=list(layout.names),
+                skip_rows=layout.header_lines,
+                encoding=layout.encoding,
+            ),
+            parse_options=pacsv.ParseOptions(
+                delimiter=layout.delimiter, invalid_row_handler=on_invalid
+            ),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=list(columns),
+                column_types={c: pa.large_string() for c in columns},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        for batch in reader:
+            yield batch.to_pandas(types_mapper=lambda _t: pd.StringDtype("pyarrow"))
+    except (pa.ArrowInvalid, OSError, EOFError, UnicodeError) as exc:
+        raise DataFileError(f"{layout.path}: cannot be read: {readers.error_line(exc)}") from exc
 
 
 @dataclass
@@ -134,14 +132,10 @@ class _Batch:
     malformed: list[str]  # raw lines with the wrong number of fields
 
 
-def iter_event_batches(path: Path, block_size: int = BLOCK_SIZE) -> Iterator[_Batch]:
-    """Stream ``events.csv`` in blocks; rows with the wrong field count come back as raw lines.
-
-    Raises:
-        DataFileError: missing file, empty file, or a required column missing from the header.
-    """
+def iter_event_batches(layout: readers.CsvLayout, block_size: int = BLOCK_SIZE) -> Iterator[_Batch]:
+    """Stream an event log in blocks; rows with the wrong field count come back as raw lines."""
     malformed: list[str] = []
-    for rows in _text_batches(path, schema.REQUIRED_COLUMNS, malformed, block_size):
+    for rows in _text_batches(layout, schema.REQUIRED_COLUMNS, malformed, block_size):
         yield _Batch(rows, malformed.copy())
         malformed.clear()
     if malformed:
@@ -150,19 +144,28 @@ def iter_event_batches(path: Path, block_size: int = BLOCK_SIZE) -> Iterator[_Ba
         )
 
 
-def _malformed_rows(lines: list[str], header: list[str]) -> pd.DataFrame:
+def _malformed_rows(
+    lines: list[str], layout: readers.CsvLayout, columns: tuple[str, ...]
+) -> pd.DataFrame:
     """Quarantine rows for lines with the wrong number of fields, keeping what values they have."""
     records = []
     for line in lines:
-        fields = next(csv.reader(io.StringIO(line)), [])
-        values = dict(zip(header, fields, strict=False))
-        record = {c: values.get(c, "") for c in schema.REQUIRED_COLUMNS}
+        fields = next(csv.reader(io.StringIO(line), delimiter=layout.delimiter), [])
+        values = dict(zip(layout.names, fields, strict=False))
+        record = {c: values.get(c, "") for c in columns}
         record["reason"] = schema.WRONG_FIELD_COUNT
-        record["detail"] = f"expected {len(header)} fields, got {len(fields)}: {line[:200]}"
+        record["detail"] = f"expected {len(layout.names)} fields, got {len(fields)}: {line[:200]}"
         records.append(record)
-    return pd.DataFrame.from_records(
-        records, columns=[*schema.REQUIRED_COLUMNS, "reason", "detail"]
-    )
+    return pd.DataFrame.from_records(records, columns=[*columns, "reason", "detail"])
+
+
+def _quarantine(frame: pd.DataFrame, target: Path) -> str:
+    """Write quarantined rows (atomically: a re-run rewrites the same file) and say where."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(target)
+    return str(target)
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,24 +189,24 @@ def load_events(
 ) -> None:
     """Validate ``path`` and append its new, valid events to the store, updating ``report``."""
     step = progress or (lambda _s: None)
-    header = read_header(path)
-    report.extra_columns = [c for c in header if c not in schema.REQUIRED_COLUMNS]
+    layout = readers.csv_layout(path, schema.REQUIRED_COLUMNS)
+    report.extra_columns = layout.extra
     if report.extra_columns:
-        message = f"ignored extra column(s) {', '.join(report.extra_columns)}"
-        report.warnings.append(message)
-        log.warning("%s: %s", path, message)
+        _warn(report, path, f"ignored extra column(s) {', '.join(report.extra_columns)}")
+    if layout.delimiter != ",":
+        _warn(report, path, f"read as {layout.delimiter!r}-separated values")
 
     valid_parts: list[pd.DataFrame] = []
     rejected_parts: list[pd.DataFrame] = []
     now_ms = int(time.time() * 1000)
-    for batch in iter_event_batches(path):
+    for batch in iter_event_batches(layout):
         step(f"validating ({report.rows_read:,} rows)")
         if len(batch.rows):
             checked = schema.validate_events(batch.rows, now_ms=now_ms)
             valid_parts.append(checked.valid)
             rejected_parts.append(checked.rejected)
         if batch.malformed:
-            rejected_parts.append(_malformed_rows(batch.malformed, header))
+            rejected_parts.append(_malformed_rows(batch.malformed, layout, schema.REQUIRED_COLUMNS))
         report.rows_read += len(batch.rows) + len(batch.malformed)
 
     valid = pd.concat(valid_parts, ignore_index=True) if valid_parts else _empty_events()
@@ -213,13 +216,13 @@ def load_events(
     report.rejected = len(rejected)
     report.rejected_by_reason = dict(Counter(rejected["reason"]).most_common())
     if report.rejected:
-        rejected_dir.mkdir(parents=True, exist_ok=True)
         # Named by the input's content: re-running the same file rewrites the same quarantine.
-        target = rejected_dir / f"{path.stem}-{_file_digest(path)}.csv"
-        tmp = target.with_suffix(".tmp")
-        rejected.to_csv(tmp, index=False)
-        tmp.replace(target)
-        report.rejected_file = str(target)
+        stem = path.name.split(".")[0]
+        report.rejected_file = _quarantine(
+            rejected, rejected_dir / f"{stem}-{_file_digest(path)}.csv"
+        )
+    if report.rows_read == 0:
+        _warn(report, path, "the file has a header but no rows")
 
     step("deduplicating")
     in_file = valid.duplicated(keep="first").to_numpy()
@@ -231,6 +234,11 @@ def load_events(
     report.duplicates = report.duplicates_in_file + report.duplicates_in_store
 
 
+def _warn(report: EtlReport, path: Path, message: str) -> None:
+    report.warnings.append(message)
+    log.warning("%s: %s", path, message)
+
+
 def _empty_events() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in schema.EVENT_DTYPES.items()})
 
@@ -238,51 +246,84 @@ def _empty_events() -> pd.DataFrame:
 def load_item_properties(
     conn: sqlite3.Connection, paths: tuple[Path, ...], rejected_dir: Path, report: EtlReport
 ) -> None:
-    """Upsert the readable item properties (``categoryid``, ``available``); quarantine bad rows."""
+    """Upsert the readable item properties (``categoryid``, ``available``); quarantine bad rows.
+
+    Rows of the other (hashed) properties are counted and skipped: every row read is kept, other
+    or rejected.
+    """
+    columns = readers.ITEM_PROPERTIES_COLUMNS
+    wanted = pa.array(readers.READABLE_PROPERTIES, type=pa.large_string())
     bad_parts: list[pd.DataFrame] = []
-    for chunk in _iter_property_chunks(paths, bad_parts):
-        report.item_properties_read += len(chunk)
-        report.item_properties_changed += store.upsert_item_properties(conn, chunk)
-    if bad_parts:
-        bad = pd.concat(bad_parts, ignore_index=True)
-        report.item_properties_rejected = len(bad)
-        rejected_dir.mkdir(parents=True, exist_ok=True)
-        bad.to_csv(rejected_dir / "item_properties.csv", index=False)
-
-
-def _iter_property_chunks(
-    paths: tuple[Path, ...], bad_parts: list[pd.DataFrame]
-) -> Iterator[pd.DataFrame]:
-    wanted = set(readers.READABLE_PROPERTIES)
     for path in paths:
+        layout = readers.csv_layout(path, columns)
         malformed: list[str] = []
-        for df in _text_batches(path, readers.ITEM_PROPERTIES_COLUMNS, malformed):
-            df = df[df["property"].str.strip().isin(wanted)]
-            ts = pd.to_numeric(df["timestamp"], errors="coerce")
-            item = pd.to_numeric(df["itemid"], errors="coerce")
-            ok = (
-                ts.notna()
-                & item.notna()
-                & (ts >= 0)
-                & (item >= 0)
-                & (df["value"].str.strip() != "")
-            )
-            if (~ok).any():
-                bad = df[~ok].assign(reason=ITEM_PROPERTY_REASONS["bad_int"])
-                bad_parts.append(bad)
-            good = df[ok]
-            yield pd.DataFrame(
+        for df in _text_batches(layout, columns, malformed):
+            report.item_properties_read += len(df)
+            prop = df["property"].str.strip()
+            value = df["value"].str.strip()
+            missing = (prop == "").to_numpy()
+            keep = pc.is_in(pa.array(prop), value_set=wanted).to_numpy(zero_copy_only=False)
+            report.item_properties_other += int((~keep & ~missing).sum())
+            ids = schema.check_ids(df, required=("timestamp", "itemid"))
+            reason = ids.reason
+            reason[missing & ids.ok] = "missing property"
+            reason[keep & ids.ok & (value == "").to_numpy()] = "missing value"
+            good = keep & schema.unset(reason)
+            bad = (keep | missing) & ~schema.unset(reason)
+            if bad.any():
+                bad_parts.append(df[bad].assign(reason=reason[bad], detail=ids.detail[bad]))
+            chunk = pd.DataFrame(
                 {
-                    "timestamp": ts[ok].astype("int64").to_numpy(),
-                    "itemid": item[ok].astype("int64").to_numpy(),
-                    "property": good["property"].str.strip().to_numpy(),
-                    "value": good["value"].str.strip().to_numpy(),
+                    "timestamp": ids.values["timestamp"][good],
+                    "itemid": ids.values["itemid"][good],
+                    "property": prop[good].to_numpy(dtype=object),
+                    "value": value[good].to_numpy(dtype=object),
                 }
             )
+            report.item_properties_kept += len(chunk)
+            report.item_properties_changed += store.upsert_item_properties(conn, chunk)
         if malformed:
-            bad_parts.append(
-                pd.DataFrame({"line": malformed, "reason": ITEM_PROPERTY_REASONS["bad_row"]})
-            )
+            report.item_properties_read += len(malformed)
+            bad_parts.append(_malformed_rows(malformed, layout, columns))
+    if bad_parts:
+        bad_rows = pd.concat(bad_parts, ignore_index=True)
+        report.item_properties_rejected = len(bad_rows)
+        report.item_properties_rejected_file = _quarantine(
+            bad_rows, rejected_dir / "item_properties.csv"
+        )
+
+
+def load_category_tree(
+    conn: sqlite3.Connection, path: Path, rejected_dir: Path, report: EtlReport
+) -> None:
+    """Upsert the category tree; quarantine rows whose ids are not non-negative integers."""
+    columns = readers.CATEGORY_TREE_COLUMNS
+    layout = readers.csv_layout(path, columns)
+    malformed: list[str] = []
+    frames = list(_text_batches(layout, columns, malformed))
+    raw = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame({c: pd.Series(dtype="str") for c in columns})
+    )
+    ids = schema.check_ids(raw, required=("categoryid",), optional=("parentid",))
+    ok = ids.ok
+    tree = pd.DataFrame(
+        {
+            "categoryid": ids.values["categoryid"][ok],
+            "parentid": pd.arrays.IntegerArray(
+                ids.values["parentid"][ok], ids.empty["parentid"][ok].copy()
+            ),
+        }
+    )
+    report.categories_read = len(raw) + len(malformed)
+    report.categories_changed = store.upsert_categories(conn, tree)
+    bad = raw[~ok].assign(reason=ids.reason[~ok], detail=ids.detail[~ok])
+    if malformed:
+        bad = pd.concat([bad, _malformed_rows(malformed, layout, columns)], ignore_index=True)
+    report.categories_rejected = len(bad)
+    if len(bad):
+        report.categories_rejected_file = _quarantine(bad, rejected_dir / "category_tree.csv")
 
 
 def write_processed(
@@ -338,8 +379,7 @@ def run_etl(
         step("loading item properties")
         load_item_properties(conn, files.item_properties, rejected_dir, report)
     if files.category_tree is not None:
-        tree = readers.read_category_tree(files.category_tree)
-        report.categories_changed = store.upsert_categories(conn, tree)
+        load_category_tree(conn, files.category_tree, rejected_dir, report)
     step("writing parquet")
     write_processed(conn, processed_dir, config)
     report.events_in_store = store.event_count(conn)

@@ -246,3 +246,57 @@ def validate_events(raw: pd.DataFrame, now_ms: int | None = None) -> Validated:
 
 def empty_rejected() -> pd.DataFrame:
     return pd.DataFrame(columns=[*REQUIRED_COLUMNS, "reason", "detail"], dtype="str")
+
+
+@dataclass
+class IdCheck:
+    """Integer id columns of a batch of other records (categories, item properties), checked."""
+
+    values: dict[str, np.ndarray]  # int64, 0 where empty or rejected
+    empty: dict[str, np.ndarray]
+    reason: np.ndarray  # the first rule a row breaks, None where it is valid
+    detail: np.ndarray
+
+    @property
+    def ok(self) -> np.ndarray:
+        return unset(self.reason)
+
+
+def unset(reason: np.ndarray) -> np.ndarray:
+    """Where an object array of reasons holds None: the rows that broke no rule."""
+    return np.asarray(pd.isna(reason), dtype=bool)
+
+
+def check_ids(
+    raw: pd.DataFrame, required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> IdCheck:
+    """Check non-negative integer columns the way events' ids are checked.
+
+    ``required`` columns must be present; ``optional`` ones may be empty. Rules, first broken wins:
+    missing, not an integer, negative.
+    """
+    n = len(raw)
+    values: dict[str, np.ndarray] = {}
+    empty: dict[str, np.ndarray] = {}
+    bad_parse: dict[str, np.ndarray] = {}
+    for col in (*required, *optional):
+        values[col], empty[col], bad_parse[col] = _parse_int(raw[col])
+    reason = np.full(n, None, dtype=object)
+    detail = np.full(n, "", dtype=object)
+    checks: list[tuple[str, np.ndarray, str | None]]
+    checks = [(MISSING.format(col=c), empty[c], None) for c in required]
+    checks += [(NOT_INTEGER.format(col=c), bad_parse[c], c) for c in (*required, *optional)]
+    checks += [
+        (NEGATIVE.format(col=c), ~empty[c] & ~bad_parse[c] & (values[c] < 0), c)
+        for c in (*required, *optional)
+    ]
+    for text, bad, name in checks:
+        hit = unset(reason) & bad
+        if hit.any():
+            rows = np.flatnonzero(hit)
+            reason[rows] = text
+            if name is not None:
+                detail[rows] = [f"{name}={v!r}" for v in raw[name].to_numpy()[rows]]
+    for col in values:
+        values[col] = np.where(unset(reason), values[col], 0)
+    return IdCheck(values, empty, reason, detail)
