@@ -70,7 +70,16 @@ def test_read_only_needs_an_existing_store(tmp_path: Path) -> None:
         store.connect(tmp_path / "none.sqlite", read_only=True)
 
 
-def test_append_is_idempotent_and_counts_new_rows(conn: sqlite3.Connection) -> None:
+@pytest.fixture(params=["row by row", "staged"])
+def append_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test on both ways of appending: a statement per row, and through a staging table."""
+    monkeypatch.setattr(store, "STAGE_MIN_ROWS", 10_000 if request.param == "row by row" else 1)
+    return str(request.param)
+
+
+def test_append_is_idempotent_and_counts_new_rows(
+    conn: sqlite3.Connection, append_path: str
+) -> None:
     assert store.append_events(conn, events_frame(ROWS)) == 4
     assert store.append_events(conn, events_frame(ROWS)) == 0
     assert store.append_events(conn, events_frame([*ROWS, (T + 20, 2, "view", 12, None)])) == 1
@@ -79,7 +88,9 @@ def test_append_is_idempotent_and_counts_new_rows(conn: sqlite3.Connection) -> N
     assert store.event_count(conn) == 6
 
 
-def test_read_events_round_trips_types_and_order(conn: sqlite3.Connection) -> None:
+def test_read_events_round_trips_types_and_order(
+    conn: sqlite3.Connection, append_path: str
+) -> None:
     store.append_events(conn, events_frame(ROWS))
     back = store.read_events(conn)
     expected = events_frame(sorted(ROWS)).astype({"event": "str"})
@@ -90,6 +101,17 @@ def test_read_events_round_trips_types_and_order(conn: sqlite3.Connection) -> No
         T + 5,
     ]
     assert store.read_events(conn, visitor_ids=[2])["itemid"].tolist() == [11]
+    sources = conn.execute("SELECT DISTINCT source FROM events").fetchall()
+    assert sources == [("etl",)]
+    assert not conn.execute("SELECT name FROM sqlite_temp_master").fetchall()
+
+
+def test_an_event_type_outside_the_schema_is_refused(
+    conn: sqlite3.Connection, append_path: str
+) -> None:
+    with pytest.raises(ValueError, match="click"):
+        store.append_events(conn, events_frame([(T, 1, "click", 10, None)]))
+    assert store.event_count(conn) == 0
 
 
 def test_visitor_history_is_point_in_time(conn: sqlite3.Connection) -> None:

@@ -324,7 +324,8 @@ def _pairs(groups: pd.DataFrame, name: str) -> pd.DataFrame:
 
 def item_category_as_of(conn: sqlite3.Connection, as_of_ms: int | None) -> pd.DataFrame:
     """The catalogue (``itemid, categoryid, available``) as stated at ``as_of_ms``."""
-    return readers.item_catalogue(store.read_item_properties(conn, as_of_ms=as_of_ms), as_of_ms)
+    props = store.read_item_properties(conn, as_of_ms=as_of_ms, latest=True)
+    return readers.item_catalogue(props, as_of_ms)
 
 
 @dataclass
