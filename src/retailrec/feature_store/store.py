@@ -513,13 +513,16 @@ def read_categories(conn: sqlite3.Connection) -> pd.DataFrame:
 
 def _column_values(col: pd.Series) -> list[Any]:
     """A column as plain Python values, None where missing."""
+    values: list[Any]
     if col.isna().any():
-        return col.astype(object).where(col.notna(), None).tolist()
-    if col.dtype.kind in "iub":
-        return col.to_numpy(np.int64).tolist()
-    if col.dtype.kind == "f":
-        return col.to_numpy(np.float64).tolist()
-    return col.astype(object).tolist()
+        values = col.astype(object).where(col.notna(), None).tolist()
+    elif col.dtype.kind in "iub":
+        values = col.to_numpy(np.int64).tolist()
+    elif col.dtype.kind == "f":
+        values = col.to_numpy(np.float64).tolist()
+    else:
+        values = col.astype(object).tolist()
+    return values
 
 
 def _replace_rows(conn: sqlite3.Connection, table: str, frame: pd.DataFrame) -> None:
