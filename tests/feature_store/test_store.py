@@ -125,7 +125,7 @@ def test_visitor_history_is_point_in_time(conn: sqlite3.Connection) -> None:
     assert len(store.visitor_history(conn, 999).timestamp) == 0
 
 
-def test_item_property_upserts_update_in_place(conn: sqlite3.Connection) -> None:
+def test_item_property_upserts_update_in_place(conn: sqlite3.Connection, append_path: str) -> None:
     props = pd.DataFrame(
         {
             "timestamp": [T, T],
@@ -141,6 +141,14 @@ def test_item_property_upserts_update_in_place(conn: sqlite3.Connection) -> None
     stored = store.read_item_properties(conn).sort_values("property")
     assert stored["value"].tolist() == ["1", "4"]
     assert len(stored) == 2
+    later = pd.DataFrame(
+        {"timestamp": [T + 9], "itemid": [10], "property": ["categoryid"], "value": ["5"]}
+    )
+    assert store.upsert_item_properties(conn, later) == 1
+    latest = store.read_item_properties(conn, latest=True).sort_values("property")
+    assert latest[["timestamp", "value"]].values.tolist() == [[T, "1"], [T + 9, "5"]]
+    before = store.read_item_properties(conn, as_of_ms=T + 8, latest=True)
+    assert sorted(before["value"]) == ["1", "4"]
 
 
 def test_categories_upsert(conn: sqlite3.Connection) -> None:

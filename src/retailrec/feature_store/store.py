@@ -213,7 +213,7 @@ def _event_columns(events: pd.DataFrame) -> dict[str, list[Any]]:
     ):
         codes = event.cat.codes.to_numpy()
     else:
-        codes = pd.Categorical(event.astype("str"), categories=list(EVENT_TYPES)).codes
+        codes = pd.Index(EVENT_TYPES).get_indexer(event.astype("str"))
     if (codes < 0).any():
         raise ValueError(f"unknown event type(s): {sorted(set(event[codes < 0].astype(str)))}")
     return {
@@ -445,24 +445,30 @@ def upsert_item_properties(conn: sqlite3.Connection, props: pd.DataFrame) -> int
     """Insert or update ``(itemid, property, timestamp) -> value`` rows. Returns rows changed."""
     if props.empty:
         return 0
+    props = props.sort_values(["itemid", "property", "timestamp"], kind="stable")
+    columns = {
+        "itemid": props["itemid"].to_numpy(np.int64).tolist(),
+        "property": props["property"].astype("str").tolist(),
+        "timestamp": props["timestamp"].to_numpy(np.int64).tolist(),
+        "value": props["value"].astype("str").tolist(),
+    }
+    insert = "INSERT INTO item_properties (itemid, property, timestamp, value)"
     upsert = (
         " ON CONFLICT (itemid, property, timestamp) DO UPDATE SET value = excluded.value"
         " WHERE value != excluded.value"
     )
-    before = conn.total_changes
     with conn:
+        if (
+            len(props) >= STAGE_MIN_ROWS
+        ):  # "WHERE true" tells the parser ON CONFLICT is not a join's
+            return _insert_select(
+                conn, columns, f"{insert} SELECT * FROM temp.stage WHERE true{upsert}"
+            )
+        before = conn.total_changes
         conn.executemany(
-            "INSERT INTO item_properties (itemid, property, timestamp, value) VALUES (?, ?, ?, ?)"
-            + upsert,
-            zip(
-                props["itemid"].astype("int64").tolist(),
-                props["property"].astype("str").tolist(),
-                props["timestamp"].astype("int64").tolist(),
-                props["value"].astype("str").tolist(),
-                strict=True,
-            ),
+            f"{insert} VALUES (?, ?, ?, ?){upsert}", zip(*columns.values(), strict=True)
         )
-    return conn.total_changes - before
+        return conn.total_changes - before
 
 
 def read_item_properties(
