@@ -210,6 +210,18 @@ def test_serve_bootstrap_trains_a_first_champion_then_serves(
     assert str(registry.latest_version(client, settings.model_name).version) == "1"
 
 
+@pytest.mark.integration
+def test_training_on_a_sparse_shop_warns_that_the_figures_are_noise(real_sample: Path) -> None:
+    result = runner.invoke(app, ["pipeline", "--raw", str(real_sample), "--models", "popular"])
+    assert result.exit_code == 0, result.output
+    n = int(result.output.split("scored on ")[1].split()[0])
+    assert 0 < n < 30
+    assert f"differences under ±{1 / n**0.5:.3f} may be noise" in result.output.replace("\n", " ")
+    assert f"warning: only {n} visitors in the test window had a history" in result.output
+    assert "promoted: version 1" in result.output
+    assert "generating a synthetic shop" not in result.output  # --raw took the file itself
+
+
 def test_serve_refuses_a_data_dir_it_cannot_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -238,6 +238,10 @@ def features(
     )
 
 
+#: Fewer warm test visitors than this and the figures say next to nothing.
+MIN_VISITORS_TO_COMPARE = 30
+
+
 def _print_training(result: Any, primary: str) -> None:
     table = Table(title=f"models on the test window (best on validation: {result.best_model})")
     table.add_column("model", no_wrap=True)
@@ -253,7 +257,20 @@ def _print_training(result: Any, primary: str) -> None:
             f"{row['test_coverage_at_10']:.3f}",
             f"{row['fit_seconds']:.1f}",
         )
+    n_warm = int(result.table["test_n_warm"].max()) if "test_n_warm" in result.table else 0
+    # A per-visitor metric lies in [0, 1], so its standard deviation is at most 0.5 and two
+    # standard errors of the mean at most 1 / sqrt(n): a bound on what noise alone can move.
+    noise = f"; differences under ±{1 / n_warm**0.5:.3f} may be noise" if n_warm else ""
+    table.caption = f"scored on {n_warm:,} test-window visitors with a history{noise}"
     console.print(table)
+    if n_warm < MIN_VISITORS_TO_COMPARE:
+        err_console.print(
+            f"warning: only {n_warm} visitors in the test window had a history: too few to tell"
+            " models apart until the shop has more data",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(f"registered version {result.version} ({result.best_model})", soft_wrap=True)
 
 
@@ -342,9 +359,13 @@ def pipeline(
     seed: Annotated[int, typer.Option(help="Seed for the synthetic data.")] = 42,
 ) -> None:
     """Synth when there is no raw data, then etl, features, train and promote."""
+    from retailrec.data_pipeline.readers import DataFileError, locate
+
     settings = get_settings()
     raw_dir = raw if raw is not None else settings.raw_dir
-    if not (raw_dir / "events.csv").is_file():
+    try:
+        locate(raw_dir)
+    except DataFileError:
         console.print(
             f"no events.csv in {raw_dir}: generating a synthetic shop ({scale})", soft_wrap=True
         )

@@ -62,10 +62,8 @@ def session_numbers(events: pd.DataFrame, gap_ms: int = SESSION_GAP_MS) -> np.nd
         return np.zeros(0, dtype=np.int64)
     vis = events["visitorid"].to_numpy()
     ts = events["timestamp"].to_numpy()
-    if (ts[1:] >= ts[:-1]).all():  # already in time order (the store's reads are): one key
-        order = np.argsort(vis, kind="stable")
-    else:
-        order = np.lexsort((ts, vis))
+    in_time_order = (ts[1:] >= ts[:-1]).all()  # as the store's reads are: then one sort key
+    order = np.argsort(vis, kind="stable") if in_time_order else np.lexsort((ts, vis))
     v, t = vis[order], ts[order]
     new_visitor = np.r_[True, v[1:] != v[:-1]]
     new_session = new_visitor | np.r_[True, np.diff(t) > gap_ms]
