@@ -216,7 +216,7 @@ def test_training_on_a_sparse_shop_warns_that_the_figures_are_noise(real_sample:
     assert result.exit_code == 0, result.output
     n = int(result.output.split("scored on ")[1].split()[0])
     assert 0 < n < 30
-    assert f"differences under ±{1 / n**0.5:.3f} may be noise" in result.output.replace("\n", " ")
+    assert f"differences under ±{1 / n**0.5:.3f} may be noise" in " ".join(result.output.split())
     assert f"warning: only {n} visitors in the test window had a history" in result.output
     assert "promoted: version 1" in result.output
     assert "generating a synthetic shop" not in result.output  # --raw took the file itself
