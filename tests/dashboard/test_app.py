@@ -61,6 +61,10 @@ def test_data_page(use: Settings) -> None:
     ):
         assert title in charts, title
     assert {"rows read", "loaded", "duplicates", "rejected"} <= set(metrics)
+    captions = " ".join(c.value for c in at.caption)
+    assert report["item_properties_read"] > 0 and report["categories_read"] > 0
+    assert f"Item property rows: {report['item_properties_read']:,} read" in captions
+    assert f"Category tree rows: {report['categories_read']:,} read" in captions
 
 
 def test_models_page(use: Settings) -> None:

@@ -131,6 +131,20 @@ def page_data(settings: Settings) -> None:
         )
     else:
         st.caption("No row was rejected.")
+    for warning in report.get("warnings") or []:
+        st.warning(f"ETL: {warning}")
+    if report.get("item_properties_read"):
+        st.caption(
+            f"Item property rows: {report['item_properties_read']:,} read ="
+            f" {report.get('item_properties_kept', 0):,} categoryid/available"
+            f" + {report.get('item_properties_other', 0):,} other (hashed) properties"
+            f" + {report.get('item_properties_rejected', 0):,} rejected."
+        )
+    if report.get("categories_read"):
+        st.caption(
+            f"Category tree rows: {report['categories_read']:,} read,"
+            f" {report.get('categories_rejected', 0):,} rejected."
+        )
     st.caption(f"Source: {report.get('source', '?')}")
 
 
