@@ -45,6 +45,28 @@ def test_sessions_split_on_a_30_minute_gap() -> None:
         )
 
 
+def test_event_codes_from_text_or_categories() -> None:
+    text = pd.Series(["view", "click", None, "transaction", "addtocart"], dtype="str")
+    assert fp.event_codes(text).tolist() == [0, -1, -1, 2, 1]
+    categories = ["transaction", "click", "view"]  # another order, and a name that is no event
+    shuffled = pd.Series(pd.Categorical.from_codes([2, 1, -1, 0, -1], categories=categories))
+    assert fp.event_codes(shuffled).tolist() == [0, -1, -1, 2, -1]
+    assert fp.event_codes(text.astype(object)).tolist() == [0, -1, -1, 2, 1]
+
+
+def test_interactions_do_not_depend_on_the_event_column_type_or_row_order() -> None:
+    as_of = T + DAY
+    expected = fp.interactions(EVENTS, as_of)
+    categorical = EVENTS.assign(
+        event=pd.Categorical(EVENTS["event"], categories=["transaction", "view", "addtocart"])
+    )
+    pd.testing.assert_frame_equal(fp.interactions(categorical, as_of), expected)
+    shuffled = EVENTS.sample(frac=1, random_state=3)
+    pd.testing.assert_frame_equal(fp.interactions(shuffled, as_of), expected)
+    assert expected[["visitorid", "itemid"]].apply(tuple, axis=1).is_monotonic_increasing
+    assert fp.interactions(EVENTS.iloc[:0], as_of).empty
+
+
 def test_confidence_weights_events_and_decays_with_age() -> None:
     config = fp.FeatureConfig(
         event_weights={"view": 1, "addtocart": 4, "transaction": 8}, recency_half_life_days=1

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from retailrec.data_pipeline import readers
 from retailrec.feature_store import store
@@ -87,33 +89,58 @@ def interactions(
     """
     config = config or FeatureConfig()
     ev = _until(events, as_of_ms)
-    kind = ev["event"].astype("str").to_numpy()
-    weight = np.zeros(len(ev))
-    for name, w in config.event_weights.items():
-        weight[kind == name] = w
-    age_days = (as_of_ms - ev["timestamp"].to_numpy()) / DAY_MS
-    frame = pd.DataFrame(
+    kind = event_codes(ev["event"])
+    weights = [config.event_weights.get(name, 0.0) for name in store.EVENT_TYPES]
+    weight = np.array([*weights, 0.0])[kind]  # code -1 (not an event type) weighs nothing
+    ts = ev["timestamp"].to_numpy(np.int64)
+    age_days = (as_of_ms - ts) / DAY_MS
+    confidence = weight * np.power(0.5, age_days / config.recency_half_life_days)
+    # One stable sort by (visitor, item), then sums over each run of equal pairs; a pair's rows
+    # keep their order, so each sum adds its terms in the same order as a groupby would.
+    vis = ev["visitorid"].to_numpy(np.int64)
+    item = ev["itemid"].to_numpy(np.int64)
+    order = _pair_order(vis, item)
+    vis, item, ts, kind, confidence = (a[order] for a in (vis, item, ts, kind, confidence))
+    starts = np.flatnonzero(np.r_[True, (vis[1:] != vis[:-1]) | (item[1:] != item[:-1])])
+    starts = starts[starts < len(vis)]  # no run at all when there is no event
+
+    def per_pair(values: np.ndarray, ufunc: np.ufunc = np.add) -> np.ndarray:
+        return ufunc.reduceat(values, starts) if len(starts) else values[:0]
+
+    return pd.DataFrame(
         {
-            "visitorid": ev["visitorid"].to_numpy(),
-            "itemid": ev["itemid"].to_numpy(),
-            "confidence": weight * np.power(0.5, age_days / config.recency_half_life_days),
-            "n_views": (kind == "view").astype(np.int64),
-            "n_carts": (kind == "addtocart").astype(np.int64),
-            "n_purchases": (kind == "transaction").astype(np.int64),
-            "last_ts": ev["timestamp"].to_numpy(),
+            "visitorid": vis[starts],
+            "itemid": item[starts],
+            "confidence": per_pair(confidence),
+            "n_views": per_pair((kind == VIEW).astype(np.int64)),
+            "n_carts": per_pair((kind == CART).astype(np.int64)),
+            "n_purchases": per_pair((kind == PURCHASE).astype(np.int64)),
+            "last_ts": per_pair(ts, np.maximum),
         }
     )
-    return (
-        frame.groupby(["visitorid", "itemid"], sort=True)
-        .agg(
-            confidence=("confidence", "sum"),
-            n_views=("n_views", "sum"),
-            n_carts=("n_carts", "sum"),
-            n_purchases=("n_purchases", "sum"),
-            last_ts=("last_ts", "max"),
-        )
-        .reset_index()
-    )
+
+
+VIEW, CART, PURCHASE = range(len(store.EVENT_TYPES))
+_EVENT_NAMES = pa.array(store.EVENT_TYPES, type=pa.large_string())
+
+
+def event_codes(event: pd.Series) -> np.ndarray:
+    """Each event's position in ``EVENT_TYPES`` (int8, -1 for anything else), found in Arrow or
+    the categorical's codes, never through one Python string per row."""
+    if isinstance(event.dtype, pd.CategoricalDtype):
+        names = [str(c) for c in event.cat.categories]
+        remap = [store.EVENT_TYPES.index(c) if c in store.EVENT_TYPES else -1 for c in names]
+        return np.array([*remap, -1], dtype=np.int8)[event.cat.codes.to_numpy()]
+    found = pc.index_in(pa.array(event.astype("str")), value_set=_EVENT_NAMES)
+    return np.asarray(pc.fill_null(found, -1).to_numpy(zero_copy_only=False), dtype=np.int8)
+
+
+def _pair_order(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """A stable order of rows by (first, second): one sort of a packed key where both fit."""
+    fits = len(first) > 0 and min(first.min(), second.min()) >= 0
+    if fits and int(first.max()) < 2**32 and int(second.max()) < 2**31:
+        return np.argsort((first << 31) | second, kind="stable")
+    return np.lexsort((second, first))
 
 
 USER_FEATURE_COLUMNS = (
