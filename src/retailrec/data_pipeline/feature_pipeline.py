@@ -130,7 +130,8 @@ def event_codes(event: pd.Series) -> np.ndarray:
     if isinstance(event.dtype, pd.CategoricalDtype):
         names = [str(c) for c in event.cat.categories]
         remap = [store.EVENT_TYPES.index(c) if c in store.EVENT_TYPES else -1 for c in names]
-        return np.array([*remap, -1], dtype=np.int8)[event.cat.codes.to_numpy()]
+        codes: np.ndarray = np.array([*remap, -1], dtype=np.int8)[event.cat.codes.to_numpy()]
+        return codes
     found = pc.index_in(pa.array(event.astype("str")), value_set=_EVENT_NAMES)
     return np.asarray(pc.fill_null(found, -1).to_numpy(zero_copy_only=False), dtype=np.int8)
 
