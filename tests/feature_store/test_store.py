@@ -106,6 +106,21 @@ def test_read_events_round_trips_types_and_order(
     assert not conn.execute("SELECT name FROM sqlite_temp_master").fetchall()
 
 
+def test_a_failed_bulk_write_rolls_back_and_the_next_one_works(
+    conn: sqlite3.Connection, append_path: str
+) -> None:
+    row = dict.fromkeys(("visitorid", "as_of_ms", "n_views", "n_carts", "n_purchases"), 1)
+    row |= {"n_items": 1, "n_sessions": 1, "first_ts": T, "last_ts": T, "recency_days": 0.0}
+    good = pd.DataFrame([row | {"purchased_items": ""}])
+    bad = pd.concat([good.assign(visitorid=2), good.assign(visitorid=3, n_views=None)])
+    with pytest.raises(sqlite3.IntegrityError):
+        store._replace_rows(conn, "user_features", bad)
+    assert conn.execute("SELECT count(*) FROM user_features").fetchone()[0] == 0
+    store._replace_rows(conn, "user_features", good)
+    assert conn.execute("SELECT visitorid FROM user_features").fetchall() == [(1,)]
+    assert store.append_events(conn, events_frame(ROWS)) == 4
+
+
 def test_an_event_type_outside_the_schema_is_refused(
     conn: sqlite3.Connection, append_path: str
 ) -> None:

@@ -238,10 +238,12 @@ def _insert_select(conn: sqlite3.Connection, columns: dict[str, list[Any]], inse
     """Run ``insert`` (an ``INSERT ... SELECT ... FROM temp.stage``) over ``columns``' rows.
 
     One INSERT ... SELECT writes rows in key order without re-seeking the B-tree from its root
-    for each, which a statement per row must: three times faster for a million sorted rows.
+    for each, which a statement per row must: about twice as fast for millions of sorted rows.
     Call inside a transaction. Returns the number of rows ``insert`` changed.
     """
     names = list(columns)
+    # The table is made outside the transaction, so a rolled-back load leaves it behind.
+    conn.execute("DROP TABLE IF EXISTS temp.stage")
     conn.execute(f"CREATE TEMP TABLE stage ({', '.join(names)})")
     try:
         conn.executemany(
@@ -458,9 +460,8 @@ def upsert_item_properties(conn: sqlite3.Connection, props: pd.DataFrame) -> int
         " WHERE value != excluded.value"
     )
     with conn:
-        if (
-            len(props) >= STAGE_MIN_ROWS
-        ):  # "WHERE true" tells the parser ON CONFLICT is not a join's
+        if len(props) >= STAGE_MIN_ROWS:
+            # "WHERE true" tells SQLite's parser that ON CONFLICT is not part of a join.
             return _insert_select(
                 conn, columns, f"{insert} SELECT * FROM temp.stage WHERE true{upsert}"
             )
