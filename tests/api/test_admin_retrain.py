@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from retailrec.api.main import create_app
+from retailrec.api.state import ModelHolder
 from retailrec.cli import app as cli
 from retailrec.config import Settings, get_settings
 from retailrec.training import registry
@@ -39,7 +40,16 @@ def _wait(client: TestClient, timeout: float = 300) -> dict[str, object]:
     raise AssertionError("the retraining run did not end")
 
 
-def test_retrain_runs_beside_the_api_and_serves_a_better_model(popular_champion: Settings) -> None:
+def test_retrain_runs_beside_the_api_and_serves_a_better_model(
+    popular_champion: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load = ModelHolder.load
+
+    def slow_load(self: ModelHolder) -> object:  # a big model takes a while to swap in
+        time.sleep(1.5)
+        return load(self)
+
+    monkeypatch.setattr(ModelHolder, "load", slow_load)
     with TestClient(create_app(popular_champion)) as client:
         assert client.post("/v1/admin/retrain").status_code == 401
         assert client.post("/v1/admin/retrain", headers={"X-API-Key": "no"}).status_code == 403
@@ -49,7 +59,7 @@ def test_retrain_runs_beside_the_api_and_serves_a_better_model(popular_champion:
         assert started.status_code == 202 and started.json()["started"]
         again = client.post("/v1/admin/retrain", headers={"X-API-Key": KEY})
         assert again.status_code == 409  # one run at a time
-        status = _wait(client)
+        status = _wait(client)  # "not running" only once the outcome is recorded
         last = status["last"]
         assert isinstance(last, dict) and last["exit_code"] == 0, last
         assert last["retrain"]["promoted"], last  # popular_7d beats popular on the drifted weeks

@@ -260,13 +260,16 @@ class Retrainer:
         self.holder = holder
         self.metrics = metrics
         self.last: dict[str, Any] | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
         self._started_ms: int | None = None
         self._lock = threading.Lock()
+        # Set while no run is going. A run ends when its outcome is recorded (and a promoted
+        # model swapped in), not when its process exits: a poller never sees "done" without it.
+        self._idle = threading.Event()
+        self._idle.set()
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return not self._idle.is_set()
 
     def start(self, models: str | None = None) -> int:
         """Start a run; returns its start time (ms).
@@ -286,12 +289,18 @@ class Retrainer:
             env = {**os.environ, "RETAILREC_DATA_DIR": str(self.settings.data_dir)}
             env.pop("RETAILREC_API_URL", None)  # the API reloads itself when the run ends
             with (reports / f"retrain-{self._started_ms}.log").open("wb") as out:
-                self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-            threading.Thread(target=self._finish, args=(self._proc,), daemon=True).start()
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            self._idle.clear()
+            threading.Thread(target=self._finish, args=(proc,), daemon=True).start()
             return self._started_ms
 
     def _finish(self, proc: subprocess.Popen[bytes]) -> None:
-        code = proc.wait()
+        try:
+            self.last = self._outcome(proc.wait())
+        finally:
+            self._idle.set()
+
+    def _outcome(self, code: int) -> dict[str, Any]:
         result: dict[str, Any] = {"started_ms": self._started_ms, "exit_code": code}
         from retailrec.monitoring.monitor import latest_report
 
@@ -309,7 +318,7 @@ class Retrainer:
                     result["reloaded"] = served.version
                 except Exception as exc:  # the old model keeps serving; the status says why
                     result["reload_error"] = str(exc).splitlines()[0] if str(exc) else repr(exc)
-        self.last = result
+        return result
 
     def status(self) -> dict[str, Any]:
         return {"running": self.running, "started_ms": self._started_ms, "last": self.last}

@@ -1,10 +1,11 @@
 """ETL: extract Retailrocket-format files, validate, quarantine, dedupe, transform, load.
 
 Extract streams ``events.csv`` in blocks with Arrow's CSV reader, after
-:func:`~retailrec.data_pipeline.readers.csv_layout` has read the header: columns in any order and
+:func:`retailrec.data_pipeline.readers.csv_layout` has read the header: columns in any order and
 case, ``, ; tab |`` delimiters, UTF-8 (with or without a BOM, CRLF or not), UTF-16, gzip and
 bzip2 are all read. A row with the wrong number of fields, or a byte that is not UTF-8, is
-quarantined, not fatal. Every row read ends up in exactly one of three places, and the report says so:
+quarantined, not fatal. Every row read ends up in exactly one of three places, and the report
+says so:
 
     rows read = loaded + duplicates + rejected
 
