@@ -300,6 +300,27 @@ def test_bad_category_tree_rows_are_quarantined_not_fatal(
 
 
 @pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("item_properties.csv", "itemid,property,value\n10,categoryid,5\n", "timestamp"),
+        ("category_tree.csv", "categoryid;parent\n1;\n", "parentid"),
+        ("category_tree.csv", "", "the file is empty"),
+    ],
+)
+def test_a_bad_optional_file_fails_before_anything_is_loaded(
+    tmp_path: Path, conn: sqlite3.Connection, name: str, content: str, message: str
+) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "events.csv").write_text(_lines(*GOOD_ROWS))
+    (raw / name).write_text(content)
+    with pytest.raises(DataFileError, match=message) as info:
+        etl.run_etl(raw, conn=conn, rejected_dir=tmp_path / "rej", processed_dir=tmp_path / "p")
+    assert name in str(info.value) and "\n" not in str(info.value)
+    assert store.event_count(conn) == 0
+
+
+@pytest.mark.parametrize(
     ("header", "delimiter"),
     [
         (' Timestamp , VisitorId,EVENT,itemId,"transactionid"', ","),

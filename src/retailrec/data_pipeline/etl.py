@@ -370,12 +370,20 @@ def run_etl(
     """Run the whole ETL on the files in ``raw_dir``.
 
     Raises:
-        DataFileError: no ``events.csv``, or it is empty or lacks a required column.
+        DataFileError: no ``events.csv``, or one of the files is empty, lacks a required column
+            or cannot be read; nothing is loaded when a header is wrong.
     """
     config = config or feature_pipeline.FeatureConfig()
     step = progress or (lambda _s: None)
     start = time.perf_counter()
     files = readers.locate(raw_dir)
+    # Every file's header is checked before anything is loaded: a bad optional file fails the
+    # run at once, not after the events went in.
+    readers.csv_layout(files.events, schema.REQUIRED_COLUMNS, scan=False)
+    for path in files.item_properties:
+        readers.csv_layout(path, readers.ITEM_PROPERTIES_COLUMNS, scan=False)
+    if files.category_tree is not None:
+        readers.csv_layout(files.category_tree, readers.CATEGORY_TREE_COLUMNS, scan=False)
     report = EtlReport(source=str(files.events), started_ms=int(time.time() * 1000))
     load_events(conn, files.events, rejected_dir, report, step)
     if files.item_properties:

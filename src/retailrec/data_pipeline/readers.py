@@ -163,26 +163,28 @@ def _is_utf8(path: Path) -> bool:
     return True
 
 
-def _header_line(path: Path) -> tuple[str, int, str]:
-    """(the first non-blank line, how many lines up to and with it, the encoding)."""
+def _header_line(path: Path, scan: bool) -> tuple[str, int, str]:
+    """(the first non-blank line, how many lines up to and with it, the encoding). Only with
+    ``scan`` is the whole file read to tell strict UTF-8 from the lenient codec."""
     with _open_binary(path) as fh:
         head = fh.read(1 << 16)
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         text, encoding = head.decode("utf-16", errors="replace"), "utf-16"
     else:
         text = head.decode("utf-8", errors="replace").removeprefix("\ufeff")
-        encoding = "utf8" if _is_utf8(path) else LENIENT_UTF8
+        encoding = LENIENT_UTF8 if scan and not _is_utf8(path) else "utf8"
     for number, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1):
         if line.strip():
             return line, number, encoding
     return "", 0, encoding
 
 
-def csv_layout(path: Path, required: Sequence[str]) -> CsvLayout:
+def csv_layout(path: Path, required: Sequence[str], *, scan: bool = True) -> CsvLayout:
     """Read a CSV file's header: its delimiter, encoding and where the ``required`` columns are.
 
     Column names match whatever their case and surrounding spaces or quotes; the delimiter is the
     one of ``, ; tab |`` that finds the required columns; a UTF-16 byte-order mark is honoured.
+    ``scan=False`` checks the header only (the encoding is then not checked past it).
 
     Raises:
         DataFileError: the file is missing or empty, a required column is missing, or one is
@@ -192,7 +194,7 @@ def csv_layout(path: Path, required: Sequence[str]) -> CsvLayout:
     if not path.is_file():
         raise DataFileError(f"{path}: file not found")
     try:
-        line, lines, encoding = _header_line(path)
+        line, lines, encoding = _header_line(path, scan)
     except (OSError, EOFError) as exc:  # unreadable, or a broken compressed file
         raise DataFileError(f"{path}: cannot be read: {error_line(exc)}") from exc
     if not line.strip():
@@ -228,7 +230,7 @@ def read_events(path: Path) -> pd.DataFrame:
         DataFileError: the file is missing, empty, lacks a column, or a value does not parse.
     """
     path = Path(path)
-    csv_layout(path, EVENTS_COLUMNS)
+    csv_layout(path, EVENTS_COLUMNS, scan=False)
     try:
         df = pd.read_csv(
             path,
@@ -273,7 +275,7 @@ def iter_item_properties(
     keep = None if properties is None else set(properties)
     for path in paths:
         path = Path(path)
-        csv_layout(path, ITEM_PROPERTIES_COLUMNS)
+        csv_layout(path, ITEM_PROPERTIES_COLUMNS, scan=False)
         reader = pd.read_csv(
             path,
             usecols=list(ITEM_PROPERTIES_COLUMNS),
@@ -336,7 +338,7 @@ def item_catalogue(properties: pd.DataFrame, as_of_ms: int | None = None) -> pd.
 def read_category_tree(path: Path) -> pd.DataFrame:
     """``categoryid`` (int64) and ``parentid`` (nullable Int64: NA for a root)."""
     path = Path(path)
-    csv_layout(path, CATEGORY_TREE_COLUMNS)
+    csv_layout(path, CATEGORY_TREE_COLUMNS, scan=False)
     try:
         return pd.read_csv(
             path, dtype={"categoryid": "int64", "parentid": "Int64"}, encoding="utf-8-sig"
