@@ -151,21 +151,22 @@ def synth(
 def _feature_config() -> Any:
     from retailrec.data_pipeline.feature_pipeline import FeatureConfig
 
-    settings = get_settings()
-    return FeatureConfig(
-        event_weights=settings.event_weights, recency_half_life_days=settings.recency_half_life_days
-    )
+    return FeatureConfig.from_settings(get_settings())
+
+
+#: ``--raw`` of ``etl`` and ``pipeline``.
+RawOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Folder with events.csv, or the events file itself (default: <data dir>/raw)."
+    ),
+]
 
 
 @app.command()
 @_one_line_errors
 def etl(
-    raw: Annotated[
-        Path | None,
-        typer.Option(
-            help="Folder with events.csv, or the events file itself (default: <data dir>/raw)."
-        ),
-    ] = None,
+    raw: RawOption = None,
 ) -> None:
     """Validate, quarantine, dedupe and load the raw files into the feature store and parquet."""
     from retailrec.data_pipeline.etl import run_etl
@@ -347,12 +348,7 @@ def pipeline(
     scale: Annotated[
         str, typer.Option(help="Synthetic scale when there is no raw data.")
     ] = "small",
-    raw: Annotated[
-        Path | None,
-        typer.Option(
-            help="Folder with events.csv, or the events file itself (default: <data dir>/raw)."
-        ),
-    ] = None,
+    raw: RawOption = None,
     models: Annotated[
         str | None, typer.Option(help="Comma-separated model names (default: all).")
     ] = None,

@@ -113,9 +113,7 @@ def create_app(
                     served = app.state.holder.load_dir(bundle_dir, "local")
                 else:
                     served, _ = app.state.holder.load()
-                app.state.metrics.set_model(
-                    served.version, str(served.bundle.metadata.get("model", "unknown"))
-                )
+                app.state.metrics.set_model(served)
                 log.info("serving %s version %s", settings.model_name, served.version)
             except Exception as exc:  # start anyway: /ready says why not, reload can fix it
                 log.warning("no model loaded at start-up: %s", exc)

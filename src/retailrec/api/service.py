@@ -73,9 +73,7 @@ class Served:
         )
         self.personal = b.metadata.get("model") not in NON_PERSONAL
         #: Confidence weight per event code (store.EVENT_TYPES order).
-        self.code_weights = np.array(
-            [self.config.event_weights.get(name, 0.0) for name in store.EVENT_TYPES]
-        )
+        self.code_weights = self.config.code_weights()
         for model in b.models.values():
             model.prepare_serving()
 

@@ -245,9 +245,11 @@ class Metrics:
             self._route_cache[key] = found
         return found
 
-    def set_model(self, version: str, model: str) -> None:
+    def set_model(self, served: Served) -> None:
+        """Export which model version is being served."""
         self.model.clear()
-        self.model.labels(version=version, model=model).set(1)
+        model = str(served.bundle.metadata.get("model", "unknown"))
+        self.model.labels(version=served.version, model=model).set(1)
 
 
 class Retrainer:
@@ -312,9 +314,7 @@ class Retrainer:
             if retrain.get("promoted"):
                 try:
                     served, _ = self.holder.load()
-                    self.metrics.set_model(
-                        served.version, str(served.bundle.metadata.get("model", "unknown"))
-                    )
+                    self.metrics.set_model(served)
                     result["reloaded"] = served.version
                 except Exception as exc:  # the old model keeps serving; the status says why
                     result["reload_error"] = str(exc).splitlines()[0] if str(exc) else repr(exc)

@@ -13,6 +13,7 @@ import logging
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,9 @@ import pyarrow.compute as pc
 
 from retailrec.data_pipeline import readers
 from retailrec.feature_store import store
+
+if TYPE_CHECKING:
+    from retailrec.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,20 @@ class FeatureConfig:
     )
     recency_half_life_days: float = 30.0
     session_gap_ms: int = SESSION_GAP_MS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FeatureConfig:
+        """The weights a deployment configured (``RETAILREC_EVENT_WEIGHTS`` and the half-life)."""
+        return cls(
+            event_weights=settings.event_weights,
+            recency_half_life_days=settings.recency_half_life_days,
+        )
+
+    def code_weights(self) -> np.ndarray:
+        """Confidence weight per event code (``EVENT_TYPES`` order), then 0 for code -1 (not an
+        event type): index it with :func:`event_codes`."""
+        weights = [self.event_weights.get(name, 0.0) for name in store.EVENT_TYPES]
+        return np.array([*weights, 0.0])
 
 
 def _until(events: pd.DataFrame, as_of_ms: int | None) -> pd.DataFrame:
@@ -90,8 +108,7 @@ def interactions(
     config = config or FeatureConfig()
     ev = _until(events, as_of_ms)
     kind = event_codes(ev["event"])
-    weights = [config.event_weights.get(name, 0.0) for name in store.EVENT_TYPES]
-    weight = np.array([*weights, 0.0])[kind]  # code -1 (not an event type) weighs nothing
+    weight = config.code_weights()[kind]
     ts = ev["timestamp"].to_numpy(np.int64)
     age_days = (as_of_ms - ts) / DAY_MS
     confidence = weight * np.power(0.5, age_days / config.recency_half_life_days)

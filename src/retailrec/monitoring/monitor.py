@@ -127,10 +127,7 @@ def retrain(settings: Settings, models: tuple[str, ...] | None) -> dict[str, Any
     from retailrec.training import registry
     from retailrec.training.train import TrainConfig, default_models, train
 
-    feature_config = FeatureConfig(
-        event_weights=settings.event_weights,
-        recency_half_life_days=settings.recency_half_life_days,
-    )
+    feature_config = FeatureConfig.from_settings(settings)
     result = train(settings, TrainConfig(models=models or default_models()), feature_config)
     client = registry.configure(settings)
     promotion = registry.promote(client, settings.model_name, result.version)

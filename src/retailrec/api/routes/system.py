@@ -79,7 +79,7 @@ def reload(
             status_code=409,
             detail=f"refused: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
         ) from exc
-    metrics.set_model(served.version, str(served.bundle.metadata.get("model", "unknown")))
+    metrics.set_model(served)
     return ReloadResponse(reloaded=True, version=served.version, previous=previous)
 
 
