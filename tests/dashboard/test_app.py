@@ -145,6 +145,9 @@ def test_explorer_asks_a_running_api_when_one_is_set(
         assert not at.exception
         assert len(_table(at, "score")) == 10
         assert f"via {base}" in at.markdown[0].value
+        first = int(recs["item_id"].iloc[0])  # host:port, as Render's fromService gives it
+        answer = data.recommend_via_api(base.removeprefix("http://"), None, [first], 3, {})
+        assert len(answer["items"]) == 3
     monkeypatch.setenv("RETAILREC_API_URL", "http://127.0.0.1:9")  # nothing listens there
     get_settings.cache_clear()
     at = _open("recommendations")

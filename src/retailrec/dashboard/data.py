@@ -21,8 +21,6 @@ import pandas as pd
 from retailrec.config import Settings
 from retailrec.feature_store import store
 
-EVENT_TYPES = ("view", "addtocart", "transaction")
-
 
 @dataclass
 class DataOverview:
@@ -57,7 +55,7 @@ def data_overview(settings: Settings, top: int = 15) -> DataOverview:
         got = {name: f.result() for name, f in futures.items()}
     items = got["items"].sort_values(ascending=False)
     table = got["daily"].pivot_table(index="day", columns="event", values="n", fill_value=0)
-    table = table.reindex(columns=list(EVENT_TYPES), fill_value=0)
+    table = table.reindex(columns=list(store.EVENT_TYPES), fill_value=0)
     table.index = pd.to_datetime(table.index, unit="ms", utc=True)
     category = got["categories"].reindex(items.index)
     by_cat = items.groupby(category.fillna(-1).astype("int64").to_numpy()).sum()
@@ -124,8 +122,10 @@ def visitor_history(settings: Settings, visitor_id: int, limit: int = 50) -> pd.
 def recommend_via_api(
     api_url: str, visitor_id: int | None, items: list[int], k: int, rules: dict[str, Any]
 ) -> dict[str, Any]:
-    """The same answer from a running API (``RETAILREC_API_URL``)."""
-    base = api_url.rstrip("/")
+    """The same answer from a running API (``RETAILREC_API_URL``, a URL or ``host:port``)."""
+    from retailrec.monitoring.monitor import api_base
+
+    base = api_base(api_url)
     if visitor_id is not None:
         query = urllib.parse.urlencode(
             {"k": k, **{key: str(v).lower() for key, v in rules.items() if v is not None}}

@@ -81,7 +81,7 @@ def _champion_data_end(settings: Settings) -> int | None:
     return int(current.tags["data_end_ms"])
 
 
-def _api_base(url: str) -> str:
+def api_base(url: str) -> str:
     """``host:port`` (as Render's ``fromService`` gives it) or a full URL, as a base URL."""
     url = url.rstrip("/")
     return url if "://" in url else f"http://{url}"
@@ -93,7 +93,7 @@ def _admin_post(settings: Settings, path: str, timeout: float) -> dict[str, Any]
         return {"asked": False, "reason": "RETAILREC_API_URL is not set"}
     if not settings.api_key:
         return {"asked": False, "reason": "RETAILREC_API_KEY is not set: the API would refuse"}
-    url = _api_base(settings.api_url) + path
+    url = api_base(settings.api_url) + path
     req = urllib.request.Request(
         url, method="POST", headers={"X-API-Key": settings.api_key}, data=b""
     )
