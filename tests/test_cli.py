@@ -177,7 +177,21 @@ def test_etl_with_a_missing_column_exits_1_with_one_line(tmp_path: Path) -> None
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         f"error: {raw / 'events.csv'}: missing required column(s) itemid, transactionid"
+        " (the header has timestamp, visitorid, event)"
     ]
+
+
+def test_etl_of_a_file_without_a_header_says_so(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "events.csv").write_text("1433221332117,2,view,3,\n")
+    result = runner.invoke(app, ["etl", "--raw", str(raw)])
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert "the first line looks like data, not a header" in line
+    assert line.endswith(
+        "start the file with the line timestamp,visitorid,event,itemid,transactionid)"
+    )
 
 
 def test_features_before_etl_exits_1() -> None:

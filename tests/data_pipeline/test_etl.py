@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import sqlite3
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -407,3 +408,39 @@ def test_the_events_file_itself_may_be_given(tmp_path: Path, conn: sqlite3.Conne
         processed_dir=tmp_path / "proc",
     )
     assert (report.loaded, report.categories_read) == (3, 1)
+
+
+def test_kaggles_zip_archive_loads_and_leaves_nothing_behind(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    archive = tmp_path / "archive.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("events.csv", _lines(*GOOD_ROWS, "oops,1,view,10,"))
+        zf.writestr("category_tree.csv", "categoryid,parentid\n1,\n2,1\n")
+    processed = tmp_path / "processed"
+    report = etl.run_etl(archive, conn=conn, rejected_dir=tmp_path / "rej", processed_dir=processed)
+    assert (report.rows_read, report.loaded, report.rejected, report.categories_read) == (
+        4,
+        3,
+        1,
+        2,
+    )
+    assert report.source == f"{archive}:events.csv"
+    assert _rejected(report)["timestamp"].tolist() == ["oops"]
+    assert sorted(p.name for p in processed.iterdir()) == [  # the unpacked files are gone
+        "category_tree.parquet",
+        "events.parquet",
+        "interactions.parquet",
+        "items.parquet",
+    ]
+
+
+def test_concatenated_exports_load_with_their_repeated_header_quarantined(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    # `cat a.csv b.csv` repeats the header; R writes NA for no value; a shop system writes View.
+    text = _lines(*GOOD_ROWS[:2]) + _lines(f"{T + 5000},2,View,11,NA", f"{T + 6000},2,view,12,")
+    report = _run(tmp_path, conn, text)
+    assert (report.rows_read, report.loaded, report.rejected) == (5, 4, 1)
+    assert _rejected(report)["reason"].tolist() == ["repeated header line"]
+    assert store.read_events(conn)["event"].tolist() == ["view", "addtocart", "view", "view"]

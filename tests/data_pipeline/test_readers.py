@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -73,6 +74,54 @@ def test_locate_finds_the_real_file_names(tiny_shop: Shop, tmp_path: Path) -> No
     ]
     assert files.category_tree is None
     assert len(readers.read_item_properties(files.item_properties)) == len(props)
+
+
+def test_locate_matches_names_without_case(tmp_path: Path) -> None:
+    (tmp_path / "Events.CSV").write_text("timestamp,visitorid,event,itemid,transactionid\n")
+    (tmp_path / "Category_Tree.csv").write_text("categoryid,parentid\n")
+    files = readers.locate(tmp_path)
+    assert files.events.name == "Events.CSV"
+    assert files.category_tree is not None and files.category_tree.name == "Category_Tree.csv"
+
+
+def test_locate_points_at_a_folder_one_level_down(tmp_path: Path) -> None:
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "archive" / "events.csv").write_text("timestamp\n")
+    with pytest.raises(readers.DataFileError, match=r"there is one in .*archive: pass --raw"):
+        readers.locate(tmp_path)
+
+
+def test_a_zip_archive_is_searched_and_unpacked(tmp_path: Path) -> None:
+    archive = tmp_path / "archive.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("archive/events.csv", "timestamp,visitorid,event,itemid,transactionid\n")
+        zf.writestr("archive/item_properties_part2.csv", "timestamp,itemid,property,value\n")
+        zf.writestr("archive/item_properties_part1.csv", "timestamp,itemid,property,value\n")
+        zf.writestr("__MACOSX/archive/._events.csv", b"\x00\x05resource fork")
+    for given in (archive, tmp_path):  # the archive, or a folder holding only it
+        files = readers.locate(given)
+        assert files.archive == archive
+        assert files.events == Path("archive/events.csv")
+        assert files.source == f"{archive}:archive/events.csv"
+    out = readers.unpack(files, tmp_path / "out")
+    assert out.archive is None
+    assert out.events.read_text().startswith("timestamp,")
+    assert [p.name for p in out.item_properties] == [
+        "item_properties_part1.csv",
+        "item_properties_part2.csv",
+    ]
+    assert out.category_tree is None
+
+
+def test_a_zip_without_events_or_a_damaged_one_is_a_one_line_error(tmp_path: Path) -> None:
+    archive = tmp_path / "shop.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("orders.csv", "a,b\n")
+    with pytest.raises(readers.DataFileError, match=r"no events.csv in this zip .*holds orders"):
+        readers.locate(archive)
+    archive.write_bytes(archive.read_bytes()[:30])  # an interrupted download
+    with pytest.raises(readers.DataFileError, match="not a whole zip archive"):
+        readers.locate(archive)
 
 
 def test_item_catalogue_takes_the_latest_value_as_of_a_time() -> None:

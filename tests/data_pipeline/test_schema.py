@@ -50,6 +50,15 @@ def test_a_good_row_comes_out_typed() -> None:
         ({"transactionid": "4000"}, "transactionid on a non-transaction event"),
         ({"event": "transaction", "transactionid": "x1"}, "transactionid is not an integer"),
         ({"event": "transaction", "transactionid": "-5"}, "negative transactionid"),
+        # Excel writes long numbers so, rounded to a few digits: never guess them back.
+        ({"timestamp": "1.44200E+12"}, "timestamp in scientific notation (digits may be lost)"),
+        ({"itemid": "3.5e5"}, "itemid in scientific notation (digits may be lost)"),
+        ({"timestamp": "2015-09-11 20:49:49"}, "timestamp is a date, not Unix milliseconds"),
+        ({"timestamp": "2015-09-11T20:49:49Z"}, "timestamp is a date, not Unix milliseconds"),
+        ({"timestamp": "Timestamp", "event": "event"}, "repeated header line"),
+        ({"itemid": "NA"}, "missing itemid"),
+        ({"event": "null"}, "missing event"),
+        ({"event": "transaction", "transactionid": "NULL"}, "transaction without transactionid"),
     ],
 )
 def test_each_rule_rejects_with_its_reason(changes: dict[str, str], reason: str) -> None:
@@ -65,6 +74,38 @@ def test_whitespace_and_quotes_around_values_are_tolerated() -> None:
     result = _one(event=" view ", visitorid=" 7")
     assert result.rejected.empty
     assert result.valid["visitorid"].iloc[0] == 7
+
+
+@pytest.mark.parametrize("gap", ["NA", "NULL", "null", "nan", "NaN", "None", "N/A", "<NA>", ""])
+def test_what_exports_write_for_no_value_reads_as_empty(gap: str) -> None:
+    result = _one(transactionid=gap)  # R writes NA, SQL dumps NULL, pandas nan
+    assert result.rejected.empty
+    assert pd.isna(result.valid["transactionid"].iloc[0])
+
+
+def test_event_names_match_without_case() -> None:
+    batch = pd.DataFrame([{**GOOD, "event": e} for e in ("View", " ADDTOCART", "Transaction")])
+    batch.loc[2, "transactionid"] = "5"
+    result = schema.validate_events(batch, now_ms=NOW)
+    assert result.rejected.empty
+    assert result.valid["event"].astype(str).tolist() == ["view", "addtocart", "transaction"]
+
+
+def test_integers_with_a_zero_fraction_or_a_sign_are_read_exactly() -> None:
+    # A value that is not a plain integer sends the whole batch down the slow path: the others
+    # must still be exact, even past float64's 2**53.
+    big = 2**53 + 1
+    batch = pd.DataFrame(
+        [
+            {**GOOD, "visitorid": str(big)},
+            {**GOOD, "visitorid": "12.0", "itemid": "+7"},
+            {**GOOD, "visitorid": "abc"},
+        ]
+    )
+    result = schema.validate_events(batch, now_ms=NOW)
+    assert result.valid["visitorid"].tolist() == [big, 12]
+    assert result.valid["itemid"].tolist() == [355908, 7]
+    assert result.rejected["reason"].tolist() == ["visitorid is not an integer"]
 
 
 def test_json_values_from_the_api_are_validated_alike() -> None:

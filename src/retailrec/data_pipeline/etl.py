@@ -19,12 +19,14 @@ visitor-item confidences, the item catalogue and the category tree.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
 import logging
 import sqlite3
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -377,20 +379,26 @@ def run_etl(
     step = progress or (lambda _s: None)
     start = time.perf_counter()
     files = readers.locate(raw_dir)
-    # Every file's header is checked before anything is loaded: a bad optional file fails the
-    # run at once, not after the events went in.
-    readers.csv_layout(files.events, schema.REQUIRED_COLUMNS, scan=False)
-    for path in files.item_properties:
-        readers.csv_layout(path, readers.ITEM_PROPERTIES_COLUMNS, scan=False)
-    if files.category_tree is not None:
-        readers.csv_layout(files.category_tree, readers.CATEGORY_TREE_COLUMNS, scan=False)
-    report = EtlReport(source=str(files.events), started_ms=int(time.time() * 1000))
-    load_events(conn, files.events, rejected_dir, report, step)
-    if files.item_properties:
-        step("loading item properties")
-        load_item_properties(conn, files.item_properties, rejected_dir, report)
-    if files.category_tree is not None:
-        load_category_tree(conn, files.category_tree, rejected_dir, report)
+    report = EtlReport(source=files.source, started_ms=int(time.time() * 1000))
+    with contextlib.ExitStack() as scratch:
+        if files.archive is not None:
+            step(f"unpacking {files.archive.name}")
+            processed_dir.mkdir(parents=True, exist_ok=True)
+            tmp = scratch.enter_context(tempfile.TemporaryDirectory(dir=processed_dir))
+            files = readers.unpack(files, Path(tmp))
+        # Every file's header is checked before anything is loaded: a bad optional file fails
+        # the run at once, not after the events went in.
+        readers.csv_layout(files.events, schema.REQUIRED_COLUMNS, scan=False)
+        for path in files.item_properties:
+            readers.csv_layout(path, readers.ITEM_PROPERTIES_COLUMNS, scan=False)
+        if files.category_tree is not None:
+            readers.csv_layout(files.category_tree, readers.CATEGORY_TREE_COLUMNS, scan=False)
+        load_events(conn, files.events, rejected_dir, report, step)
+        if files.item_properties:
+            step("loading item properties")
+            load_item_properties(conn, files.item_properties, rejected_dir, report)
+        if files.category_tree is not None:
+            load_category_tree(conn, files.category_tree, rejected_dir, report)
     step("writing parquet")
     write_processed(conn, processed_dir, config)
     report.events_in_store = store.event_count(conn)

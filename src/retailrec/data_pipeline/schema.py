@@ -45,6 +45,18 @@ TIMESTAMP_SECONDS = "timestamp in seconds, not milliseconds"
 TIMESTAMP_RANGE = "timestamp outside the sane range"
 TX_MISSING = "transaction without transactionid"
 TX_UNEXPECTED = "transactionid on a non-transaction event"
+REPEATED_HEADER = "repeated header line"
+SCIENTIFIC = "{col} in scientific notation (digits may be lost)"
+TIMESTAMP_DATE = "timestamp is a date, not Unix milliseconds"
+
+#: Texts that mean "no value", compared without case: what pandas reads as missing by default,
+#: so an R export (``NA``), a database dump (``NULL``) or a pandas one (``nan``) all read as empty.
+NA_TEXTS = ("", "na", "n/a", "nan", "null", "none", "<na>", "#n/a")
+_PLAIN_INT = r"^[+-]?\d{1,18}$"
+#: An integral number written with a zero fraction, as pandas writes an int column with gaps.
+_ZERO_FRACTION = r"^\+?(-?\d+)\.0*$"
+_SCIENTIFIC = r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$"
+_DATE = r"^\d{4}-\d{1,2}-\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$"
 
 
 @dataclass
@@ -97,9 +109,48 @@ def _negative(col: str) -> Rule:
     )
 
 
+def _matches(pattern: str) -> Callable[[Parsed, str], np.ndarray]:
+    """A mask of the rows whose (trimmed) text in a column matches ``pattern``."""
+
+    def mask(p: Parsed, col: str) -> np.ndarray:
+        found = pc.match_substring_regex(_text(p.raw[col]), pattern)
+        return np.asarray(pc.fill_null(found, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+    return mask
+
+
+_is_scientific = _matches(_SCIENTIFIC)
+_is_date = _matches(_DATE)
+
+
+def _written_as(col: str, reason: str, looks: Callable[[Parsed, str], np.ndarray]) -> Rule:
+    """Unparsable values of ``col`` written in a form worth naming (a date, an exponent)."""
+
+    def bad(p: Parsed) -> np.ndarray:
+        unparsable = p.unparsable[col]
+        return unparsable & looks(p, col) if unparsable.any() else unparsable
+
+    return Rule(reason, bad, _value_detail(col))
+
+
+def _repeated_header(p: Parsed) -> np.ndarray:
+    """Rows that are the header again, as where two CSV files were concatenated."""
+    found = p.unparsable["timestamp"].copy()  # a header's "timestamp" never parses
+    if not found.any():
+        return found
+    for col in ("timestamp", "event"):
+        same = pc.equal(pc.utf8_lower(_text(p.raw[col])), col)
+        found &= np.asarray(pc.fill_null(same, False).to_numpy(zero_copy_only=False), dtype=bool)
+    return found
+
+
 def _rules() -> list[Rule]:
-    rules: list[Rule] = [_missing(c) for c in ("timestamp", "visitorid", "event", "itemid")]
-    rules += [_not_integer(c) for c in ("timestamp", "visitorid", "itemid", "transactionid")]
+    rules: list[Rule] = [Rule(REPEATED_HEADER, _repeated_header, _no_detail)]
+    rules += [_missing(c) for c in ("timestamp", "visitorid", "event", "itemid")]
+    rules.append(_written_as("timestamp", TIMESTAMP_DATE, _is_date))
+    ints = ("timestamp", "visitorid", "itemid", "transactionid")
+    rules += [_written_as(c, SCIENTIFIC.format(col=c), _is_scientific) for c in ints]
+    rules += [_not_integer(c) for c in ints]
     rules += [_negative(c) for c in ("visitorid", "itemid", "transactionid")]
     rules += [
         Rule(UNKNOWN_EVENT, lambda p: p.event < 0, _value_detail("event")),
@@ -158,8 +209,30 @@ def _text(col: pd.Series) -> pa.Array:
     return pc.utf8_trim_whitespace(arr)
 
 
+_NO_TEXT = pa.scalar(None, pa.large_string())
+
+
+def _mask(values: pa.Array) -> np.ndarray:
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _blank(text: pa.Array) -> np.ndarray:
+    """Where a column's text is empty or null."""
+    return _mask(pc.fill_null(pc.equal(text, ""), True))
+
+
+def _no_value(text: pa.Array) -> np.ndarray:
+    """Where a column's text says "no value": empty, null or one of :data:`NA_TEXTS`."""
+    na = pc.is_in(pc.utf8_lower(text), value_set=pa.array(NA_TEXTS, type=pa.large_string()))
+    return _mask(pc.or_(na, pc.is_null(text)))
+
+
 def _parse_int(col: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(int64 values with 0 where null, empty mask, unparsable mask) for a column of any dtype."""
+    """(int64 values with 0 where null, empty mask, unparsable mask) for a column of any dtype.
+
+    Text is parsed exactly (never through a float): plain integers, and integers written with a
+    zero fraction (``12.0``). Anything else, an exponent (``1.4E+12``) included, is unparsable.
+    """
     n = len(col)
     if pd.api.types.is_integer_dtype(col.dtype):
         empty = col.isna().to_numpy()
@@ -167,22 +240,23 @@ def _parse_int(col: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if pd.api.types.is_float_dtype(col.dtype):  # a typed reader gives float64 with NaN for gaps
         num = col.to_numpy(dtype=np.float64, na_value=np.nan)
         empty = np.isnan(num)
-        bad = ~empty & ((num != np.floor(num)) | (np.abs(num) > 2**62))
+        bad = ~empty & ((num != np.floor(num)) | (np.abs(num) > 2**53))
         return np.where(empty | bad, 0, num).astype(np.int64), empty, bad
     text = _text(col)
-    empty = pc.fill_null(pc.equal(text, ""), True).to_numpy(zero_copy_only=False)
-    nulled = pc.if_else(pa.array(empty), pa.scalar(None, pa.large_string()), text)
-    try:  # the fast path: every value is a plain integer
-        ints = pc.cast(nulled, pa.int64())
+    empty = _blank(text)
+    try:  # the fast path: every value is a plain integer or empty
+        ints = pc.cast(pc.if_else(pa.array(empty), _NO_TEXT, text), pa.int64())
         return pc.fill_null(ints, 0).to_numpy(), empty, np.zeros(n, dtype=bool)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
-    # Some value is not a plain integer: parse leniently, then reject what is not integral.
-    num = pd.to_numeric(pd.Series(nulled.to_pandas()), errors="coerce").to_numpy(
-        dtype=np.float64, na_value=np.nan
-    )
-    bad = ~empty & (np.isnan(num) | (num != np.floor(num)) | (np.abs(num) > 2**62))
-    return np.where(empty | bad, 0, np.nan_to_num(num)).astype(np.int64), empty, bad
+    # Some value is not: read NA and the like as empty, and keep the values that are plain
+    # integers or have a zero fraction.
+    empty = _no_value(text)
+    whole = pc.replace_substring_regex(text, _ZERO_FRACTION, r"\1")
+    whole = pc.replace_substring_regex(whole, r"^\+", "")
+    plain = _mask(pc.fill_null(pc.match_substring_regex(whole, _PLAIN_INT), False)) & ~empty
+    ints = pc.cast(pc.if_else(pa.array(plain), whole, _NO_TEXT), pa.int64())
+    return pc.fill_null(ints, 0).to_numpy(), empty, ~empty & ~plain
 
 
 def validate_events(raw: pd.DataFrame, now_ms: int | None = None) -> Validated:
@@ -206,9 +280,13 @@ def validate_events(raw: pd.DataFrame, now_ms: int | None = None) -> Validated:
     for col in ("timestamp", "visitorid", "itemid", "transactionid"):
         values[col], empty[col], unparsable[col] = _parse_int(raw[col])
     ev = _text(raw["event"])
-    empty["event"] = pc.fill_null(pc.equal(ev, ""), True).to_numpy(zero_copy_only=False)
-    codes = pc.index_in(ev, value_set=pa.array(EVENT_TYPES, type=pa.large_string()))
-    event = pc.fill_null(codes, -1).to_numpy().astype(np.int8)
+    names = pa.array(EVENT_TYPES, type=pa.large_string())
+    event = pc.fill_null(pc.index_in(ev, value_set=names), -1).to_numpy().astype(np.int8)
+    empty["event"] = _blank(ev)
+    if (event[~empty["event"]] < 0).any():  # match without case (an export's "View"), and NA
+        event = pc.fill_null(pc.index_in(pc.utf8_lower(ev), value_set=names), -1).to_numpy()
+        event = event.astype(np.int8)
+        empty["event"] = _no_value(ev)
     parsed = Parsed(
         raw, values, empty, unparsable, event, int(time.time() * 1000) if now_ms is None else now_ms
     )
