@@ -160,13 +160,13 @@ def _in_archive(archive: Path) -> RawFiles:
         shown = ", ".join(sorted(by_name)[:5]) or "nothing"
         raise DataFileError(f"{archive}: no events.csv in this zip archive (it holds {shown})")
 
-    def member(name: Path) -> Path:
+    def in_archive(name: Path) -> Path:
         return Path(by_name[name.name])
 
     return RawFiles(
-        member(found.events),
-        tuple(member(p) for p in found.item_properties),
-        None if found.category_tree is None else member(found.category_tree),
+        in_archive(found.events),
+        tuple(in_archive(p) for p in found.item_properties),
+        None if found.category_tree is None else in_archive(found.category_tree),
         archive=archive,
     )
 
