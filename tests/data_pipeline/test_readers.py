@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -212,3 +213,26 @@ def test_bom_and_crlf_are_accepted(tmp_path: Path) -> None:
     events = readers.read_events(path)
     assert events["transactionid"].tolist()[1] == 4000
     assert events["event"].tolist() == ["view", "transaction"]
+
+
+@pytest.mark.parametrize(
+    ("head", "kind"),
+    [
+        (b"PK\x03\x04\x14\x00\x06\x00", "an Excel workbook (.xlsx)"),
+        (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an Excel 97-2003 workbook"),
+        (b"PAR1\x15\x04", "a Parquet file"),
+    ],
+)
+def test_a_file_that_is_not_csv_text_says_what_it_is(
+    tmp_path: Path, head: bytes, kind: str
+) -> None:
+    (tmp_path / "events.csv").write_bytes(head + bytes(range(256)) * 4)
+    with pytest.raises(readers.DataFileError, match=re.escape(kind)) as info:
+        readers.csv_layout(tmp_path / "events.csv", readers.EVENTS_COLUMNS)
+    assert str(info.value).endswith("not CSV text: save or export it as CSV")
+
+
+def test_an_excel_workbook_given_as_raw_says_to_save_it_as_csv(tmp_path: Path) -> None:
+    (tmp_path / "events.xlsx").write_bytes(b"PK\x03\x04")
+    with pytest.raises(readers.DataFileError, match="an Excel workbook, not CSV text"):
+        readers.locate(tmp_path / "events.xlsx")

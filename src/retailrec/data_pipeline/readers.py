@@ -79,6 +79,8 @@ def locate(raw_dir: Path) -> RawFiles:
         DataFileError: the folder does not exist, or ``events.csv`` is not in it.
     """
     raw_dir = Path(raw_dir)
+    if raw_dir.is_file() and raw_dir.suffix.lower() in (".xlsx", ".xls", ".xlsm"):
+        raise DataFileError(f"{raw_dir}: an Excel workbook, not CSV text: save it as CSV")
     if raw_dir.is_file() and zipfile.is_zipfile(raw_dir):
         return _in_archive(raw_dir)
     if raw_dir.is_file() and raw_dir.suffix.lower() == ".zip":
@@ -270,11 +272,24 @@ def _is_utf8(path: Path) -> bool:
     return True
 
 
+#: What a file that is not CSV text starts with, and what it then is.
+_NOT_TEXT = {
+    b"PK\x03\x04": "a zip archive or an Excel workbook (.xlsx)",
+    b"\xd0\xcf\x11\xe0": "an Excel 97-2003 workbook (.xls)",
+    b"PAR1": "a Parquet file",
+    b"SQLite format 3\x00": "an SQLite database",
+    b"%PDF": "a PDF document",
+}
+
+
 def _header_line(path: Path, scan: bool) -> tuple[str, int, str]:
     """(the first non-blank line, how many lines up to and with it, the encoding). Only with
     ``scan`` is the whole file read to tell strict UTF-8 from the lenient codec."""
     with _open_binary(path) as fh:
         head = fh.read(1 << 16)
+    for magic, kind in _NOT_TEXT.items():
+        if head.startswith(magic):
+            raise DataFileError(f"{path}: {kind}, not CSV text: save or export it as CSV")
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         text, encoding = head.decode("utf-16", errors="replace"), "utf-16"
     else:
