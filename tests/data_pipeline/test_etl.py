@@ -103,6 +103,12 @@ def test_a_missing_final_newline_loses_nothing(tmp_path: Path, conn: sqlite3.Con
     assert (report.rows_read, report.loaded, report.rejected) == (3, 3, 0)
 
 
+def test_blank_lines_anywhere_are_not_rows(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    text = HEADER + "\n\n" + GOOD_ROWS[0] + "\n   \n\t\n" + GOOD_ROWS[1] + "\r\n \r\n\n"
+    report = _run(tmp_path, conn, text)
+    assert (report.rows_read, report.loaded, report.rejected) == (2, 2, 0)
+
+
 def test_bom_crlf_and_quoted_fields_are_read(tmp_path: Path, conn: sqlite3.Connection) -> None:
     text = (
         "\ufeff"

@@ -103,7 +103,8 @@ def _text_batches(
     wrong number of fields are appended to ``malformed`` instead of failing the read."""
 
     def on_invalid(row: Any) -> str:
-        malformed.append(row.text)
+        if row.text.strip():  # a line of spaces is blank, as an empty one is: not a row
+            malformed.append(row.text)
         return "skip"
 
     try:
