@@ -347,6 +347,15 @@ def test_header_case_spaces_and_other_delimiters_are_read(
     assert any("separated" in w for w in report.warnings) == (delimiter != ",")
 
 
+def test_column_names_with_underscores_dashes_or_spaces_are_read(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    text = "Timestamp;Visitor_ID;EVENT;item-id;Transaction Id\n" + f"{T};7;view;10;\n"
+    report = _run(tmp_path, conn, text)
+    assert (report.loaded, report.extra_columns) == (1, [])
+    assert store.read_events(conn).iloc[0][["visitorid", "itemid"]].tolist() == [7, 10]
+
+
 def test_a_required_column_twice_is_a_one_line_error(
     tmp_path: Path, conn: sqlite3.Connection
 ) -> None:

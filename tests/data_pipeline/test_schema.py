@@ -45,6 +45,11 @@ def test_a_good_row_comes_out_typed() -> None:
         ({"timestamp": "yesterday"}, "timestamp is not an integer"),
         ({"timestamp": "1442004589"}, "timestamp in seconds, not milliseconds"),
         ({"timestamp": "123"}, "timestamp outside the sane range"),
+        ({"timestamp": "1442004589439000"}, "timestamp in micro- or nanoseconds, not milliseconds"),
+        (
+            {"timestamp": "1442004589439000000"},
+            "timestamp in micro- or nanoseconds, not milliseconds",
+        ),
         ({"timestamp": str(NOW + 2 * 86_400_000)}, "timestamp outside the sane range"),
         ({"event": "transaction"}, "transaction without transactionid"),
         ({"transactionid": "4000"}, "transactionid on a non-transaction event"),

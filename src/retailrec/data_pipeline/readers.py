@@ -301,11 +301,17 @@ def _header_line(path: Path, scan: bool) -> tuple[str, int, str]:
     return "", 0, encoding
 
 
+def _column_key(name: str) -> str:
+    """A header name as matched: ``"Visitor_ID"`` and ``visitor id`` are ``visitorid``."""
+    return re.sub(r"[\s_-]", "", name.strip().strip('"').lower())
+
+
 def csv_layout(path: Path, required: Sequence[str], *, scan: bool = True) -> CsvLayout:
     """Read a CSV file's header: its delimiter, encoding and where the ``required`` columns are.
 
-    Column names match whatever their case and surrounding spaces or quotes; the delimiter is the
-    one of ``, ; tab |`` that finds the required columns; a UTF-16 byte-order mark is honoured.
+    Column names match whatever their case, surrounding spaces or quotes, and underscores, dashes
+    or spaces inside (``Visitor_ID``); the delimiter is the one of ``, ; tab |`` that finds the
+    required columns; a UTF-16 byte-order mark is honoured.
     ``scan=False`` checks the header only (the encoding is then not checked past it).
 
     Raises:
@@ -324,7 +330,7 @@ def csv_layout(path: Path, required: Sequence[str], *, scan: bool = True) -> Csv
     best: tuple[int, str, list[str], list[str]] | None = None
     for delimiter in DELIMITERS:
         header = [c.strip() for c in next(csv.reader([line], delimiter=delimiter), [])]
-        keys = [c.strip('"').strip().lower() for c in header]
+        keys = [_column_key(c) for c in header]
         found = sum(c in keys for c in required)
         if best is None or found > best[0]:
             best = (found, delimiter, header, keys)

@@ -26,6 +26,9 @@ MIN_TIMESTAMP_MS = 946_684_800_000
 FUTURE_SLACK_MS = 86_400_000
 #: A value in this range is a plausible Unix time in *seconds*: a common export mistake.
 SECONDS_RANGE = (946_684_800, 100_000_000_000)
+#: Values from here on are plausible Unix times in micro- or nanoseconds (what a datetime64
+#: column becomes as an integer); before it, a millisecond value is past the year 5000.
+FINER_FROM = 100_000_000_000_000
 
 EVENT_DTYPES = {
     "timestamp": "int64",
@@ -42,6 +45,7 @@ NOT_INTEGER = "{col} is not an integer"
 NEGATIVE = "negative {col}"
 UNKNOWN_EVENT = "unknown event type"
 TIMESTAMP_SECONDS = "timestamp in seconds, not milliseconds"
+TIMESTAMP_FINER = "timestamp in micro- or nanoseconds, not milliseconds"
 TIMESTAMP_RANGE = "timestamp outside the sane range"
 TX_MISSING = "transaction without transactionid"
 TX_UNEXPECTED = "transactionid on a non-transaction event"
@@ -161,6 +165,11 @@ def _rules() -> list[Rule]:
                 & (p.values["timestamp"] >= SECONDS_RANGE[0])
                 & (p.values["timestamp"] < SECONDS_RANGE[1])
             ),
+            _value_detail("timestamp"),
+        ),
+        Rule(
+            TIMESTAMP_FINER,
+            lambda p: p.present("timestamp") & (p.values["timestamp"] >= FINER_FROM),
             _value_detail("timestamp"),
         ),
         Rule(
