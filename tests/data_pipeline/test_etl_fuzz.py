@@ -19,25 +19,47 @@ from retailrec.feature_store import store
 T = 1_433_221_332_117
 COLUMNS = ["timestamp", "visitorid", "event", "itemid", "transactionid"]
 
-good_ids = st.integers(0, 50).map(str)
-bad_ids = st.sampled_from(["-3", "abc", "1.5", " ", "99999999999999999999999", "é", '4"2', "7,8"])
-good_ts = st.integers(T, T + 10_000).map(str)
-bad_ts = st.sampled_from(["1433221332", "0", "2015-06-02", "", "nan", "1e30", "-1"])
+good_ids = st.integers(0, 50)
+bad_ids = st.sampled_from(
+    ["-3", "abc", "1.5", " ", "99999999999999999999999", "é", '4"2', "7,8", "1.2E+3", "0x1F"]
+)
+good_ts = st.integers(T, T + 10_000)
+bad_ts = st.sampled_from(
+    ["1433221332", "0", "2015-06-02", "", "nan", "1e30", "-1", "1.43322E+12", f"{T}000"]
+)
 events = st.sampled_from(["view", "addtocart", "transaction"])
-bad_events = st.sampled_from(["View", "click", "", "view;", "transaction "])
+bad_events = st.sampled_from(["click", "", "view;", "purchase", "add to cart"])
+#: How exports write a valid integer, and "no value".
+int_spellings = st.sampled_from(["{}", "{}", "{}.0", " {} ", "+{}"])
+no_value = st.sampled_from(["", "", "NA", "NULL", "nan", "None"])
+event_case = st.sampled_from([str.lower, str.lower, str.upper, str.title])
+
+Key = tuple[int, int, int, int]
 
 
 @st.composite
-def good_row(draw: st.DrawFn) -> list[str]:
-    event = draw(events)
-    tx = draw(good_ids) if event == "transaction" else ""
-    return [draw(good_ts), draw(good_ids), event, draw(good_ids), tx]
+def good_row(draw: st.DrawFn) -> tuple[list[str], Key]:
+    """(fields as an export might write them, the event they stand for)."""
+    ts, visitor, item, event = draw(good_ts), draw(good_ids), draw(good_ids), draw(events)
+    tx = draw(good_ids) if event == "transaction" else None
+
+    def spelt(value: int) -> str:
+        return str(draw(int_spellings).format(value))
+
+    fields = [
+        spelt(ts),
+        spelt(visitor),
+        draw(event_case)(event),
+        spelt(item),
+        draw(no_value) if tx is None else spelt(tx),
+    ]
+    return fields, (ts, visitor, item, -1 if tx is None else tx)
 
 
 @st.composite
-def any_row(draw: st.DrawFn) -> tuple[list[str], bool]:
-    """(fields, valid by construction)."""
-    row = draw(good_row())
+def any_row(draw: st.DrawFn) -> tuple[list[str], Key | None]:
+    """(fields, the event it stands for when valid by construction)."""
+    row, key = draw(good_row())
     spoil = draw(st.sampled_from(["none", "none", "ts", "id", "event", "tx", "width"]))
     if spoil == "ts":
         row[0] = draw(bad_ts)
@@ -46,10 +68,10 @@ def any_row(draw: st.DrawFn) -> tuple[list[str], bool]:
     elif spoil == "event":
         row[2] = draw(bad_events)
     elif spoil == "tx":
-        row[4] = "" if row[2] == "transaction" else draw(good_ids)
+        row[4] = draw(no_value) if row[2].lower() == "transaction" else str(draw(good_ids))
     elif spoil == "width":
         row = row[:-1] if draw(st.booleans()) else [*row, "extra"]
-    return row, spoil == "none"
+    return row, key if spoil == "none" else None
 
 
 def _csv(rows: list[list[str]], order: list[int], crlf: bool, dialect: tuple[str, str]) -> bytes:
@@ -72,14 +94,14 @@ def _csv(rows: list[list[str]], order: list[int], crlf: bool, dialect: tuple[str
     repeat=st.lists(st.integers(0, 39), max_size=5),
 )
 def test_any_file_adds_up_and_keeps_every_valid_row(
-    rows: list[tuple[list[str], bool]],
+    rows: list[tuple[list[str], Key | None]],
     order: list[int],
     crlf: bool,
     dialect: tuple[str, str],
     repeat: list[int],
 ) -> None:
     fields = [r for r, _ in rows] + [rows[i][0] for i in repeat if i < len(rows)]
-    valid = {(int(r[0]), int(r[1]), int(r[3]), int(r[4] or -1)) for r, ok in rows if ok}
+    valid = {key for _, key in rows if key is not None}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "raw").mkdir()
