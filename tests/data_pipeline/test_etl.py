@@ -266,17 +266,22 @@ def test_bad_item_properties_are_quarantined(tmp_path: Path, conn: sqlite3.Conne
         f"{T},10,categoryid,5\n"
         f"{T},x,categoryid,6\n"
         f"{T},11,888,hashed\n"
+        f"{T // 1000},13,available,1\n"
         f"{T},12,available\n"
     )
     report = etl.run_etl(
         raw, conn=conn, rejected_dir=tmp_path / "rej", processed_dir=tmp_path / "proc"
     )
-    assert report.item_properties_read == 4
+    assert report.item_properties_read == 5
     assert (report.item_properties_kept, report.item_properties_other) == (1, 1)
-    assert report.item_properties_rejected == 2
+    assert report.item_properties_rejected == 3
     rejected = pd.read_csv(tmp_path / "rej" / "item_properties.csv", dtype=str)
-    assert rejected["reason"].tolist() == ["itemid is not an integer", "wrong number of fields"]
-    assert rejected["itemid"].tolist() == ["x", "12"]
+    assert rejected["reason"].tolist() == [
+        "itemid is not an integer",
+        "timestamp in seconds, not milliseconds",  # the events' timestamp rules hold here too
+        "wrong number of fields",
+    ]
+    assert rejected["itemid"].tolist() == ["x", "13", "12"]
     assert report.item_properties_rejected_file == str(tmp_path / "rej" / "item_properties.csv")
 
 

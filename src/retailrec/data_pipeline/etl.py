@@ -270,7 +270,7 @@ def load_item_properties(
             missing = (prop == "").to_numpy()
             keep = pc.is_in(pa.array(prop), value_set=wanted).to_numpy(zero_copy_only=False)
             report.item_properties_other += int((~keep & ~missing).sum())
-            ids = schema.check_ids(df, required=("timestamp", "itemid"))
+            ids = schema.check_ids(df, required=("timestamp", "itemid"), timestamp="timestamp")
             reason = ids.reason
             reason[missing & ids.ok] = "missing property"
             reason[keep & ids.ok & (value == "").to_numpy()] = "missing value"

@@ -148,6 +148,23 @@ def _repeated_header(p: Parsed) -> np.ndarray:
     return found
 
 
+#: Checks of a present, integer timestamp against "now" (Unix ms), first failed wins: shared by
+#: events and item properties.
+TIMESTAMP_CHECKS: tuple[tuple[str, Callable[[np.ndarray, int], np.ndarray]], ...] = (
+    (TIMESTAMP_SECONDS, lambda ts, _now: (ts >= SECONDS_RANGE[0]) & (ts < SECONDS_RANGE[1])),
+    (TIMESTAMP_FINER, lambda ts, _now: ts >= FINER_FROM),
+    (TIMESTAMP_RANGE, lambda ts, now: (ts < MIN_TIMESTAMP_MS) | (ts > now + FUTURE_SLACK_MS)),
+)
+
+
+def _timestamp_rule(reason: str, bad: Callable[[np.ndarray, int], np.ndarray]) -> Rule:
+    return Rule(
+        reason,
+        lambda p: p.present("timestamp") & bad(p.values["timestamp"], p.now_ms),
+        _value_detail("timestamp"),
+    )
+
+
 def _rules() -> list[Rule]:
     rules: list[Rule] = [Rule(REPEATED_HEADER, _repeated_header, _no_detail)]
     rules += [_missing(c) for c in ("timestamp", "visitorid", "event", "itemid")]
@@ -158,31 +175,7 @@ def _rules() -> list[Rule]:
     rules += [_negative(c) for c in ("visitorid", "itemid", "transactionid")]
     rules += [
         Rule(UNKNOWN_EVENT, lambda p: p.event < 0, _value_detail("event")),
-        Rule(
-            TIMESTAMP_SECONDS,
-            lambda p: (
-                p.present("timestamp")
-                & (p.values["timestamp"] >= SECONDS_RANGE[0])
-                & (p.values["timestamp"] < SECONDS_RANGE[1])
-            ),
-            _value_detail("timestamp"),
-        ),
-        Rule(
-            TIMESTAMP_FINER,
-            lambda p: p.present("timestamp") & (p.values["timestamp"] >= FINER_FROM),
-            _value_detail("timestamp"),
-        ),
-        Rule(
-            TIMESTAMP_RANGE,
-            lambda p: (
-                p.present("timestamp")
-                & (
-                    (p.values["timestamp"] < MIN_TIMESTAMP_MS)
-                    | (p.values["timestamp"] > p.now_ms + FUTURE_SLACK_MS)
-                )
-            ),
-            _value_detail("timestamp"),
-        ),
+        *(_timestamp_rule(reason, bad) for reason, bad in TIMESTAMP_CHECKS),
         Rule(
             TX_MISSING,
             lambda p: (p.event == TRANSACTION) & p.empty["transactionid"],
@@ -355,12 +348,18 @@ def unset(reason: np.ndarray) -> np.ndarray:
 
 
 def check_ids(
-    raw: pd.DataFrame, required: tuple[str, ...], optional: tuple[str, ...] = ()
+    raw: pd.DataFrame,
+    required: tuple[str, ...],
+    optional: tuple[str, ...] = (),
+    *,
+    timestamp: str | None = None,
+    now_ms: int | None = None,
 ) -> IdCheck:
     """Check non-negative integer columns the way events' ids are checked.
 
     ``required`` columns must be present; ``optional`` ones may be empty. Rules, first broken wins:
-    missing, not an integer, negative.
+    missing, not an integer, negative, then (for the column named by ``timestamp``, one of
+    ``required``) :data:`TIMESTAMP_CHECKS` against ``now_ms`` (default: the clock).
     """
     n = len(raw)
     values: dict[str, np.ndarray] = {}
@@ -377,6 +376,9 @@ def check_ids(
         (NEGATIVE.format(col=c), ~empty[c] & ~bad_parse[c] & (values[c] < 0), c)
         for c in (*required, *optional)
     ]
+    if timestamp is not None:
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        checks += [(text, bad(values[timestamp], now), timestamp) for text, bad in TIMESTAMP_CHECKS]
     for text, bad, name in checks:
         hit = unset(reason) & bad
         if hit.any():
