@@ -60,6 +60,8 @@ def test_a_good_row_comes_out_typed() -> None:
         ({"itemid": "3.5e5"}, "itemid in scientific notation (digits may be lost)"),
         ({"timestamp": "2015-09-11 20:49:49"}, "timestamp is a date, not Unix milliseconds"),
         ({"timestamp": "2015-09-11T20:49:49Z"}, "timestamp is a date, not Unix milliseconds"),
+        ({"timestamp": "09/11/2015 8:49 PM"}, "timestamp is a date, not Unix milliseconds"),
+        ({"timestamp": "11.9.2015"}, "timestamp is a date, not Unix milliseconds"),
         ({"timestamp": "Timestamp", "event": "event"}, "repeated header line"),
         ({"itemid": "NA"}, "missing itemid"),
         ({"event": "null"}, "missing event"),

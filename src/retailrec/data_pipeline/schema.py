@@ -60,7 +60,12 @@ _PLAIN_INT = r"^[+-]?\d{1,18}$"
 #: An integral number written with a zero fraction, as pandas writes an int column with gaps.
 _ZERO_FRACTION = r"^\+?(-?\d+)\.0*$"
 _SCIENTIFIC = r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$"
-_DATE = r"^\d{4}-\d{1,2}-\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$"
+#: A date, maybe with a time: 2015-06-02, 2015-06-02T05:02:12Z, 02/06/2015 05:02, 2.6.2015.
+_DATE = (
+    r"^\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}"  # the date
+    r"([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?( ?[AaPp][Mm])?)?"  # a time
+    r"(Z|[+-]\d{2}:?\d{2})?$"  # a zone
+)
 
 
 @dataclass
