@@ -464,3 +464,32 @@ def test_concatenated_exports_load_with_their_repeated_header_quarantined(
     assert (report.rows_read, report.loaded, report.rejected) == (5, 4, 1)
     assert _rejected(report)["reason"].tolist() == ["repeated header line"]
     assert store.read_events(conn)["event"].tolist() == ["view", "addtocart", "view", "view"]
+
+
+def test_a_stray_quote_costs_its_own_row_not_the_lines_after_it(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    # CSV readers let a quoted value run over line ends: one quote left open would swallow every
+    # line up to the next quote into one value. The scan finds it and the file is read by line.
+    good = [f"{T + i},{i},view,{10 + i}," for i in range(6)]
+    rows = [
+        good[0] + ',"Shirt, red"',  # a quoted delimiter in an extra column is still one field
+        f'{T},7,"view,11,,x',  # the quote is never closed
+        *(row + ",x" for row in good[1:5]),
+        f'{T},8,view",12,,x',
+        good[5] + ",x",
+    ]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    text = "\ufeff\r\n" + HEADER + ",title\r\n" + "\r\n".join(rows) + "\r\n"
+    (raw / "events.csv.gz").write_bytes(gzip.compress(text.encode()))
+    report = etl.run_etl(
+        raw, conn=conn, rejected_dir=tmp_path / "rej", processed_dir=tmp_path / "p"
+    )
+    assert (report.rows_read, report.loaded, report.rejected) == (8, 6, 2)
+    assert sorted(store.read_events(conn)["visitorid"]) == [0, 1, 2, 3, 4, 5]
+    assert any("a quote is left open" in w for w in report.warnings)
+    rejected = _rejected(report).set_index("reason")
+    assert sorted(rejected.index) == ["unknown event type", "wrong number of fields"]
+    assert rejected.loc["wrong number of fields", "detail"].endswith(f'{T},7,"view,11,,x')
+    assert rejected.loc["unknown event type", "event"] == 'view"'

@@ -23,6 +23,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import itertools
 import json
 import logging
 import sqlite3
@@ -102,6 +103,10 @@ def _text_batches(
     """Stream ``columns`` of a CSV file as text, block by block; the raw lines of rows with the
     wrong number of fields are appended to ``malformed`` instead of failing the read."""
 
+    if layout.quote_spans_lines:
+        yield from _line_batches(layout, columns, malformed)
+        return
+
     def on_invalid(row: Any) -> str:
         if row.text.strip():  # a line of spaces is blank, as an empty one is: not a row
             malformed.append(row.text)
@@ -129,6 +134,37 @@ def _text_batches(
         for batch in reader:
             yield batch.to_pandas(types_mapper=lambda _t: pd.StringDtype("pyarrow"))
     except (pa.ArrowInvalid, OSError, EOFError, UnicodeError) as exc:
+        raise DataFileError(f"{layout.path}: cannot be read: {readers.error_line(exc)}") from exc
+
+
+#: Lines per batch when a file is read one line per row.
+BLOCK_LINES = 200_000
+
+
+def _line_batches(
+    layout: readers.CsvLayout, columns: tuple[str, ...], malformed: list[str]
+) -> Iterator[pd.DataFrame]:
+    """:func:`_text_batches` for a file in which a quote is left open: one row per line, each line
+    split on its own (quotes still group fields within it), so that a stray quote costs its own
+    row only, not every line up to the next quote. Slower: a Python loop over the lines."""
+    keep = [layout.names.index(c) for c in columns]
+    try:
+        with readers.open_text(layout) as fh:
+            for _ in range(layout.header_lines):
+                next(fh, None)
+            while lines := list(itertools.islice(fh, BLOCK_LINES)):
+                rows = []
+                for line in lines:
+                    line = line.rstrip("\n")
+                    if not line.strip():
+                        continue
+                    fields = next(csv.reader([line], delimiter=layout.delimiter), [])
+                    if len(fields) == len(layout.names):
+                        rows.append([fields[i] for i in keep])
+                    else:
+                        malformed.append(line)
+                yield pd.DataFrame(rows, columns=list(columns), dtype=pd.StringDtype("pyarrow"))
+    except (OSError, EOFError, UnicodeError, csv.Error) as exc:
         raise DataFileError(f"{layout.path}: cannot be read: {readers.error_line(exc)}") from exc
 
 
@@ -195,12 +231,10 @@ def load_events(
 ) -> None:
     """Validate ``path`` and append its new, valid events to the store, updating ``report``."""
     step = progress or (lambda _s: None)
-    layout = readers.csv_layout(path, schema.REQUIRED_COLUMNS)
+    layout = _layout(report, path, schema.REQUIRED_COLUMNS)
     report.extra_columns = layout.extra
     if report.extra_columns:
         _warn(report, path, f"ignored extra column(s) {', '.join(report.extra_columns)}")
-    if layout.delimiter != ",":
-        _warn(report, path, f"read as {layout.delimiter!r}-separated values")
 
     valid_parts: list[pd.DataFrame] = []
     rejected_parts: list[pd.DataFrame] = []
@@ -240,6 +274,21 @@ def load_events(
     report.duplicates = report.duplicates_in_file + report.duplicates_in_store
 
 
+def _layout(report: EtlReport, path: Path, columns: tuple[str, ...]) -> readers.CsvLayout:
+    """The file's layout, with a warning in the report for whatever is unusual about it."""
+    layout = readers.csv_layout(path, columns)
+    if layout.delimiter != ",":
+        _warn(report, path, f"read as {layout.delimiter!r}-separated values")
+    if layout.quote_spans_lines:
+        _warn(
+            report,
+            path,
+            "a quote is left open on some line: read one row per line, so that it cannot"
+            " swallow the lines after it",
+        )
+    return layout
+
+
 def _warn(report: EtlReport, path: Path, message: str) -> None:
     report.warnings.append(message)
     log.warning("%s: %s", path, message)
@@ -261,7 +310,7 @@ def load_item_properties(
     wanted = pa.array(readers.READABLE_PROPERTIES, type=pa.large_string())
     bad_parts: list[pd.DataFrame] = []
     for path in paths:
-        layout = readers.csv_layout(path, columns)
+        layout = _layout(report, path, columns)
         malformed: list[str] = []
         for df in _text_batches(layout, columns, malformed):
             report.item_properties_read += len(df)
@@ -304,7 +353,7 @@ def load_category_tree(
 ) -> None:
     """Upsert the category tree; quarantine rows whose ids are not non-negative integers."""
     columns = readers.CATEGORY_TREE_COLUMNS
-    layout = readers.csv_layout(path, columns)
+    layout = _layout(report, path, columns)
     malformed: list[str] = []
     frames = list(_text_batches(layout, columns, malformed))
     raw = (

@@ -14,6 +14,7 @@ import bz2
 import codecs
 import csv
 import gzip
+import io
 import re
 import shutil
 import zipfile
@@ -212,6 +213,9 @@ class CsvLayout:
     delimiter: str
     encoding: str  # a codec name for Arrow's CSV reader: "utf8", "utf-16" or LENIENT_UTF8
     header_lines: int  # lines to skip to reach the first row (blank ones, then the header)
+    #: A quote opened on some line is not closed on it (a stray quote, which would swallow the
+    #: lines after it into one value): read one line per row. Checked by a scan, not in UTF-16.
+    quote_spans_lines: bool = False
 
     @property
     def extra(self) -> list[str]:
@@ -260,16 +264,37 @@ def _open_binary(path: Path) -> IO[bytes]:
     return stream
 
 
-def _is_utf8(path: Path) -> bool:
+def open_text(layout: CsvLayout) -> IO[str]:
+    """The file as text in its encoding, with any line ending read as ``\\n``."""
+    return io.TextIOWrapper(_open_binary(layout.path), encoding=layout.encoding, newline=None)
+
+
+def _scan(path: Path) -> tuple[bool, bool]:
+    """Read the whole file once: (whether it is valid UTF-8, whether a quote opened on some line
+    is left open at its end). Lines are only split where a block holds a quote."""
     decoder = codecs.getincrementaldecoder("utf-8")()
+    utf8, spans, tail = True, False, b""
     with _open_binary(path) as fh:
-        try:
-            for block in iter(lambda: fh.read(1 << 24), b""):
-                decoder.decode(block)
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            return False
-    return True
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            if utf8:
+                try:
+                    decoder.decode(block)
+                except UnicodeDecodeError:
+                    utf8 = False
+            if spans:
+                continue
+            data = tail + block
+            cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+            whole, tail = data[:cut], data[cut:]
+            spans = b'"' in whole and any(
+                line.count(b'"') % 2 for line in re.split(rb"\r\n|\r|\n", whole)
+            )
+        if utf8:
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                utf8 = False
+    return utf8, spans or tail.count(b'"') % 2 == 1
 
 
 #: What a file that is not CSV text starts with, and what it then is.
@@ -282,23 +307,26 @@ _NOT_TEXT = {
 }
 
 
-def _header_line(path: Path, scan: bool) -> tuple[str, int, str]:
-    """(the first non-blank line, how many lines up to and with it, the encoding). Only with
-    ``scan`` is the whole file read to tell strict UTF-8 from the lenient codec."""
+def _header_line(path: Path, scan: bool) -> tuple[str, int, str, bool]:
+    """(the first non-blank line, how many lines up to and with it, the encoding, whether a quote
+    spans lines). Only with ``scan`` is the whole file read, to tell strict UTF-8 from the lenient
+    codec and to find quotes left open."""
     with _open_binary(path) as fh:
         head = fh.read(1 << 16)
     for magic, kind in _NOT_TEXT.items():
         if head.startswith(magic):
             raise DataFileError(f"{path}: {kind}, not CSV text: save or export it as CSV")
+    spans = False
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         text, encoding = head.decode("utf-16", errors="replace"), "utf-16"
     else:
         text = head.decode("utf-8", errors="replace").removeprefix("\ufeff")
-        encoding = LENIENT_UTF8 if scan and not _is_utf8(path) else "utf8"
+        utf8, spans = _scan(path) if scan else (True, False)
+        encoding = "utf8" if utf8 else LENIENT_UTF8
     for number, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1):
         if line.strip():
-            return line, number, encoding
-    return "", 0, encoding
+            return line, number, encoding, spans
+    return "", 0, encoding, spans
 
 
 def _column_key(name: str) -> str:
@@ -322,7 +350,7 @@ def csv_layout(path: Path, required: Sequence[str], *, scan: bool = True) -> Csv
     if not path.is_file():
         raise DataFileError(f"{path}: file not found")
     try:
-        line, lines, encoding = _header_line(path, scan)
+        line, lines, encoding, spans = _header_line(path, scan)
     except (OSError, EOFError) as exc:  # unreadable, or a broken compressed file
         raise DataFileError(f"{path}: cannot be read: {error_line(exc)}") from exc
     if not line.strip():
@@ -350,7 +378,7 @@ def csv_layout(path: Path, required: Sequence[str], *, scan: bool = True) -> Csv
     if twice:
         raise DataFileError(f"{path}: column(s) {', '.join(twice)} appear more than once")
     names = tuple(k if k in required else f"{_OTHER}{i + 1}" for i, k in enumerate(keys))
-    return CsvLayout(path, tuple(header), names, delimiter, encoding, lines)
+    return CsvLayout(path, tuple(header), names, delimiter, encoding, lines, spans)
 
 
 def read_events(path: Path) -> pd.DataFrame:
