@@ -194,6 +194,19 @@ def test_etl_of_a_file_without_a_header_says_so(tmp_path: Path) -> None:
     )
 
 
+def test_pipeline_on_a_given_folder_without_an_event_log_fails_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    raw = tmp_path / "my-shop"
+    raw.mkdir()
+    (raw / "orders.csv").write_text("order,amount\n1,9.99\n")
+    result = runner.invoke(app, ["pipeline", "--raw", str(raw)])
+    assert result.exit_code == 1
+    assert "no events.csv in" in result.output
+    assert "name it: --raw" in result.output
+    assert sorted(p.name for p in raw.iterdir()) == ["orders.csv"]  # no synthetic shop in it
+
+
 def test_features_before_etl_exits_1() -> None:
     result = runner.invoke(app, ["features"])
     assert result.exit_code == 1

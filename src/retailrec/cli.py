@@ -354,7 +354,11 @@ def pipeline(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for the synthetic data.")] = 42,
 ) -> None:
-    """Synth when there is no raw data, then etl, features, train and promote."""
+    """Synth when there is no raw data, then etl, features, train and promote.
+
+    Only the default raw folder gets a synthetic shop: a folder or file given with ``--raw`` is
+    the user's data, so when it holds no event log that is an error, not a reason to write there.
+    """
     from retailrec.data_pipeline.readers import DataFileError, locate
 
     settings = get_settings()
@@ -362,6 +366,8 @@ def pipeline(
     try:
         locate(raw_dir)
     except DataFileError:
+        if raw is not None:
+            raise
         console.print(
             f"no events.csv in {raw_dir}: generating a synthetic shop ({scale})", soft_wrap=True
         )

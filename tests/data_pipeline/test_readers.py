@@ -92,6 +92,13 @@ def test_locate_points_at_a_folder_one_level_down(tmp_path: Path) -> None:
         readers.locate(tmp_path)
 
 
+def test_locate_names_a_csv_file_to_pass_when_there_is_no_events_csv(tmp_path: Path) -> None:
+    (tmp_path / "events-2015-07.csv").write_text("timestamp\n")
+    (tmp_path / "events-2015-06.csv").write_text("timestamp\n")
+    with pytest.raises(readers.DataFileError, match=r"name it: --raw .*events-2015-06.csv$"):
+        readers.locate(tmp_path)
+
+
 def test_a_zip_archive_is_searched_and_unpacked(tmp_path: Path) -> None:
     archive = tmp_path / "archive.zip"
     with zipfile.ZipFile(archive, "w") as zf:

@@ -98,10 +98,13 @@ def locate(raw_dir: Path) -> RawFiles:
     if len(archives) == 1:
         return _in_archive(archives[0])
     nested = sorted(p.parent for p in raw_dir.glob("*/events.csv*") if p.is_file())
+    others = sorted(p for p in raw_dir.iterdir() if p.name.lower().endswith(_CSV_SUFFIXES))
     if nested:
         hint = f"; there is one in {nested[0]}: pass --raw {nested[0]}"
     elif archives:
         hint = f"; pass one of the zip archives there, e.g. --raw {archives[0]}"
+    elif others:  # an export under another name, or one file per month: load each by name
+        hint = f"; to load another file as the event log, name it: --raw {others[0]}"
     else:
         hint = ": put Retailrocket's files there (or run `retailrec download` / `retailrec synth`)"
     raise DataFileError(f"no events.csv in {raw_dir}{hint}")
