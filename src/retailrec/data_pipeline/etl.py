@@ -101,7 +101,8 @@ def _text_batches(
     block_size: int = BLOCK_SIZE,
 ) -> Iterator[pd.DataFrame]:
     """Stream ``columns`` of a CSV file as text, block by block; the raw lines of rows with the
-    wrong number of fields are appended to ``malformed`` instead of failing the read."""
+    wrong number of fields are appended to ``malformed`` instead of failing the read. A file with
+    a quote left open is read by :func:`_line_batches` instead."""
 
     if layout.quote_spans_lines:
         yield from _line_batches(layout, columns, malformed)

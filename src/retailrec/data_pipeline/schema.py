@@ -122,8 +122,7 @@ def _matches(pattern: str) -> Callable[[Parsed, str], np.ndarray]:
     """A mask of the rows whose (trimmed) text in a column matches ``pattern``."""
 
     def mask(p: Parsed, col: str) -> np.ndarray:
-        found = pc.match_substring_regex(_text(p.raw[col]), pattern)
-        return np.asarray(pc.fill_null(found, False).to_numpy(zero_copy_only=False), dtype=bool)
+        return _mask(pc.fill_null(pc.match_substring_regex(_text(p.raw[col]), pattern), False))
 
     return mask
 
@@ -148,8 +147,7 @@ def _repeated_header(p: Parsed) -> np.ndarray:
     if not found.any():
         return found
     for col in ("timestamp", "event"):
-        same = pc.equal(pc.utf8_lower(_text(p.raw[col])), col)
-        found &= np.asarray(pc.fill_null(same, False).to_numpy(zero_copy_only=False), dtype=bool)
+        found &= _mask(pc.fill_null(pc.equal(pc.utf8_lower(_text(p.raw[col])), col), False))
     return found
 
 
