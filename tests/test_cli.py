@@ -169,25 +169,27 @@ def test_etl_without_events_exits_1_with_one_line(
     assert message in result.output
 
 
-def test_etl_with_a_missing_column_exits_1_with_one_line(tmp_path: Path) -> None:
+def _etl_error(tmp_path: Path, events_csv: str) -> tuple[Path, str]:
+    """(the events file, the one line) of `retailrec etl` failing on that file."""
     raw = tmp_path / "raw"
     raw.mkdir()
-    (raw / "events.csv").write_text("timestamp,visitorid,event\n1,2,view\n")
-    result = runner.invoke(app, ["etl", "--raw", str(raw)])
-    assert result.exit_code == 1
-    assert result.output.strip().splitlines() == [
-        f"error: {raw / 'events.csv'}: missing required column(s) itemid, transactionid"
-        " (the header has timestamp, visitorid, event)"
-    ]
-
-
-def test_etl_of_a_file_without_a_header_says_so(tmp_path: Path) -> None:
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    (raw / "events.csv").write_text("1433221332117,2,view,3,\n")
+    (raw / "events.csv").write_text(events_csv)
     result = runner.invoke(app, ["etl", "--raw", str(raw)])
     assert result.exit_code == 1
     (line,) = result.output.strip().splitlines()
+    return raw / "events.csv", line
+
+
+def test_etl_with_a_missing_column_exits_1_with_one_line(tmp_path: Path) -> None:
+    path, line = _etl_error(tmp_path, "timestamp,visitorid,event\n1,2,view\n")
+    assert line == (
+        f"error: {path}: missing required column(s) itemid, transactionid"
+        " (the header has timestamp, visitorid, event)"
+    )
+
+
+def test_etl_of_a_file_without_a_header_says_so(tmp_path: Path) -> None:
+    _, line = _etl_error(tmp_path, "1433221332117,2,view,3,\n")
     assert "the first line looks like data, not a header" in line
     assert line.endswith(
         "start the file with the line timestamp,visitorid,event,itemid,transactionid)"
