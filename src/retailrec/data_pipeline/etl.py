@@ -310,22 +310,27 @@ def load_item_properties(
     columns = readers.ITEM_PROPERTIES_COLUMNS
     wanted = pa.array(readers.READABLE_PROPERTIES, type=pa.large_string())
     bad_parts: list[pd.DataFrame] = []
+    kept: list[pd.DataFrame] = []  # about one row in nine of the real files: written at once
     for path in paths:
         layout = _layout(report, path, columns)
         malformed: list[str] = []
         for df in _text_batches(layout, columns, malformed):
             report.item_properties_read += len(df)
-            prop = df["property"].str.strip()
-            value = df["value"].str.strip()
-            missing = (prop == "").to_numpy()
-            keep = pc.is_in(pa.array(prop), value_set=wanted).to_numpy(zero_copy_only=False)
+            prop = pc.utf8_trim_whitespace(pa.array(df["property"]))
+            keep = pc.is_in(prop, value_set=wanted).to_numpy(zero_copy_only=False)
+            missing = pc.equal(prop, "").to_numpy(zero_copy_only=False)
+            # The other (hashed) properties are counted and go no further: not even their ids
+            # are checked, which is most of the work in the real files.
             report.item_properties_other += int((~keep & ~missing).sum())
+            mine = keep | missing
+            df, keep, missing = df[mine].reset_index(drop=True), keep[mine], missing[mine]
+            prop, value = df["property"].str.strip(), df["value"].str.strip()
             ids = schema.check_ids(df, required=("timestamp", "itemid"), timestamp="timestamp")
             reason = ids.reason
             reason[missing & ids.ok] = "missing property"
             reason[keep & ids.ok & (value == "").to_numpy()] = "missing value"
             good = keep & schema.unset(reason)
-            bad = (keep | missing) & ~schema.unset(reason)
+            bad = ~schema.unset(reason)
             if bad.any():
                 bad_parts.append(df[bad].assign(reason=reason[bad], detail=ids.detail[bad]))
             chunk = pd.DataFrame(
@@ -337,10 +342,16 @@ def load_item_properties(
                 }
             )
             report.item_properties_kept += len(chunk)
-            report.item_properties_changed += store.upsert_item_properties(conn, chunk)
+            kept.append(chunk)
         if malformed:
             report.item_properties_read += len(malformed)
             bad_parts.append(_malformed_rows(malformed, layout, columns))
+    if kept:
+        # One sorted write: appends in key order, one commit and one WAL checkpoint. A write per
+        # block scattered over the whole table and checkpointed each time: about twice as slow.
+        report.item_properties_changed = store.upsert_item_properties(
+            conn, pd.concat(kept, ignore_index=True)
+        )
     if bad_parts:
         bad_rows = pd.concat(bad_parts, ignore_index=True)
         report.item_properties_rejected = len(bad_rows)
