@@ -446,7 +446,9 @@ def run_etl(
         if files.archive is not None:
             step(f"unpacking {files.archive.name}")
             processed_dir.mkdir(parents=True, exist_ok=True)
-            tmp = scratch.enter_context(tempfile.TemporaryDirectory(dir=processed_dir))
+            tmp = scratch.enter_context(
+                tempfile.TemporaryDirectory(prefix=f"{files.archive.name}-", dir=processed_dir)
+            )
             files = readers.unpack(files, Path(tmp))
         # Every file's header is checked before anything is loaded: a bad optional file fails
         # the run at once, not after the events went in.
