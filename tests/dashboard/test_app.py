@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from retailrec.config import Settings, get_settings
 from retailrec.dashboard import data
+from retailrec.data_pipeline import etl
 from retailrec.feature_store import store
 
 APP = Path(__file__).resolve().parents[2] / "src" / "retailrec" / "dashboard" / "app.py"
@@ -65,6 +66,36 @@ def test_data_page(use: Settings) -> None:
     assert report["item_properties_read"] > 0 and report["categories_read"] > 0
     assert f"Item property rows: {report['item_properties_read']:,} read" in captions
     assert f"Category tree rows: {report['categories_read']:,} read" in captions
+
+
+def test_data_page_shows_the_first_rejected_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "events.csv").write_text(
+        "timestamp,visitorid,event,itemid,transactionid\n"
+        "1433221332117,1,view,10,\n"
+        "1433221333117,1,click,10,\n"
+        "1433221334117,x,view,11,\n"
+    )
+    monkeypatch.setenv("RETAILREC_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    settings = get_settings()
+    with store.open_store(settings.feature_store_path) as conn:
+        etl.run_etl(
+            raw,
+            conn=conn,
+            rejected_dir=settings.rejected_dir,
+            processed_dir=settings.processed_dir,
+        )
+    at = _open("data")
+    shown = _table(at, "detail")
+    assert shown[["event", "reason"]].values.tolist() == [
+        ["click", "unknown event type"],
+        ["view", "visitorid is not an integer"],
+    ]
+    assert shown["visitorid"].tolist() == ["1", "x"]  # as read
 
 
 def test_models_page(use: Settings) -> None:

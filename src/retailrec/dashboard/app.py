@@ -131,6 +131,10 @@ def page_data(settings: Settings) -> None:
         )
     else:
         st.caption("No row was rejected.")
+    examples = data.rejected_rows(report)
+    if examples is not None:
+        st.caption(f"The first rejected rows, as read (all of them: {report['rejected_file']}):")
+        st.dataframe(examples, hide_index=True, key="rejected_rows")
     for warning in report.get("warnings") or []:
         st.warning(f"ETL: {warning}")
     if report.get("item_properties_read"):

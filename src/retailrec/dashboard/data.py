@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,15 @@ def data_overview(settings: Settings, top: int = 15) -> DataOverview:
         got["report"],
         int(items.sum()),
     )
+
+
+def rejected_rows(report: dict[str, Any], n: int = 20) -> pd.DataFrame | None:
+    """The first ``n`` events an ETL run quarantined, as written to its rejected file (original
+    values, reason, detail); None when it rejected nothing or the file is gone."""
+    path = report.get("rejected_file")
+    if not path or not Path(path).is_file():
+        return None
+    return pd.read_csv(path, dtype=str, keep_default_na=False, nrows=n)
 
 
 def long_tail(item_popularity: pd.Series) -> pd.DataFrame:
