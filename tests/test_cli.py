@@ -209,6 +209,22 @@ def test_pipeline_on_a_given_folder_without_an_event_log_fails_and_writes_nothin
     assert sorted(p.name for p in raw.iterdir()) == ["orders.csv"]  # no synthetic shop in it
 
 
+def test_features_as_of_takes_a_date_and_refuses_a_time_before_the_first_event(
+    real_sample: Path,
+) -> None:
+    assert runner.invoke(app, ["etl", "--raw", str(real_sample)]).exit_code == 0
+    result = runner.invoke(app, ["features", "--as-of", "2015-06-01"])
+    assert result.exit_code == 0, result.output
+    assert "features as of 1433116800000:" in result.output
+    result = runner.invoke(app, ["features", "--as-of", "1433116800"])  # seconds, by mistake
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert "is before the first event" in line and "Unix milliseconds" in line
+    result = runner.invoke(app, ["features", "--as-of", "soon"])
+    assert result.exit_code == 1
+    assert "not a point in time: 'soon'" in result.output
+
+
 def test_features_before_etl_exits_1() -> None:
     result = runner.invoke(app, ["features"])
     assert result.exit_code == 1

@@ -221,8 +221,12 @@ def etl(
 @_one_line_errors
 def features(
     as_of: Annotated[
-        int | None,
-        typer.Option("--as-of", help="Point in time, Unix ms (default: the last event)."),
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="Point in time: Unix ms, or a date and time in UTC such as 2015-08-01 or"
+            " 2015-08-01T12:00 (default: the last event).",
+        ),
     ] = None,
 ) -> None:
     """Compute point-in-time user and item features into the feature store."""
@@ -231,12 +235,29 @@ def features(
 
     settings = get_settings()
     with open_store(settings.feature_store_path) as conn:
-        snap = build_features(conn, as_of, _feature_config())
+        snap = build_features(conn, None if as_of is None else _ms(as_of), _feature_config())
     console.print(
         f"features as of {snap.as_of_ms}: {len(snap.users):,} visitors, {len(snap.items):,} items,"
         f" {len(snap.pairs):,} item pairs",
         soft_wrap=True,
     )
+
+
+def _ms(text: str) -> int:
+    """Unix milliseconds from digits, or from a date and time (UTC unless it says otherwise)."""
+    import pandas as pd
+
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        stamp = pd.Timestamp(text)
+    except ValueError as exc:
+        raise CommandError(
+            f"not a point in time: {text!r} (give Unix ms or a date such as 2015-08-01)"
+        ) from exc
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp
+    return int(stamp.value // 1_000_000)
 
 
 #: Fewer warm test visitors than this and the figures say next to nothing.

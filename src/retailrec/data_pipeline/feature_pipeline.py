@@ -406,10 +406,16 @@ def build_features(
     Raises:
         ValueError: the store holds no events.
     """
+    first_ms, last_ms = store.time_range(conn)
+    if first_ms is None or last_ms is None:
+        raise ValueError("the feature store has no events: run `retailrec etl` first")
     if as_of_ms is None:
-        as_of_ms = store.time_range(conn)[1]
-        if as_of_ms is None:
-            raise ValueError("the feature store has no events: run `retailrec etl` first")
+        as_of_ms = last_ms
+    elif as_of_ms < first_ms:  # nothing is known yet: a snapshot would be empty
+        raise ValueError(
+            f"as of {as_of_ms} ({_utc(as_of_ms)}) is before the first event ({first_ms},"
+            f" {_utc(first_ms)}): no features to compute (timestamps are Unix milliseconds)"
+        )
     events = store.read_events(conn, end_ms=as_of_ms + 1)
     snapshot = compute_features(events, item_category_as_of(conn, as_of_ms), as_of_ms, config)
     store.write_features(
@@ -423,6 +429,10 @@ def build_features(
         len(snapshot.pairs),
     )
     return snapshot
+
+
+def _utc(ms: int) -> str:
+    return str(pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC"))
 
 
 def online_user_features(
