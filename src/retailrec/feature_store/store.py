@@ -14,7 +14,7 @@ import itertools
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,8 +205,8 @@ def migrate(conn: sqlite3.Connection) -> int:
 # Events
 
 
-def _event_columns(events: pd.DataFrame) -> dict[str, list[Any]]:
-    """Plain int lists per column (event as its position in EVENT_TYPES, -1 for no transaction)."""
+def _event_columns(events: pd.DataFrame) -> Columns:
+    """int64 arrays per column (event as its position in EVENT_TYPES, -1 for no transaction)."""
     event = events["event"]
     if isinstance(event.dtype, pd.CategoricalDtype) and list(event.cat.categories) == list(
         EVENT_TYPES
@@ -217,11 +217,11 @@ def _event_columns(events: pd.DataFrame) -> dict[str, list[Any]]:
     if (codes < 0).any():
         raise ValueError(f"unknown event type(s): {sorted(set(event[codes < 0].astype(str)))}")
     return {
-        "timestamp": events["timestamp"].to_numpy(np.int64).tolist(),
-        "visitorid": events["visitorid"].to_numpy(np.int64).tolist(),
-        "event": codes.astype(np.int64).tolist(),
-        "itemid": events["itemid"].to_numpy(np.int64).tolist(),
-        "tx_key": events["transactionid"].astype("Int64").fillna(-1).to_numpy(np.int64).tolist(),
+        "timestamp": events["timestamp"].to_numpy(np.int64),
+        "visitorid": events["visitorid"].to_numpy(np.int64),
+        "event": codes.astype(np.int64),
+        "itemid": events["itemid"].to_numpy(np.int64),
+        "tx_key": events["transactionid"].astype("Int64").fillna(-1).to_numpy(np.int64),
     }
 
 
@@ -232,9 +232,20 @@ _EVENT_TEXT = (
 )
 #: Batches at least this large are loaded through a staging table (see :func:`_insert_select`).
 STAGE_MIN_ROWS = 10_000
+#: Rows turned into Python values at a time for binding: bounds the memory of a bulk write (a
+#: Python int costs about 36 bytes where numpy keeps 8) whatever the number of rows.
+BIND_ROWS = 500_000
+
+#: A batch of rows by column: numpy arrays (object arrays where values may be None or str).
+Columns = dict[str, np.ndarray]
 
 
-def _insert_select(conn: sqlite3.Connection, columns: dict[str, list[Any]], insert: str) -> int:
+def _rows(columns: Columns, start: int = 0, stop: int | None = None) -> Iterator[tuple[Any, ...]]:
+    """Rows ``start:stop`` as tuples of plain Python values, which the driver can bind."""
+    return zip(*(values[start:stop].tolist() for values in columns.values()), strict=True)
+
+
+def _insert_select(conn: sqlite3.Connection, columns: Columns, insert: str) -> int:
     """Run ``insert`` (an ``INSERT ... SELECT ... FROM temp.stage``) over ``columns``' rows.
 
     One INSERT ... SELECT writes rows in key order without re-seeking the B-tree from its root
@@ -246,10 +257,12 @@ def _insert_select(conn: sqlite3.Connection, columns: dict[str, list[Any]], inse
     conn.execute("DROP TABLE IF EXISTS temp.stage")
     conn.execute(f"CREATE TEMP TABLE stage ({', '.join(names)})")
     try:
-        conn.executemany(
-            f"INSERT INTO temp.stage VALUES ({', '.join('?' * len(names))})",
-            zip(*columns.values(), strict=True),
-        )
+        n = len(next(iter(columns.values())))
+        for start in range(0, n, BIND_ROWS):
+            conn.executemany(
+                f"INSERT INTO temp.stage VALUES ({', '.join('?' * len(names))})",
+                _rows(columns, start, start + BIND_ROWS),
+            )
         return conn.execute(insert).rowcount
     finally:
         conn.execute("DROP TABLE temp.stage")
@@ -286,7 +299,7 @@ def append_events(conn: sqlite3.Connection, events: pd.DataFrame, *, source: str
         conn.executemany(
             f"{target} VALUES (?1, ?2, {_EVENT_TEXT.format('?3')}, ?4, ?5, nullif(?5, -1),"
             f" '{word}')",
-            zip(*columns.values(), strict=True),
+            _rows(columns),
         )
         return conn.total_changes - before
 
@@ -449,10 +462,10 @@ def upsert_item_properties(conn: sqlite3.Connection, props: pd.DataFrame) -> int
         return 0
     props = props.sort_values(["itemid", "property", "timestamp"], kind="stable")
     columns = {
-        "itemid": props["itemid"].to_numpy(np.int64).tolist(),
-        "property": props["property"].astype("str").tolist(),
-        "timestamp": props["timestamp"].to_numpy(np.int64).tolist(),
-        "value": props["value"].astype("str").tolist(),
+        "itemid": props["itemid"].to_numpy(np.int64),
+        "property": props["property"].astype("str").to_numpy(object),
+        "timestamp": props["timestamp"].to_numpy(np.int64),
+        "value": props["value"].astype("str").to_numpy(object),
     }
     insert = "INSERT INTO item_properties (itemid, property, timestamp, value)"
     upsert = (
@@ -466,9 +479,7 @@ def upsert_item_properties(conn: sqlite3.Connection, props: pd.DataFrame) -> int
                 conn, columns, f"{insert} SELECT * FROM temp.stage WHERE true{upsert}"
             )
         before = conn.total_changes
-        conn.executemany(
-            f"{insert} VALUES (?, ?, ?, ?){upsert}", zip(*columns.values(), strict=True)
-        )
+        conn.executemany(f"{insert} VALUES (?, ?, ?, ?){upsert}", _rows(columns))
         return conn.total_changes - before
 
 
@@ -518,17 +529,17 @@ def read_categories(conn: sqlite3.Connection) -> pd.DataFrame:
 # Features
 
 
-def _column_values(col: pd.Series) -> list[Any]:
-    """A column as plain Python values, None where missing."""
-    values: list[Any]
+def _column_values(col: pd.Series) -> np.ndarray:
+    """A column as an array that binds as plain Python values: None where missing."""
+    values: np.ndarray
     if col.isna().any():
-        values = col.astype(object).where(col.notna(), None).tolist()
+        values = col.astype(object).where(col.notna(), None).to_numpy(object)
     elif col.dtype.kind in "iub":
-        values = col.to_numpy(np.int64).tolist()
+        values = col.to_numpy(np.int64)
     elif col.dtype.kind == "f":
-        values = col.to_numpy(np.float64).tolist()
+        values = col.to_numpy(np.float64)
     else:
-        values = col.astype(object).tolist()
+        values = col.to_numpy(object)
     return values
 
 
@@ -546,7 +557,7 @@ def _replace_rows(conn: sqlite3.Connection, table: str, frame: pd.DataFrame) -> 
             conn.executemany(
                 f"INSERT OR REPLACE INTO {table} ({names})"
                 f" VALUES ({', '.join('?' * len(columns))})",
-                zip(*columns.values(), strict=True),
+                _rows(columns),
             )
 
 
