@@ -251,6 +251,8 @@ def load_events(
         report.rows_read += len(batch.rows) + len(batch.malformed)
 
     valid = pd.concat(valid_parts, ignore_index=True) if valid_parts else _empty_events()
+    valid_parts.clear()  # the log is held once, not twice (it is most of the ETL's memory)
+    pa.default_memory_pool().release_unused()  # the text batches' buffers: ~30 bytes a row
     rejected = (
         pd.concat(rejected_parts, ignore_index=True) if rejected_parts else schema.empty_rejected()
     )
@@ -268,10 +270,11 @@ def load_events(
     step("deduplicating")
     in_file = valid.duplicated(keep="first").to_numpy()
     report.duplicates_in_file = int(in_file.sum())
-    unique = valid[~in_file]
-    step(f"loading {len(unique):,} events")
-    report.loaded = store.append_events(conn, unique, source="etl")
-    report.duplicates_in_store = len(unique) - report.loaded
+    if report.duplicates_in_file:
+        valid = valid[~in_file]
+    step(f"loading {len(valid):,} events")
+    report.loaded = store.append_events(conn, valid, source="etl")
+    report.duplicates_in_store = len(valid) - report.loaded
     report.duplicates = report.duplicates_in_file + report.duplicates_in_store
 
 

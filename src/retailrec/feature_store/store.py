@@ -232,8 +232,8 @@ _EVENT_TEXT = (
 )
 #: Batches at least this large are loaded through a staging table (see :func:`_insert_select`).
 STAGE_MIN_ROWS = 10_000
-#: Rows turned into Python values at a time for binding: bounds the memory of a bulk write (a
-#: Python int costs about 36 bytes where numpy keeps 8) whatever the number of rows.
+#: Rows turned into Python values at a time, to bind or when fetched: bounds the memory of a bulk
+#: write or read (a Python int costs about 36 bytes where numpy keeps 8) whatever the row count.
 BIND_ROWS = 500_000
 
 #: A batch of rows by column: numpy arrays (object arrays where values may be None or str).
@@ -280,8 +280,11 @@ def append_events(conn: sqlite3.Connection, events: pd.DataFrame, *, source: str
     """
     if events.empty:
         return 0
-    # Inserting in key order keeps the B-tree appends local: about twice as fast.
-    columns = _event_columns(events.sort_values(["visitorid", "timestamp"], kind="stable"))
+    # Inserting in key order keeps the B-tree appends local: about twice as fast. The columns are
+    # taken in that order, not the whole frame sorted first (a copy of the log).
+    columns = _event_columns(events)
+    order = np.lexsort((columns["timestamp"], columns["visitorid"]))
+    columns = {name: values[order] for name, values in columns.items()}
     target = (
         "INSERT OR IGNORE INTO events"
         " (timestamp, visitorid, event, itemid, tx_key, transactionid, source)"
@@ -337,16 +340,22 @@ def read_events(
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     # Integers only cross the driver (event as a code, NULL as -1), in key order, which the
     # table's own order gives without a sort; a stable sort by time then leaves ties in key order.
-    rows = conn.execute(
+    cursor = conn.execute(
         "SELECT timestamp, visitorid, CASE event WHEN 'view' THEN 0 WHEN 'addtocart' THEN 1"
         f" ELSE 2 END, itemid, ifnull(transactionid, -1) FROM events {where}"
         " ORDER BY visitorid, timestamp, itemid, event, tx_key",
         params,
-    ).fetchall()
-    if not rows:
+    )
+    # Fetched a block at a time into int64 arrays: a row as Python values costs ~200 bytes, as
+    # numpy 40, so the log is never all in Python objects at once.
+    blocks = []
+    while rows := cursor.fetchmany(BIND_ROWS):
+        flat = itertools.chain.from_iterable(rows)
+        blocks.append(np.fromiter(flat, np.int64, 5 * len(rows)).reshape(-1, 5))
+    if not blocks:
         return _events_frame([])
-    a = np.fromiter(itertools.chain.from_iterable(rows), np.int64, 5 * len(rows)).reshape(-1, 5)
-    del rows
+    a = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+    del blocks
     a = a[np.argsort(a[:, 0], kind="stable")]
     return pd.DataFrame(
         {
