@@ -19,6 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from retailrec.data_pipeline import feature_pipeline as fp
+from retailrec.data_pipeline import schema
 from retailrec.feature_store import store
 from retailrec.models.bundle import ModelBundle
 
@@ -72,7 +73,7 @@ class Served:
             recency_half_life_days=float(b.metadata.get("recency_half_life_days", 30.0)),
         )
         self.personal = b.metadata.get("model") not in NON_PERSONAL
-        #: Confidence weight per event code (store.EVENT_TYPES order).
+        #: Confidence weight per event code (schema.EVENT_TYPES order).
         self.code_weights = self.config.code_weights()
         for model in b.models.values():
             model.prepare_serving()
@@ -169,7 +170,7 @@ class Served:
         idx = self.bundle.item_index(history.itemid)
         kinds = history.event_code
         seen = idx[idx >= 0]
-        purchased = idx[(idx >= 0) & (kinds == store.EVENT_TYPES.index("transaction"))]
+        purchased = idx[(idx >= 0) & (kinds == schema.TRANSACTION)]
         blocked = self.blocked(rules, seen, purchased)
         answer = Answer([], [], "")
         row = self.history_row(history, now)

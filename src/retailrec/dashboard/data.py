@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from retailrec.config import Settings
+from retailrec.data_pipeline.schema import EVENT_TYPES
 from retailrec.feature_store import store
 
 
@@ -56,7 +57,7 @@ def data_overview(settings: Settings, top: int = 15) -> DataOverview:
         got = {name: f.result() for name, f in futures.items()}
     items = got["items"].sort_values(ascending=False)
     table = got["daily"].pivot_table(index="day", columns="event", values="n", fill_value=0)
-    table = table.reindex(columns=list(store.EVENT_TYPES), fill_value=0)
+    table = table.reindex(columns=list(EVENT_TYPES), fill_value=0)
     table.index = pd.to_datetime(table.index, unit="ms", utc=True)
     category = got["categories"].reindex(items.index)
     by_cat = items.groupby(category.fillna(-1).astype("int64").to_numpy()).sum()

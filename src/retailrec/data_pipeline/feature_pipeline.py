@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from retailrec.data_pipeline import readers
+from retailrec.data_pipeline.schema import EVENT_TYPES, event_codes
 from retailrec.feature_store import store
 
 if TYPE_CHECKING:
@@ -64,7 +63,7 @@ class FeatureConfig:
     def code_weights(self) -> np.ndarray:
         """Confidence weight per event code (``EVENT_TYPES`` order), then 0 for code -1 (not an
         event type): index it with :func:`event_codes`."""
-        weights = [self.event_weights.get(name, 0.0) for name in store.EVENT_TYPES]
+        weights = [self.event_weights.get(name, 0.0) for name in EVENT_TYPES]
         return np.array([*weights, 0.0])
 
 
@@ -137,20 +136,7 @@ def interactions(
     )
 
 
-VIEW, CART, PURCHASE = range(len(store.EVENT_TYPES))
-_EVENT_NAMES = pa.array(store.EVENT_TYPES, type=pa.large_string())
-
-
-def event_codes(event: pd.Series) -> np.ndarray:
-    """Each event's position in ``EVENT_TYPES`` (int8, -1 for anything else), found in Arrow or
-    the categorical's codes, never through one Python string per row."""
-    if isinstance(event.dtype, pd.CategoricalDtype):
-        names = [str(c) for c in event.cat.categories]
-        remap = [store.EVENT_TYPES.index(c) if c in store.EVENT_TYPES else -1 for c in names]
-        codes: np.ndarray = np.array([*remap, -1], dtype=np.int8)[event.cat.codes.to_numpy()]
-        return codes
-    found = pc.index_in(pa.array(event.astype("str")), value_set=_EVENT_NAMES)
-    return np.asarray(pc.fill_null(found, -1).to_numpy(zero_copy_only=False), dtype=np.int8)
+VIEW, CART, PURCHASE = range(len(EVENT_TYPES))
 
 
 def _pair_order(first: np.ndarray, second: np.ndarray) -> np.ndarray:

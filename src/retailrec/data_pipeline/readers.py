@@ -26,11 +26,12 @@ from typing import IO, TYPE_CHECKING, Any
 
 import pandas as pd
 
+from retailrec.data_pipeline.schema import EVENT_TYPES
+from retailrec.data_pipeline.schema import REQUIRED_COLUMNS as EVENTS_COLUMNS
+
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-EVENTS_COLUMNS = ("timestamp", "visitorid", "event", "itemid", "transactionid")
-EVENT_TYPES = ("view", "addtocart", "transaction")
 ITEM_PROPERTIES_COLUMNS = ("timestamp", "itemid", "property", "value")
 CATEGORY_TREE_COLUMNS = ("categoryid", "parentid")
 #: The item properties that Retailrocket publishes readably; all others are hashed.

@@ -20,6 +20,8 @@ REQUIRED_COLUMNS = ("timestamp", "visitorid", "event", "itemid", "transactionid"
 ID_COLUMNS = ("visitorid", "itemid")
 EVENT_TYPES = ("view", "addtocart", "transaction")
 TRANSACTION = EVENT_TYPES.index("transaction")
+#: The event types as an Arrow array: a code is a position in it.
+EVENT_NAMES = pa.array(EVENT_TYPES, type=pa.large_string())
 
 #: Timestamps are Unix milliseconds between 2000-01-01 and one day after "now".
 MIN_TIMESTAMP_MS = 946_684_800_000
@@ -285,11 +287,10 @@ def validate_events(raw: pd.DataFrame, now_ms: int | None = None) -> Validated:
     for col in ("timestamp", "visitorid", "itemid", "transactionid"):
         values[col], empty[col], unparsable[col] = _parse_int(raw[col])
     ev = _text(raw["event"])
-    names = pa.array(EVENT_TYPES, type=pa.large_string())
-    event = pc.fill_null(pc.index_in(ev, value_set=names), -1).to_numpy().astype(np.int8)
+    event = pc.fill_null(pc.index_in(ev, value_set=EVENT_NAMES), -1).to_numpy().astype(np.int8)
     empty["event"] = _blank(ev)
     if (event[~empty["event"]] < 0).any():  # match without case (an export's "View"), and NA
-        event = pc.fill_null(pc.index_in(pc.utf8_lower(ev), value_set=names), -1).to_numpy()
+        event = pc.fill_null(pc.index_in(pc.utf8_lower(ev), value_set=EVENT_NAMES), -1).to_numpy()
         event = event.astype(np.int8)
         empty["event"] = _no_value(ev)
     parsed = Parsed(
@@ -325,6 +326,18 @@ def validate_events(raw: pd.DataFrame, now_ms: int | None = None) -> Validated:
     rejected = raw.iloc[bad].astype("str").fillna("").replace({"<NA>": "", "nan": "", "None": ""})
     rejected = rejected.assign(reason=reason[bad], detail=detail[bad])
     return Validated(valid=valid, rejected=rejected)
+
+
+def event_codes(event: pd.Series) -> np.ndarray:
+    """Each event's position in ``EVENT_TYPES`` (int8, -1 for anything else), found in Arrow or
+    the categorical's codes, never through one Python string per row."""
+    if isinstance(event.dtype, pd.CategoricalDtype):
+        names = [str(c) for c in event.cat.categories]
+        remap = [EVENT_TYPES.index(c) if c in EVENT_TYPES else -1 for c in names]
+        codes: np.ndarray = np.array([*remap, -1], dtype=np.int8)[event.cat.codes.to_numpy()]
+        return codes
+    found = pc.index_in(pa.array(event.astype("str")), value_set=EVENT_NAMES)
+    return np.asarray(pc.fill_null(found, -1).to_numpy(zero_copy_only=False), dtype=np.int8)
 
 
 def empty_rejected() -> pd.DataFrame:

@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from retailrec.data_pipeline.schema import EVENT_NAMES, EVENT_TYPES, event_codes
+
 BUSY_TIMEOUT_MS = 10_000
-EVENT_COLUMNS = ("timestamp", "visitorid", "event", "itemid", "transactionid")
-EVENT_TYPES = ("view", "addtocart", "transaction")
 
 #: Schema migrations, applied in order; the list index + 1 is the schema version. Never edit a
 #: released migration: append a new one.
@@ -208,12 +208,7 @@ def migrate(conn: sqlite3.Connection) -> int:
 def _event_columns(events: pd.DataFrame) -> Columns:
     """int64 arrays per column (event as its position in EVENT_TYPES, -1 for no transaction)."""
     event = events["event"]
-    if isinstance(event.dtype, pd.CategoricalDtype) and list(event.cat.categories) == list(
-        EVENT_TYPES
-    ):
-        codes = event.cat.codes.to_numpy()
-    else:
-        codes = pd.Index(EVENT_TYPES).get_indexer(event.astype("str"))
+    codes = event_codes(event)
     if (codes < 0).any():
         raise ValueError(f"unknown event type(s): {sorted(set(event[codes < 0].astype(str)))}")
     return {
@@ -272,7 +267,7 @@ def append_events(conn: sqlite3.Connection, events: pd.DataFrame, *, source: str
     """Append validated events; rows already in the log are ignored.
 
     Args:
-        events: Typed rows with :data:`EVENT_COLUMNS` (``transactionid`` nullable).
+        events: Typed rows with the schema's ``REQUIRED_COLUMNS`` (``transactionid`` nullable).
         source: Where the rows came from (``etl``, ``api``).
 
     Returns:
@@ -323,8 +318,8 @@ def read_events(
     """Events with ``start_ms <= timestamp < end_ms`` (either bound optional), in time order.
 
     Returns:
-        :data:`EVENT_COLUMNS`: int64 ``timestamp`` (ms), ``visitorid``, ``itemid``; str ``event``;
-        nullable Int64 ``transactionid``.
+        The schema's ``REQUIRED_COLUMNS``: int64 ``timestamp`` (ms), ``visitorid``, ``itemid``;
+        str ``event``; nullable Int64 ``transactionid``.
     """
     clauses, params = [], []
     if start_ms is not None:
@@ -361,14 +356,11 @@ def read_events(
         {
             "timestamp": a[:, 0],
             "visitorid": a[:, 1],
-            "event": pd.Series(_EVENT_NAMES.take(pa.array(a[:, 2])), dtype="str"),
+            "event": pd.Series(EVENT_NAMES.take(pa.array(a[:, 2])), dtype="str"),
             "itemid": a[:, 3],
             "transactionid": pd.arrays.IntegerArray(a[:, 4].copy(), a[:, 4] < 0),
         }
     )
-
-
-_EVENT_NAMES = pa.array(EVENT_TYPES, type=pa.large_string())
 
 
 def _events_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
