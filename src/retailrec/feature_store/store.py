@@ -263,6 +263,17 @@ def _insert_select(conn: sqlite3.Connection, columns: Columns, insert: str) -> i
         conn.execute("DROP TABLE temp.stage")
 
 
+def _write(conn: sqlite3.Connection, columns: Columns, *, staged: str, per_row: str) -> int:
+    """Write a batch in one transaction: ``staged`` (an INSERT ... SELECT ... FROM temp.stage)
+    for :data:`STAGE_MIN_ROWS` rows or more, else ``per_row`` once a row. Returns rows changed."""
+    with conn:
+        if len(next(iter(columns.values()))) >= STAGE_MIN_ROWS:
+            return _insert_select(conn, columns, staged)
+        before = conn.total_changes
+        conn.executemany(per_row, _rows(columns))
+        return conn.total_changes - before
+
+
 def append_events(conn: sqlite3.Connection, events: pd.DataFrame, *, source: str = "etl") -> int:
     """Append validated events; rows already in the log are ignored.
 
@@ -285,21 +296,14 @@ def append_events(conn: sqlite3.Connection, events: pd.DataFrame, *, source: str
         " (timestamp, visitorid, event, itemid, tx_key, transactionid, source)"
     )
     word = _sql_word(source)
-    with conn:
-        if len(events) >= STAGE_MIN_ROWS:
-            return _insert_select(
-                conn,
-                columns,
-                f"{target} SELECT timestamp, visitorid, {_EVENT_TEXT.format('event')}, itemid,"
-                f" tx_key, nullif(tx_key, -1), '{word}' FROM temp.stage",
-            )
-        before = conn.total_changes
-        conn.executemany(
-            f"{target} VALUES (?1, ?2, {_EVENT_TEXT.format('?3')}, ?4, ?5, nullif(?5, -1),"
-            f" '{word}')",
-            _rows(columns),
-        )
-        return conn.total_changes - before
+    return _write(
+        conn,
+        columns,
+        staged=f"{target} SELECT timestamp, visitorid, {_EVENT_TEXT.format('event')}, itemid,"
+        f" tx_key, nullif(tx_key, -1), '{word}' FROM temp.stage",
+        per_row=f"{target} VALUES (?1, ?2, {_EVENT_TEXT.format('?3')}, ?4, ?5, nullif(?5, -1),"
+        f" '{word}')",
+    )
 
 
 def _sql_word(text: str) -> str:
@@ -473,15 +477,13 @@ def upsert_item_properties(conn: sqlite3.Connection, props: pd.DataFrame) -> int
         " ON CONFLICT (itemid, property, timestamp) DO UPDATE SET value = excluded.value"
         " WHERE value != excluded.value"
     )
-    with conn:
-        if len(props) >= STAGE_MIN_ROWS:
-            # "WHERE true" tells SQLite's parser that ON CONFLICT is not part of a join.
-            return _insert_select(
-                conn, columns, f"{insert} SELECT * FROM temp.stage WHERE true{upsert}"
-            )
-        before = conn.total_changes
-        conn.executemany(f"{insert} VALUES (?, ?, ?, ?){upsert}", _rows(columns))
-        return conn.total_changes - before
+    return _write(
+        conn,
+        columns,
+        # "WHERE true" tells SQLite's parser that ON CONFLICT is not part of a join.
+        staged=f"{insert} SELECT * FROM temp.stage WHERE true{upsert}",
+        per_row=f"{insert} VALUES (?, ?, ?, ?){upsert}",
+    )
 
 
 def read_item_properties(
@@ -548,18 +550,13 @@ def _replace_rows(conn: sqlite3.Connection, table: str, frame: pd.DataFrame) -> 
     if frame.empty:
         return
     columns = {str(c): _column_values(frame[c]) for c in frame.columns}
-    names = ", ".join(columns)
-    with conn:
-        if len(frame) >= STAGE_MIN_ROWS:
-            _insert_select(
-                conn, columns, f"INSERT OR REPLACE INTO {table} ({names}) SELECT * FROM temp.stage"
-            )
-        else:
-            conn.executemany(
-                f"INSERT OR REPLACE INTO {table} ({names})"
-                f" VALUES ({', '.join('?' * len(columns))})",
-                _rows(columns),
-            )
+    insert = f"INSERT OR REPLACE INTO {table} ({', '.join(columns)})"
+    _write(
+        conn,
+        columns,
+        staged=f"{insert} SELECT * FROM temp.stage",
+        per_row=f"{insert} VALUES ({', '.join('?' * len(columns))})",
+    )
 
 
 def write_features(
