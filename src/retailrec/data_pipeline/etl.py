@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
-import io
 import itertools
 import json
 import logging
@@ -135,7 +134,7 @@ def _text_batches(
         for batch in reader:
             yield batch.to_pandas(types_mapper=lambda _t: pd.StringDtype("pyarrow"))
     except (pa.ArrowInvalid, OSError, EOFError, UnicodeError) as exc:
-        raise DataFileError(f"{layout.path}: cannot be read: {readers.error_line(exc)}") from exc
+        raise DataFileError.unreadable(layout.path, exc) from exc
 
 
 #: Lines per batch when a file is read one line per row.
@@ -159,14 +158,14 @@ def _line_batches(
                     line = line.rstrip("\n")
                     if not line.strip():
                         continue
-                    fields = next(csv.reader([line], delimiter=layout.delimiter), [])
-                    if len(fields) == len(layout.names):
-                        rows.append([fields[i] for i in keep])
+                    values = readers.fields(line, layout.delimiter)
+                    if len(values) == len(layout.names):
+                        rows.append([values[i] for i in keep])
                     else:
                         malformed.append(line)
                 yield pd.DataFrame(rows, columns=list(columns), dtype=pd.StringDtype("pyarrow"))
     except (OSError, EOFError, UnicodeError, csv.Error) as exc:
-        raise DataFileError(f"{layout.path}: cannot be read: {readers.error_line(exc)}") from exc
+        raise DataFileError.unreadable(layout.path, exc) from exc
 
 
 @dataclass
@@ -193,7 +192,7 @@ def _malformed_rows(
     """Quarantine rows for lines with the wrong number of fields, keeping what values they have."""
     records = []
     for line in lines:
-        fields = next(csv.reader(io.StringIO(line), delimiter=layout.delimiter), [])
+        fields = readers.fields(line, layout.delimiter)
         values = dict(zip(layout.names, fields, strict=False))
         record = {c: values.get(c, "") for c in columns}
         record["reason"] = schema.WRONG_FIELD_COUNT

@@ -45,6 +45,16 @@ COMPRESSION: dict[str, Callable[..., IO[Any]]] = {".gz": gzip.open, ".bz2": bz2.
 class DataFileError(ValueError):
     """A data file is missing or cannot be read; the message is one line for the user."""
 
+    @classmethod
+    def unreadable(cls, path: Path | str, exc: BaseException) -> DataFileError:
+        """``path: cannot be read: <the first line of exc>``."""
+        return cls(f"{path}: cannot be read: {error_line(exc)}")
+
+
+def fields(line: str, delimiter: str) -> list[str]:
+    """One CSV record's fields (a quoted value may hold a line break, as Arrow's rows can)."""
+    return next(csv.reader(io.StringIO(line), delimiter=delimiter), [])
+
 
 @dataclass(frozen=True)
 class RawFiles:
@@ -158,7 +168,7 @@ def _in_archive(archive: Path) -> RawFiles:
                 and not PurePosixPath(m.filename).name.startswith("._")
             ]
     except (zipfile.BadZipFile, OSError) as exc:
-        raise DataFileError(f"{archive}: cannot be read: {error_line(exc)}") from exc
+        raise DataFileError.unreadable(archive, exc) from exc
     by_name: dict[str, str] = {}
     for member in members:
         by_name.setdefault(PurePosixPath(member).name, member)
@@ -204,7 +214,7 @@ def unpack(files: RawFiles, into: Path) -> RawFiles:
                 None if files.category_tree is None else extract(zf, files.category_tree),
             )
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
-        raise DataFileError(f"{files.archive}: cannot be read: {error_line(exc)}") from exc
+        raise DataFileError.unreadable(files.archive, exc) from exc
 
 
 @dataclass(frozen=True)
@@ -356,12 +366,12 @@ def csv_layout(path: Path, required: Sequence[str], *, scan: bool = True) -> Csv
     try:
         line, lines, encoding, spans = _header_line(path, scan)
     except (OSError, EOFError) as exc:  # unreadable, or a broken compressed file
-        raise DataFileError(f"{path}: cannot be read: {error_line(exc)}") from exc
+        raise DataFileError.unreadable(path, exc) from exc
     if not line.strip():
         raise DataFileError(f"{path}: the file is empty (expected a header line)")
     best: tuple[int, str, list[str], list[str]] | None = None
     for delimiter in DELIMITERS:
-        header = [c.strip() for c in next(csv.reader([line], delimiter=delimiter), [])]
+        header = [c.strip() for c in fields(line, delimiter)]
         keys = [_column_key(c) for c in header]
         found = sum(c in keys for c in required)
         if best is None or found > best[0]:
