@@ -265,13 +265,20 @@ MIN_VISITORS_TO_COMPARE = 30
 
 
 def _print_training(result: Any, primary: str) -> None:
-    table = Table(title=f"models on the test window (best on validation: {result.best_model})")
+    from retailrec.training.split import TARGET_VISITORS
+
+    if result.note:  # a log too short for any split: nothing was evaluated
+        err_console.print(f"warning: {result.note}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"registered version {result.version} (popular, unevaluated)")
+        return
+    table = Table(title=f"models on the test window (chosen on validation: {result.best_model})")
     table.add_column("model", no_wrap=True)
-    for col in ("NDCG@10", "R@20", "buy NDCG@10", "HR@10", "cov", "fit s"):
+    for col in ("val NDCG@10", "NDCG@10", "R@20", "buy NDCG@10", "HR@10", "cov", "fit s"):
         table.add_column(col, justify="right", no_wrap=True)
     for name, row in result.table.iterrows():
         table.add_row(
             str(name) + (" *" if name == result.best_model else ""),
+            f"{row[f'val_{primary}']:.4f}",
             f"{row[f'test_{primary}']:.4f}",
             f"{row['test_recall_at_20']:.4f}",
             f"{row['test_ndcg_at_10_buy']:.4f}",
@@ -283,12 +290,31 @@ def _print_training(result: Any, primary: str) -> None:
     # A per-visitor metric lies in [0, 1], so its standard deviation is at most 0.5 and two
     # standard errors of the mean at most 1 / sqrt(n): a bound on what noise alone can move.
     noise = f"; differences under ±{1 / n_warm**0.5:.3f} may be noise" if n_warm else ""
-    table.caption = f"scored on {n_warm:,} test-window visitors with a history{noise}"
+    w = result.windows
+    table.caption = (
+        f"scored on {n_warm:,} returning test-window visitors, as the API answers them{noise}"
+        + (f"\nwindows: {w.val_days:g} + {w.test_days:g} days, {w.reason}" if w else "")
+    )
     console.print(table)
+    console.print(
+        f"chose {result.best_model}: {result.table.loc[result.best_model, 'selection']}",
+        soft_wrap=True,
+        markup=False,
+        highlight=False,
+    )
     if n_warm < MIN_VISITORS_TO_COMPARE:
         err_console.print(
             f"warning: only {n_warm} visitors in the test window had a history: too few to tell"
             " models apart until the shop has more data",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif w is not None and min(w.val_visitors, w.test_visitors) < TARGET_VISITORS:
+        err_console.print(
+            f"warning: the windows hold {w.val_visitors:,} and {w.test_visitors:,} returning"
+            f" visitors (aim: {TARGET_VISITORS:,}): differences under ±{1 / n_warm**0.5:.3f}"
+            " are noise",
             markup=False,
             highlight=False,
             soft_wrap=True,
@@ -301,7 +327,13 @@ def _model_names(models: str | None) -> tuple[str, ...] | None:
     return tuple(m.strip() for m in models.split(",") if m.strip()) if models else None
 
 
-def _train(models: str | None, trials: int) -> Any:
+def _train(
+    models: str | None,
+    trials: int,
+    test_days: float | None = None,
+    val_days: float | None = None,
+    truth: Path | None = None,
+) -> Any:
     from retailrec.training.train import TrainConfig, default_models
     from retailrec.training.train import train as run_train
 
@@ -311,7 +343,13 @@ def _train(models: str | None, trials: int) -> Any:
     with progress:
         result = run_train(
             get_settings(),
-            TrainConfig(models=names, trials=trials),
+            TrainConfig(
+                models=names,
+                trials=trials,
+                test_days=test_days,
+                val_days=val_days,
+                truth_dir=truth,
+            ),
             _feature_config(),
             progress=lambda stage: progress.update(task, description=stage),
         )
@@ -319,18 +357,48 @@ def _train(models: str | None, trials: int) -> Any:
     return result
 
 
+ModelsOption = Annotated[
+    str | None, typer.Option(help="Comma-separated model names (default: all).")
+]
+TestDaysOption = Annotated[
+    float | None,
+    typer.Option(
+        min=0.01,
+        help="Test window in days (default: sized to the log, at most 7).",
+        show_default=False,
+    ),
+]
+ValDaysOption = Annotated[
+    float | None,
+    typer.Option(
+        min=0.01,
+        help="Validation window in days (default: sized to the log, at most 7).",
+        show_default=False,
+    ),
+]
+TruthOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="A synthetic shop's truth/ folder: also score the oracle (true preferences).",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
 @_one_line_errors
 def train(
-    models: Annotated[
-        str | None, typer.Option(help="Comma-separated model names (default: all).")
-    ] = None,
+    models: ModelsOption = None,
     trials: Annotated[
         int, typer.Option(min=0, help="Optuna trials per tunable model (validation window).")
     ] = 0,
+    test_days: TestDaysOption = None,
+    val_days: ValDaysOption = None,
+    truth: TruthOption = None,
 ) -> None:
-    """Fit, evaluate on a global time split, log to MLflow and register a model bundle."""
-    _train(models, trials)
+    """Fit, evaluate through the serving path on a global time split, log to MLflow and register
+    a model bundle."""
+    _train(models, trials, test_days, val_days, truth)
 
 
 def _registry() -> Any:
@@ -370,10 +438,10 @@ def pipeline(
         str, typer.Option(help="Synthetic scale when there is no raw data.")
     ] = "small",
     raw: RawOption = None,
-    models: Annotated[
-        str | None, typer.Option(help="Comma-separated model names (default: all).")
-    ] = None,
+    models: ModelsOption = None,
     seed: Annotated[int, typer.Option(help="Seed for the synthetic data.")] = 42,
+    test_days: TestDaysOption = None,
+    val_days: ValDaysOption = None,
 ) -> None:
     """Synth when there is no raw data, then etl, features, train and promote.
 
@@ -395,7 +463,9 @@ def pipeline(
         synth(scale=scale, seed=seed, out=raw_dir, drift=False)
     etl(raw=raw_dir)
     features(as_of=None)
-    _train(models, 0)
+    # The synthetic shop's truth (written by synth, never by a shop) adds the oracle's line.
+    truth = raw_dir / "truth" if raw is None and (raw_dir / "truth").is_dir() else None
+    _train(models, 0, test_days, val_days, truth)
     promote(version=None, metric="ndcg_at_10")
 
 
@@ -559,6 +629,76 @@ def _print_monitor(result: Any) -> None:
 
 def _share(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
+
+
+@app.command()
+@_one_line_errors
+def backtest(
+    test: Annotated[
+        Path | None,
+        typer.Option(
+            help="A held-out events.csv that came after the store's log (default: the store's"
+            " last window, with the champion's configuration refitted before it).",
+            show_default=False,
+        ),
+    ] = None,
+    api: Annotated[
+        str | None,
+        typer.Option(
+            help="Ask a running API (serving the shop as it stood before the window) instead of"
+            " serving in process.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Score the champion on a held-out window through the serving path, beside popularity and
+    plain BM25 item-kNN, and write the report to reports/."""
+    from retailrec.monitoring.monitor import api_base
+    from retailrec.training.backtest import backtest as run_backtest
+    from retailrec.training.backtest import write_report
+
+    settings = get_settings()
+    progress, task = _spinner("backtest")
+    with progress:
+        report = run_backtest(
+            settings,
+            test,
+            api_base(api) if api else None,
+            _feature_config(),
+            progress=lambda stage: progress.update(task, description=stage),
+        )
+    table = Table(
+        title=f"backtest of champion {report.champion_version} ({report.champion_model}):"
+        f" {report.source}"
+    )
+    table.add_column("ranker", no_wrap=True)
+    columns = {
+        "NDCG@10": "ndcg_at_10",
+        "R@20": "recall_at_20",
+        "HR@10": "hit_rate_at_10",
+        "buy NDCG@10": "ndcg_at_10_buy",
+        "buy R@20": "recall_at_20_buy",
+        "all NDCG@10": "ndcg_at_10_all",
+        "all R@20": "recall_at_20_all",
+        "all buy NDCG@10": "ndcg_at_10_buy_all",
+    }
+    for col in columns:
+        table.add_column(col, justify="right", no_wrap=True)
+    for row in report.rows():
+        table.add_row(str(row["ranker"]), *(f"{row[key]:.4f}" for key in columns.values()))
+    table.caption = (
+        f"{report.served_by}; returning visitors unless 'all' (truth: items new to them)"
+    )
+    console.print(table)
+    console.print(
+        f"champion NDCG@10 = {report.ratio('bm25_itemknn'):.2f}x plain BM25 item-kNN,"
+        f" {report.ratio('popularity'):.2f}x popularity",
+        soft_wrap=True,
+    )
+    for note in report.warnings:
+        err_console.print(f"warning: {note}", markup=False, highlight=False, soft_wrap=True)
+    paths = write_report(report, settings.reports_dir)
+    console.print(f"report: {paths[0]} and {paths[1]}", soft_wrap=True)
 
 
 @app.command()

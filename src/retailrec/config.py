@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from retailrec.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_DAYS
+
 
 class Settings(BaseSettings):
     """Settings read from ``RETAILREC_*`` environment variables.
@@ -38,11 +40,19 @@ class Settings(BaseSettings):
     )
 
     event_weights: dict[str, float] = Field(
-        default_factory=lambda: {"view": 1.0, "addtocart": 4.0, "transaction": 8.0},
+        default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
         description="Implicit-feedback confidence per event type (JSON in the environment).",
     )
     recency_half_life_days: float = Field(
-        default=30.0, gt=0, description="An interaction this old counts half as much."
+        default=DEFAULT_HALF_LIFE_DAYS,
+        gt=0,
+        description="An interaction this old counts half as much.",
+    )
+    event_past_margin_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="POST /v1/events rejects events dated more than this before the log's first"
+        " event (a backfill belongs in `retailrec etl`).",
     )
 
     @property

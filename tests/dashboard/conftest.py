@@ -14,7 +14,10 @@ from tests.utils.factories import Shop, loaded_settings
 @pytest.fixture(scope="session")
 def shop_settings(tmp_path_factory: pytest.TempPathFactory, tiny_shop: Shop) -> Settings:
     settings = loaded_settings(tmp_path_factory.mktemp("dashboard"), tiny_shop)
-    train(settings, TrainConfig(models=("popular_category", "itemknn_cosine")))
+    train(
+        settings,
+        TrainConfig(models=("popular_category", "itemknn_cosine"), truth_dir=tiny_shop.truth),
+    )
     registry.promote(registry.configure(settings), settings.model_name)
     run_monitor(settings)
     return settings

@@ -51,10 +51,13 @@ def test_migrations_run_once_and_keep_data(tmp_path: Path) -> None:
         " DROP TABLE feature_snapshots; DROP TABLE served_recommendations; PRAGMA user_version = 1;"
     )
     store.append_events(first, events_frame(ROWS))
+    first.execute("DROP TABLE shop_clock")  # as version 1 had it (migration 4 adds the clock)
     first.close()
     again = store.connect(path)  # upgrades from version 1 to the latest, keeping the events
     assert store.schema_version(again) == store.SCHEMA_VERSION
     assert store.event_count(again) == 4
+    ts = [row[0] for row in ROWS]
+    assert store.time_range(again) == (min(ts), max(ts))  # the clock, set from the kept log
     assert store.read_user_features(again, T).empty
 
 

@@ -143,7 +143,7 @@ def test_retraining_promotes_only_a_better_model_and_the_api_serves_it(
         assert str(registry.champion(client, settings.model_name).version) == "1"
         assert get_json(f"{base}/v1/model")["version"] == "1"
 
-        better = runner.invoke(app, ["monitor", "--retrain", "--models", "popular_7d"])
+        better = runner.invoke(app, ["monitor", "--retrain", "--models", "popular_category"])
         assert better.exit_code == 0, better.output
         assert "promoted" in better.output and "API reload: status 200" in better.output, (
             better.output[-1500:]

@@ -19,11 +19,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from retailrec.data_pipeline import feature_pipeline as fp
-from retailrec.data_pipeline import schema
+from retailrec.events import DAY_MS, TRANSACTION
 from retailrec.feature_store import store
 from retailrec.models.bundle import ModelBundle
 
-DAY_MS = 86_400_000
 HISTORY_LIMIT = 500
 #: Retrieval models that ignore the history: for them "personalized" would be a false label.
 NON_PERSONAL = ("popular", "popular_7d")
@@ -67,14 +66,15 @@ class Served:
             for c in np.unique(b.item_category)
             if c >= 0
         }
-        weights = b.metadata.get("event_weights") or fp.FeatureConfig().event_weights
+        default = fp.FeatureConfig()
+        #: The weights and half-life the bundle was trained with: histories are weighed alike.
         self.config = fp.FeatureConfig(
-            event_weights=dict(weights),
-            recency_half_life_days=float(b.metadata.get("recency_half_life_days", 30.0)),
+            event_weights=dict(b.metadata.get("event_weights") or default.event_weights),
+            recency_half_life_days=float(
+                b.metadata.get("recency_half_life_days", default.recency_half_life_days)
+            ),
         )
         self.personal = b.metadata.get("model") not in NON_PERSONAL
-        #: Confidence weight per event code (schema.EVENT_TYPES order).
-        self.code_weights = self.config.code_weights()
         for model in b.models.values():
             model.prepare_serving()
 
@@ -105,12 +105,11 @@ class Served:
         return blocked
 
     def history_row(self, history: store.History, now_ms: int) -> sp.csr_matrix:
-        """The visitor's confidences right now, in the bundle's item space."""
+        """The visitor's confidences at the shop's time ``now_ms``, in the bundle's item space:
+        the same confidence function, weights and half-life that built the training matrix."""
         idx = self.bundle.item_index(history.itemid)
         known = idx >= 0
-        weights = self.code_weights[history.event_code]
-        age_days = np.maximum(now_ms - history.timestamp, 0) / DAY_MS
-        conf = weights * np.power(0.5, age_days / self.config.recency_half_life_days)
+        conf = self.config.confidence(history.event_code, history.timestamp, now_ms)
         return _one_row(idx[known], conf[known], self.bundle.n_items)
 
     def _take(
@@ -162,15 +161,24 @@ class Served:
         rules: Rules,
         now_ms: int | None = None,
     ) -> Answer:
-        """Personalised from the visitor's fresh history, then session-seeded, then popular."""
+        """Personalised from the visitor's fresh history in the store, weighed at the shop's
+        clock (``now_ms`` overrides it), then session-seeded, then popular."""
         history = store.visitor_history(conn, visitor_id, limit=HISTORY_LIMIT)
-        now = int(time.time() * 1000) if now_ms is None else now_ms
-        if len(history.timestamp):
+        now = store.shop_clock(conn) if now_ms is None else now_ms
+        return self.for_history(history, k, rules, now)
+
+    def for_history(
+        self, history: store.History, k: int, rules: Rules, now_ms: int | None
+    ) -> Answer:
+        """:meth:`for_visitor` on a history already read (its last :data:`HISTORY_LIMIT` events,
+        oldest first), at the shop's time ``now_ms``: what the API and evaluation both call."""
+        now = int(now_ms or 0)
+        if len(history.timestamp):  # the clock is never behind the history it weighs
             now = max(now, int(history.timestamp[-1]))
         idx = self.bundle.item_index(history.itemid)
         kinds = history.event_code
         seen = idx[idx >= 0]
-        purchased = idx[(idx >= 0) & (kinds == schema.TRANSACTION)]
+        purchased = idx[(idx >= 0) & (kinds == TRANSACTION)]
         blocked = self.blocked(rules, seen, purchased)
         answer = Answer([], [], "")
         row = self.history_row(history, now)
@@ -241,7 +249,7 @@ class Served:
         )
         if days is None:
             return self._fill(Answer([], [], "popular"), k, blocked, role="popular")
-        end = store.time_range(conn)[1] or 0
+        end = store.shop_clock(conn) or 0
         counts = store.item_counts_since(conn, end - days * DAY_MS)
         idx = self.bundle.item_index(counts.index.to_numpy())
         ok = idx >= 0

@@ -180,6 +180,28 @@ def page_models(settings: Settings) -> None:
     fig.update_layout(title=f"{metric} on the test window, latest training run")
     st.plotly_chart(fig, key="metrics_chart")
 
+    st.subheader("Backtest")
+    report = data.latest_backtest(settings)
+    if report is None:
+        st.info(
+            "No backtest yet: `retailrec backtest` scores the champion through the serving path"
+            " beside popularity and plain BM25 item-kNN."
+        )
+    else:
+        rows = pd.DataFrame(report["rows"]).set_index("ranker")
+        champion, bm25 = rows.loc["champion", "ndcg_at_10"], rows.loc["bm25_itemknn", "ndcg_at_10"]
+        st.metric(
+            f"Champion {report['champion_version']} ({report['champion_model']}), NDCG@10",
+            f"{champion:.4f}",
+            f"{champion - bm25:+.4f} vs plain BM25 item-kNN",
+        )
+        st.dataframe(rows, key="backtest")
+        st.caption(
+            f"Window: {report['source']}; {report['served_by']}."
+            + "".join(f" Warning: {w}" for w in report["warnings"])
+            + f" ({report['_path']})"
+        )
+
     st.subheader("Champion")
     if versions.empty:
         st.info("No registered version yet.")

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from retailrec.config import Settings
-from retailrec.data_pipeline.schema import EVENT_TYPES
+from retailrec.events import EVENT_TYPES
 from retailrec.feature_store import store
 
 
@@ -162,3 +162,10 @@ def latest_monitor_report(settings: Settings) -> dict[str, Any] | None:
     payload: dict[str, Any] = json.loads(path.read_text())
     payload["_path"] = str(path)
     return payload
+
+
+def latest_backtest(settings: Settings) -> dict[str, Any] | None:
+    """The newest ``retailrec backtest`` report, or None."""
+    from retailrec.training.backtest import latest_report
+
+    return latest_report(settings.reports_dir)

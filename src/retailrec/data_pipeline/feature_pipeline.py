@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from retailrec import events as ev_
 from retailrec.data_pipeline import readers
-from retailrec.data_pipeline.schema import EVENT_TYPES, event_codes
+from retailrec.data_pipeline.schema import event_codes
 from retailrec.feature_store import store
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DAY_MS = 86_400_000
+DAY_MS = ev_.DAY_MS
 SESSION_GAP_MS = 30 * 60 * 1000
 POPULARITY_WINDOWS_DAYS = (1, 7, 30)
 TOP_CATEGORIES = 3
@@ -47,9 +48,9 @@ class FeatureConfig:
     """
 
     event_weights: Mapping[str, float] = field(
-        default_factory=lambda: {"view": 1.0, "addtocart": 4.0, "transaction": 8.0}
+        default_factory=lambda: dict(ev_.DEFAULT_EVENT_WEIGHTS)
     )
-    recency_half_life_days: float = 30.0
+    recency_half_life_days: float = ev_.DEFAULT_HALF_LIFE_DAYS
     session_gap_ms: int = SESSION_GAP_MS
 
     @classmethod
@@ -63,8 +64,15 @@ class FeatureConfig:
     def code_weights(self) -> np.ndarray:
         """Confidence weight per event code (``EVENT_TYPES`` order), then 0 for code -1 (not an
         event type): index it with :func:`event_codes`."""
-        weights = [self.event_weights.get(name, 0.0) for name in EVENT_TYPES]
-        return np.array([*weights, 0.0])
+        return ev_.code_weights(self.event_weights)
+
+    def confidence(
+        self, codes: np.ndarray, timestamps: np.ndarray, now_ms: int | np.ndarray
+    ) -> np.ndarray:
+        """:func:`retailrec.events.confidence` with these weights and this half-life."""
+        return ev_.confidence(
+            codes, timestamps, now_ms, self.code_weights(), self.recency_half_life_days
+        )
 
 
 def _until(events: pd.DataFrame, as_of_ms: int | None) -> pd.DataFrame:
@@ -107,10 +115,8 @@ def interactions(
     config = config or FeatureConfig()
     ev = _until(events, as_of_ms)
     kind = event_codes(ev["event"])
-    weight = config.code_weights()[kind]
     ts = ev["timestamp"].to_numpy(np.int64)
-    age_days = (as_of_ms - ts) / DAY_MS
-    confidence = weight * np.power(0.5, age_days / config.recency_half_life_days)
+    confidence = config.confidence(kind, ts, as_of_ms)
     # One stable sort by (visitor, item), then sums over each run of equal pairs; a pair's rows
     # keep their order, so each sum adds its terms in the same order as a groupby would.
     vis = ev["visitorid"].to_numpy(np.int64)
@@ -136,7 +142,7 @@ def interactions(
     )
 
 
-VIEW, CART, PURCHASE = range(len(EVENT_TYPES))
+VIEW, CART, PURCHASE = ev_.VIEW, ev_.ADDTOCART, ev_.TRANSACTION
 
 
 def _pair_order(first: np.ndarray, second: np.ndarray) -> np.ndarray:

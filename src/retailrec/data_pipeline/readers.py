@@ -26,8 +26,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import pandas as pd
 
-from retailrec.data_pipeline.schema import EVENT_TYPES
 from retailrec.data_pipeline.schema import REQUIRED_COLUMNS as EVENTS_COLUMNS
+from retailrec.events import EVENT_TYPES
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer

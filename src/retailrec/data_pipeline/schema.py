@@ -16,10 +16,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-REQUIRED_COLUMNS = ("timestamp", "visitorid", "event", "itemid", "transactionid")
+from retailrec.events import (
+    DAY_MS,
+    EVENT_COLUMNS,
+    EVENT_TYPES,
+    FUTURE_TOLERANCE_MS,
+    MINUTE_MS,
+    TRANSACTION,
+)
+
+REQUIRED_COLUMNS = EVENT_COLUMNS
 ID_COLUMNS = ("visitorid", "itemid")
-EVENT_TYPES = ("view", "addtocart", "transaction")
-TRANSACTION = EVENT_TYPES.index("transaction")
 #: The event types as an Arrow array: a code is a position in it.
 EVENT_NAMES = pa.array(EVENT_TYPES, type=pa.large_string())
 
@@ -204,6 +211,42 @@ class Validated:
 
     valid: pd.DataFrame  # REQUIRED_COLUMNS with EVENT_DTYPES; index = position in the batch
     rejected: pd.DataFrame  # original values (str) + reason + detail; index = position
+
+
+TIMESTAMP_FUTURE = "timestamp in the future (more than {minutes:g} minutes past the server's clock)"
+TIMESTAMP_BEFORE_LOG = "timestamp more than {days:g} days before the log's first event"
+
+
+def live_window(
+    checked: Validated, *, wall_ms: int, first_ms: int | None, past_margin_ms: int
+) -> Validated:
+    """Events that arrive live (``POST /v1/events``) must fit the shop's clock.
+
+    An event dated more than :data:`~retailrec.events.FUTURE_TOLERANCE_MS` past the wall clock
+    would move the shop's clock (every "now") into the future; one dated more than
+    ``past_margin_ms`` before the log's first event (``first_ms``; no bound for an empty log) is
+    a backfill, which belongs in ``retailrec etl``. Both are moved from valid to rejected, with
+    their reason.
+    """
+    ts = checked.valid["timestamp"].to_numpy(np.int64)
+    reason = np.full(len(ts), None, dtype=object)
+    late = ts > wall_ms + FUTURE_TOLERANCE_MS
+    reason[late] = TIMESTAMP_FUTURE.format(minutes=FUTURE_TOLERANCE_MS / MINUTE_MS)
+    if first_ms is not None:
+        early = ~late & (ts < first_ms - past_margin_ms)
+        reason[early] = TIMESTAMP_BEFORE_LOG.format(days=past_margin_ms / DAY_MS)
+    out = reason != None  # noqa: E711 (an object array: elementwise)
+    if not out.any():
+        return checked
+    moved = checked.valid[out]
+    rejected = moved.astype("str").replace({"<NA>": ""})
+    rejected = rejected.assign(
+        reason=reason[out], detail=[f"timestamp={t}" for t in moved["timestamp"]]
+    )
+    return Validated(
+        valid=checked.valid[~out],
+        rejected=pd.concat([checked.rejected, rejected]).sort_index(),
+    )
 
 
 def _text(col: pd.Series) -> pa.Array:

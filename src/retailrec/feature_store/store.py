@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from retailrec.data_pipeline.schema import EVENT_NAMES, EVENT_TYPES, event_codes
+from retailrec.data_pipeline.schema import EVENT_NAMES, event_codes
+from retailrec.events import EVENT_TYPES
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -131,6 +132,17 @@ MIGRATIONS: tuple[str, ...] = (
         latency_ms        REAL    NOT NULL
     );
     CREATE INDEX served_by_time ON served_recommendations (served_ms);
+    """,
+    # 4: the shop's clock: the first and the newest accepted event, kept as events are appended
+    # so that every "now" is one key lookup instead of a scan of the log (see retailrec.events).
+    """
+    CREATE TABLE shop_clock (
+        id        INTEGER PRIMARY KEY CHECK (id = 1),
+        first_ms  INTEGER NOT NULL,
+        newest_ms INTEGER NOT NULL
+    );
+    INSERT INTO shop_clock (id, first_ms, newest_ms)
+        SELECT 1, min(timestamp), max(timestamp) FROM events HAVING count(*) > 0;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -263,15 +275,27 @@ def _insert_select(conn: sqlite3.Connection, columns: Columns, insert: str) -> i
         conn.execute("DROP TABLE temp.stage")
 
 
-def _write(conn: sqlite3.Connection, columns: Columns, *, staged: str, per_row: str) -> int:
+def _write(
+    conn: sqlite3.Connection,
+    columns: Columns,
+    *,
+    staged: str,
+    per_row: str,
+    also: tuple[str, tuple[Any, ...]] | None = None,
+) -> int:
     """Write a batch in one transaction: ``staged`` (an INSERT ... SELECT ... FROM temp.stage)
-    for :data:`STAGE_MIN_ROWS` rows or more, else ``per_row`` once a row. Returns rows changed."""
+    for :data:`STAGE_MIN_ROWS` rows or more, else ``per_row`` once a row; then ``also`` (one
+    statement and its parameters) in the same transaction. Returns rows changed by the batch."""
     with conn:
         if len(next(iter(columns.values()))) >= STAGE_MIN_ROWS:
-            return _insert_select(conn, columns, staged)
-        before = conn.total_changes
-        conn.executemany(per_row, _rows(columns))
-        return conn.total_changes - before
+            changed = _insert_select(conn, columns, staged)
+        else:
+            before = conn.total_changes
+            conn.executemany(per_row, _rows(columns))
+            changed = conn.total_changes - before
+        if also is not None:
+            conn.execute(*also)
+        return changed
 
 
 def append_events(conn: sqlite3.Connection, events: pd.DataFrame, *, source: str = "etl") -> int:
@@ -303,6 +327,14 @@ def append_events(conn: sqlite3.Connection, events: pd.DataFrame, *, source: str
         f" tx_key, nullif(tx_key, -1), '{word}' FROM temp.stage",
         per_row=f"{target} VALUES (?1, ?2, {_EVENT_TEXT.format('?3')}, ?4, ?5, nullif(?5, -1),"
         f" '{word}')",
+        # The clock moves with the log, in the same transaction. A batch of duplicates moves it
+        # nowhere: rows already in the log are already within it.
+        also=(
+            "INSERT INTO shop_clock (id, first_ms, newest_ms) VALUES (1, ?, ?) ON CONFLICT (id)"
+            " DO UPDATE SET first_ms = min(first_ms, excluded.first_ms),"
+            " newest_ms = max(newest_ms, excluded.newest_ms)",
+            (int(columns["timestamp"].min()), int(columns["timestamp"].max())),
+        ),
     )
 
 
@@ -430,19 +462,21 @@ def visitor_history(
 
     One range read of the clustered key. With ``limit``, the most recent ``limit`` events.
     """
+    where, params = "visitorid = ?", [int(visitor_id)]
+    if as_of_ms is not None:
+        where += " AND timestamp <= ?"
+        params.append(int(as_of_ms))
+    # The key's order, ties included, so that a history is the same list whoever reads it
+    # (evaluation rebuilds it from the log in this order: see training.evaluate.Histories).
+    rows_sql = f"SELECT * FROM events WHERE {where}"
+    if limit is not None:
+        rows_sql += " ORDER BY timestamp DESC, itemid DESC, event DESC, tx_key DESC LIMIT ?"
+        params.append(int(limit))
     sql = (
         "SELECT timestamp, CASE event WHEN 'view' THEN 0 WHEN 'addtocart' THEN 1 ELSE 2 END,"
-        " itemid, ifnull(transactionid, -1) FROM events WHERE visitorid = ?"
+        f" itemid, ifnull(transactionid, -1) FROM ({rows_sql})"
+        " ORDER BY timestamp, itemid, event, tx_key"
     )
-    params: list[int] = [int(visitor_id)]
-    if as_of_ms is not None:
-        sql += " AND timestamp <= ?"
-        params.append(int(as_of_ms))
-    if limit is not None:
-        sql = f"SELECT * FROM ({sql} ORDER BY timestamp DESC LIMIT ?) ORDER BY timestamp"
-        params.append(int(limit))
-    else:
-        sql += " ORDER BY timestamp"
     rows = conn.execute(sql, params).fetchall()
     a = np.array(rows, dtype=np.int64).reshape(len(rows), 4)  # integers only: one conversion
     return History(a[:, 0], a[:, 1], a[:, 2], a[:, 3])
@@ -453,8 +487,18 @@ def event_count(conn: sqlite3.Connection) -> int:
 
 
 def time_range(conn: sqlite3.Connection) -> tuple[int | None, int | None]:
-    lo, hi = conn.execute("SELECT min(timestamp), max(timestamp) FROM events").fetchone()
-    return lo, hi
+    """The first and the newest accepted event's time (Unix ms); ``(None, None)`` when the log is
+    empty. The newest is the shop's clock (see :func:`shop_clock`)."""
+    row = conn.execute("SELECT first_ms, newest_ms FROM shop_clock WHERE id = 1").fetchone()
+    return (None, None) if row is None else (int(row[0]), int(row[1]))
+
+
+def shop_clock(conn: sqlite3.Connection) -> int | None:
+    """The shop's "now": the newest accepted event's time (Unix ms), None for an empty log.
+
+    Every "now" reads this, never the wall clock (see :mod:`retailrec.events`); one key lookup.
+    """
+    return time_range(conn)[1]
 
 
 # --------------------------------------------------------------------------------------------

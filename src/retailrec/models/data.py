@@ -27,7 +27,10 @@ class Dataset:
         item_available: (n_items,) False for items known to be unavailable.
         events: the events the matrix was built from, with ``user`` and ``item`` index columns
             and a per-visitor ``session`` number; sorted by time.
-        as_of_ms: the time the confidences decay towards (the end of the training data).
+        as_of_ms: the time the confidences decay towards (the shop's clock at the end of the
+            training data).
+        config: the event weights and recency half-life the confidences were built with; a
+            model that weighs histories itself (the two-tower) uses the same.
     """
 
     user_ids: np.ndarray
@@ -37,6 +40,7 @@ class Dataset:
     item_available: np.ndarray
     events: pd.DataFrame
     as_of_ms: int
+    config: fp.FeatureConfig = field(default_factory=fp.FeatureConfig)
     _user_pos: pd.Index = field(init=False, repr=False)
     _item_pos: pd.Index = field(init=False, repr=False)
 
@@ -113,7 +117,7 @@ class Dataset:
             item=np.searchsorted(item_ids, ev["itemid"].to_numpy()),
             session=fp.session_numbers(ev, config.session_gap_ms),
         )
-        return cls(user_ids, item_ids, matrix, category, available, indexed, int(as_of_ms))
+        return cls(user_ids, item_ids, matrix, category, available, indexed, int(as_of_ms), config)
 
     def with_history(
         self, events: pd.DataFrame, as_of_ms: int, config: fp.FeatureConfig | None = None
@@ -154,4 +158,5 @@ class Dataset:
             self.item_available,
             indexed,
             int(as_of_ms),
+            config,
         )

@@ -23,12 +23,11 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from retailrec.data_pipeline.schema import event_codes
 from retailrec.models.base import BaseRecommender
 from retailrec.models.data import Dataset
 
 log = logging.getLogger(__name__)
-
-DAY_MS = 86_400_000
 
 
 def _history_features(n_items: np.ndarray, total_weight: np.ndarray) -> np.ndarray:
@@ -36,9 +35,13 @@ def _history_features(n_items: np.ndarray, total_weight: np.ndarray) -> np.ndarr
 
 
 def training_examples(
-    data: Dataset, history_len: int, event_weights: dict[str, float], half_life_days: float
+    data: Dataset, history_len: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Next-event examples: for each event with earlier events of the same visitor, its context.
+
+    The context is weighed by the one confidence function (``data.config``'s event weights and
+    half-life), as of the target event's time: exactly as serving weighs a history at the
+    shop's clock.
 
     Returns:
         ``(context_items (N, L) with -1 padding, context_weights (N, L), features (N, 2),
@@ -48,10 +51,7 @@ def training_examples(
     user = ev["user"].to_numpy()
     item = ev["item"].to_numpy()
     ts = ev["timestamp"].to_numpy()
-    kind = ev["event"].astype("str").to_numpy()
-    w_event = np.zeros(len(ev), dtype=np.float64)
-    for name, w in event_weights.items():
-        w_event[kind == name] = w
+    codes = event_codes(ev["event"])
     start = np.r_[0, np.flatnonzero(user[1:] != user[:-1]) + 1]
     user_start = np.repeat(start, np.diff(np.r_[start, len(ev)]))
     pos = np.arange(len(ev))
@@ -61,8 +61,8 @@ def training_examples(
     idx = p[:, None] - lag[None, :]
     valid = idx >= user_start[p][:, None]
     idx_safe = np.where(valid, idx, 0)
-    age_days = (ts[p][:, None] - ts[idx_safe]) / DAY_MS
-    weights = np.where(valid, w_event[idx_safe] * np.power(0.5, age_days / half_life_days), 0.0)
+    conf = data.config.confidence(codes[idx_safe], ts[idx_safe], ts[p][:, None])
+    weights = np.where(valid, conf, 0.0)
     items = np.where(valid, item[idx_safe], -1)
     feats = _history_features(_row_distinct(items), weights.sum(axis=1))
     return items, weights.astype(np.float32), feats, item[p]
@@ -101,8 +101,6 @@ class TwoTowerRecommender(BaseRecommender):
         temperature: float = 0.1,
         weight_decay: float = 1e-6,
         max_examples: int = 400_000,
-        event_weights: dict[str, float] | None = None,
-        half_life_days: float = 30.0,
         device: str = "auto",
         random_state: int = 0,
     ) -> None:
@@ -111,8 +109,6 @@ class TwoTowerRecommender(BaseRecommender):
         self.batch_size, self.lr, self.temperature = batch_size, lr, temperature
         self.weight_decay = weight_decay
         self.max_examples = max_examples
-        self.event_weights = event_weights or {"view": 1.0, "addtocart": 4.0, "transaction": 8.0}
-        self.half_life_days = half_life_days
         self.device = device
         self.random_state = random_state
         self.item_factors_ = np.zeros((0, dim), dtype=np.float32)
@@ -142,9 +138,7 @@ class TwoTowerRecommender(BaseRecommender):
             if self.device == "auto" and torch.cuda.is_available()
             else ("cpu" if self.device == "auto" else self.device)
         )
-        ctx_items, ctx_w, feats, targets = training_examples(
-            data, self.history_len, self.event_weights, self.half_life_days
-        )
+        ctx_items, ctx_w, feats, targets = training_examples(data, self.history_len)
         n_items = data.n_items
         cats, cat_index = np.unique(data.item_category, return_inverse=True)
         # logQ correction with the probability that an item is among a batch's (deduplicated)

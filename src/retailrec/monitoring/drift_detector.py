@@ -48,7 +48,7 @@ import pandas as pd
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from retailrec.data_pipeline.schema import EVENT_TYPES
+from retailrec.events import EVENT_TYPES
 
 DAY_MS = 86_400_000
 _EPS = 1e-4  # share floor for empty bins in PSI: the usual smoothing

@@ -13,12 +13,17 @@ at least one relevant item. Definitions follow the usual top-k conventions:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
+
+from retailrec.api.service import HISTORY_LIMIT, Rules, Served
+from retailrec.data_pipeline.schema import event_codes
+from retailrec.events import EVENT_TYPES
+from retailrec.feature_store import store
 
 
 def _hits(
@@ -94,102 +99,207 @@ def mrr_at_k(recommended: np.ndarray, relevant: Sequence[np.ndarray], k: int) ->
 
 
 # --------------------------------------------------------------------------------------------
-# Evaluating a ranker on a held-out window
+# Evaluating through the serving path on a held-out window
 
 #: Which test events count as relevant: any interaction, or intent to buy.
 TARGETS = {"any": ("view", "addtocart", "transaction"), "buy": ("addtocart", "transaction")}
 KS = (10, 20)
+#: The rules evaluation asks the API for: a returning visitor's *new* items are the truth, so
+#: items the visitor already touched are neither recommended nor counted.
+EVAL_RULES = Rules(exclude_purchased=True, exclude_seen=True)
+#: Text order of the event names: how the store's key orders events with the same timestamp.
+_EVENT_KEY_ORDER = np.argsort(np.argsort(np.array(EVENT_TYPES)))
+
+
+class Histories:
+    """Every visitor's events before a split time, as the store would return them then.
+
+    Args:
+        events: Retailrocket columns, all before the split (any order).
+    """
+
+    def __init__(self, events: pd.DataFrame) -> None:
+        vis = events["visitorid"].to_numpy(np.int64)
+        ts = events["timestamp"].to_numpy(np.int64)
+        item = events["itemid"].to_numpy(np.int64)
+        code = event_codes(events["event"]).astype(np.int64)
+        tx = events["transactionid"].astype("Int64").fillna(-1).to_numpy(np.int64)
+        # The store's key order: visitor, time, item, event (as text), transaction.
+        order = np.lexsort((tx, _EVENT_KEY_ORDER[code], item, ts, vis))
+        self._vis, self._ts, self._item = vis[order], ts[order], item[order]
+        self._code, self._tx = code[order], tx[order]
+        self.visitors, starts = np.unique(self._vis, return_index=True)
+        self._bounds = np.r_[starts, len(self._vis)]
+        #: Each item's number of events before the split (its training popularity).
+        self.item_counts = pd.Series(self._item).value_counts()
+
+    def _range(self, visitor_id: int) -> tuple[int, int]:
+        at = int(np.searchsorted(self.visitors, visitor_id))
+        if at == len(self.visitors) or self.visitors[at] != visitor_id:
+            return 0, 0
+        return int(self._bounds[at]), int(self._bounds[at + 1])
+
+    def get(self, visitor_id: int, limit: int = HISTORY_LIMIT) -> store.History:
+        """What ``store.visitor_history(conn, visitor_id, limit=limit)`` returned at the split."""
+        lo, hi = self._range(visitor_id)
+        lo = max(lo, hi - limit)
+        return store.History(self._ts[lo:hi], self._code[lo:hi], self._item[lo:hi], self._tx[lo:hi])
+
+    def seen(self, visitor_id: int) -> np.ndarray:
+        """Every item the visitor touched before the split."""
+        lo, hi = self._range(visitor_id)
+        return np.unique(self._item[lo:hi])
 
 
 class Ranker(Protocol):
-    """Ranks item ids for visitors given their training histories (rows of the train matrix)."""
+    """Ranks item ids (``-1`` padding) for visitors: (n_visitors, n)."""
 
-    def __call__(self, visitor_ids: np.ndarray, history: sp.csr_matrix, n: int) -> np.ndarray: ...
+    def __call__(self, visitor_ids: np.ndarray, n: int) -> np.ndarray: ...
 
 
-def model_ranker(model: Any, data: Any, exclude_seen: bool = True) -> Ranker:
-    """A :class:`Ranker` for a fitted model on its training :class:`Dataset`.
+def served_ranker(
+    served: Served, histories: Histories, now_ms: int, rules: Rules = EVAL_RULES
+) -> Ranker:
+    """Rank as the API answers ``GET /v1/users/{id}/recommendations``: each visitor's history as
+    the store held it at the split (``histories``), the shop's clock at ``now_ms``, the same
+    candidates, fallbacks and business rules (:meth:`Served.for_history`)."""
 
-    Unavailable items are never recommended; with ``exclude_seen`` neither are the visitor's own
-    training items.
-    """
-    unavailable = np.flatnonzero(~data.item_available)
-
-    def rank(visitor_ids: np.ndarray, history: sp.csr_matrix, n: int) -> np.ndarray:
-        items, _scores = model.recommend(
-            history, n, filter_already_liked_items=exclude_seen, filter_items=unavailable
-        )
-        return np.where(items >= 0, data.item_ids[np.maximum(items, 0)], -1)
+    def rank(visitor_ids: np.ndarray, n: int) -> np.ndarray:
+        out = np.full((len(visitor_ids), n), -1, dtype=np.int64)
+        for r, v in enumerate(visitor_ids):
+            answer = served.for_history(histories.get(int(v)), n, rules, now_ms)
+            out[r, : len(answer.items)] = answer.items[:n]
+        return out
 
     return rank
 
 
-def oracle_ranker(oracle: Any, data: Any, as_of_ms: int, exclude_seen: bool = True) -> Ranker:
-    """A :class:`Ranker` for the synthetic data's oracle, with the same exclusions as models."""
+def oracle_ranker(
+    oracle: Any, histories: Histories, as_of_ms: int, exclude_seen: bool = True
+) -> Ranker:
+    """A :class:`Ranker` for the synthetic data's oracle, with the same exclusions as serving."""
 
-    def rank(visitor_ids: np.ndarray, history: sp.csr_matrix, n: int) -> np.ndarray:
-        exclude = None
-        if exclude_seen:
-            exclude = [
-                data.item_ids[history.indices[history.indptr[r] : history.indptr[r + 1]]]
-                for r in range(history.shape[0])
-            ]
+    def rank(visitor_ids: np.ndarray, n: int) -> np.ndarray:
         out = []
         for start in range(0, len(visitor_ids), 64):
-            part = None if exclude is None else exclude[start : start + 64]
-            out.append(oracle.recommend(visitor_ids[start : start + 64], n, as_of_ms, exclude=part))
+            part = visitor_ids[start : start + 64]
+            exclude = [histories.seen(int(v)) for v in part] if exclude_seen else None
+            out.append(oracle.recommend(part, n, as_of_ms, exclude=exclude))
         return np.concatenate(out) if out else np.zeros((0, n), dtype=np.int64)
+
+    return rank
+
+
+def popularity_ranker(histories: Histories, exclude_seen: bool = True) -> Ranker:
+    """The baseline everyone should beat: items by their number of events before the window,
+    the visitor's own items left out."""
+    order = histories.item_counts.index.to_numpy(np.int64)  # most events first
+
+    def rank(visitor_ids: np.ndarray, n: int) -> np.ndarray:
+        out = np.full((len(visitor_ids), n), -1, dtype=np.int64)
+        for r, v in enumerate(visitor_ids):
+            seen = histories.seen(int(v)) if exclude_seen else np.zeros(0, np.int64)
+            top = order[: n + len(seen)]
+            top = top[~np.isin(top, seen)][:n]
+            out[r, : len(top)] = top
+        return out
+
+    return rank
+
+
+def bm25_ranker(histories: Histories, k: int = 50, exclude_seen: bool = True) -> Ranker:
+    """The plain item-kNN baseline: implicit's BM25 neighbours (K=50) over the visitor x item
+    matrix of event weights view 1, cart 3, purchase 5, with no recency decay, fitted on every
+    event before the window; the visitor's own items left out."""
+    import scipy.sparse as sp
+    from implicit.nearest_neighbours import BM25Recommender
+    from threadpoolctl import threadpool_limits
+
+    weights = np.array([1.0, 3.0, 5.0, 0.0])[histories._code]
+    items, item_col = np.unique(histories._item, return_inverse=True)
+    rows = np.searchsorted(histories.visitors, histories._vis)
+    matrix = sp.csr_matrix(
+        (weights.astype(np.float32), (rows, item_col)),
+        shape=(len(histories.visitors), len(items)),
+    )
+    model = BM25Recommender(K=k, num_threads=1)
+    with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Method expects CSR input")
+        model.fit(matrix, show_progress=False)
+
+    def rank(visitor_ids: np.ndarray, n: int) -> np.ndarray:
+        out = np.full((len(visitor_ids), n), -1, dtype=np.int64)
+        at = np.searchsorted(histories.visitors, visitor_ids)
+        found = (at < len(histories.visitors)) & (
+            histories.visitors[np.minimum(at, len(histories.visitors) - 1)] == visitor_ids
+        )
+        if found.any():
+            ids, _ = model.recommend(
+                at[found],
+                matrix[at[found]],
+                N=n,
+                filter_already_liked_items=exclude_seen,
+            )
+            ids = np.atleast_2d(ids)
+            out[found, : ids.shape[1]] = np.where(ids >= 0, items[np.maximum(ids, 0)], -1)
+        return out
 
     return rank
 
 
 def evaluate(
     rank: Ranker,
-    data: Any,
+    histories: Histories,
     test: pd.DataFrame,
     *,
+    n_items: int,
     ks: Sequence[int] = KS,
     exclude_seen: bool = True,
     personal_cold: bool = False,
     max_warm: int = 2_000,
     max_cold: int = 2_000,
     random_state: int = 0,
+    per_visitor: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Metrics of ``rank`` on the ``test`` window, for every target x segment x k.
 
     Args:
-        data: The training :class:`~retailrec.models.data.Dataset` (histories and catalogue).
-        test: Test-window events.
-        exclude_seen: A visitor's training items are neither recommended nor counted as relevant.
-        personal_cold: Rank cold visitors one by one (the oracle knows them); models give every
-            cold visitor the same list, so one row is ranked and shared.
+        histories: What was known before the window (warm visitors are those with a history).
+        test: The window's events.
+        n_items: The size of the catalogue ranked (for coverage).
+        exclude_seen: Items a visitor touched before the window are not counted as relevant
+            (the ranker is expected to leave them out too).
+        personal_cold: Rank cold visitors one by one (the oracle knows them); serving gives
+            every cold visitor the same list, so one row is ranked and shared.
         max_warm: Score a seeded sample of at most this many warm visitors (the same sample for
-            every ranker on the same data): on a full-size shop, ranking 360k items for every
-            visitor of a week costs minutes per model for a digit of precision.
+            every ranker on the same window): on a full-size shop, a week's visitors cost minutes
+            per model for a digit of precision.
         max_cold: Likewise, a seeded sample of at most this many cold visitors.
+        per_visitor: When given, filled with ``visitors`` (the warm visitors ranked),
+            ``recommended`` (their ranked lists, (n_warm, max(ks))) and ``ndcg_at_10`` (NaN
+            where a visitor has nothing relevant): what noise bands and parity checks need.
 
     Returns:
         ``{metric}_at_{k}`` for any interaction on warm visitors (the headline numbers), the same
         with ``_buy`` (carts and purchases), ``_cold`` and ``_buy_cold`` suffixes, plus
         ``coverage_at_10`` (share of the catalogue in warm visitors' top 10),
-        ``mean_popularity_at_10`` (training events of a recommended item, on average) and the
-        visitor counts ``n_warm``, ``n_cold``.
+        ``mean_popularity_at_10`` (events before the window of a recommended item, on average),
+        the visitor counts ``n_warm``, ``n_cold`` (ranked), and ``n_relevant{suffix}`` (ranked
+        visitors with something relevant) and ``n_relevant_all{suffix}`` (its estimate over all
+        the window's visitors, before sampling), per target and segment.
     """
     n = max(ks)
     visitors = np.unique(test["visitorid"].to_numpy())
-    rows = data.user_index(visitors)
-    warm, cold = visitors[rows >= 0], visitors[rows < 0]
+    known = np.isin(visitors, histories.visitors)
+    warm, cold = visitors[known], visitors[~known]
+    population = {"": len(warm), "_cold": len(cold)}
     rng = np.random.default_rng(random_state)
     if len(warm) > max_warm:
         warm = np.sort(rng.choice(warm, max_warm, replace=False))
     if len(cold) > max_cold:
         cold = np.sort(rng.choice(cold, max_cold, replace=False))
-    history = data.matrix[data.user_index(warm)]
-    recs = {"": rank(warm, history, n)}
-    empty = sp.csr_matrix((len(cold) if personal_cold else 1, data.n_items), dtype=np.float32)
-    cold_recs = (
-        rank(cold if personal_cold else cold[:1], empty, n) if len(cold) else np.zeros((0, n))
-    )
+    recs = {"": rank(warm, n)}
+    cold_recs = rank(cold if personal_cold else cold[:1], n) if len(cold) else np.zeros((0, n))
     recs["_cold"] = cold_recs if personal_cold else np.tile(cold_recs, (len(cold), 1))
     segments = {"": warm, "_cold": cold}
 
@@ -201,21 +311,69 @@ def evaluate(
         for seg, ids in segments.items():
             relevant = [by_visitor.get(v, np.zeros(0, dtype=np.int64)) for v in ids]
             if exclude_seen and seg == "":
-                for i, r in enumerate(data.user_index(ids)):
-                    seen = data.item_ids[
-                        data.matrix.indices[data.matrix.indptr[r] : data.matrix.indptr[r + 1]]
-                    ]
-                    relevant[i] = np.setdiff1d(relevant[i], seen)
+                relevant = [
+                    np.setdiff1d(r, histories.seen(int(v)))
+                    for r, v in zip(relevant, ids, strict=True)
+                ]
             suffix = ("" if target == "any" else f"_{target}") + seg
             hits, n_rel = _hits(recs[seg], relevant, n)  # once; every metric and k reads it
+            # Visitors with something relevant: in the sample, and estimated in the population
+            # (what weighs the warm and cold segments into "all visitors").
+            out[f"n_relevant{suffix}"] = float(len(n_rel))
+            out[f"n_relevant_all{suffix}"] = len(n_rel) * population[seg] / max(len(ids), 1)
             for k in ks:
                 for name, metric in _FROM_HITS.items():
                     out[f"{name}_at_{k}{suffix}"] = metric(hits, n_rel, k) if len(n_rel) else 0.0
+            if per_visitor is not None and target == "any" and seg == "":
+                per_visitor["visitors"] = warm
+                per_visitor["recommended"] = recs[""]
+                per_visitor["ndcg_at_10"] = _per_visitor_ndcg(recs[""], relevant, 10)
     top10 = recs[""][:, :10]
     shown = np.unique(top10[top10 >= 0])
-    out["coverage_at_10"] = len(shown) / max(data.n_items, 1)
-    pop = pd.Series(data.item_popularity(), index=data.item_ids)
+    out["coverage_at_10"] = len(shown) / max(n_items, 1)
     out["mean_popularity_at_10"] = (
-        float(pop.reindex(top10[top10 >= 0].ravel()).mean()) if top10.size else 0.0
+        float(histories.item_counts.reindex(top10[top10 >= 0].ravel()).fillna(0).mean())
+        if (top10 >= 0).any()
+        else 0.0
     )
     return out
+
+
+def _per_visitor_ndcg(
+    recommended: np.ndarray, relevant: Sequence[np.ndarray], k: int
+) -> np.ndarray:
+    """NDCG@k of each row, NaN where the row has nothing relevant."""
+    out = np.full(len(relevant), np.nan)
+    for u, rel in enumerate(relevant):
+        if len(rel):
+            hits, n_rel = _hits(recommended[u : u + 1], [rel], k)
+            out[u] = _ndcg(hits, n_rel, k)
+    return out
+
+
+def noise_band(n: int) -> float:
+    """How far apart two metrics in [0, 1] on ``n`` visitors can be by chance alone (about two
+    standard errors: a per-visitor value has SD <= 0.5, so 2 * 0.5 / sqrt(n))."""
+    return float(1.0 / np.sqrt(max(n, 1)))
+
+
+def paired_band(a: np.ndarray, b: np.ndarray) -> float:
+    """Two standard errors of the mean difference between two rankers' per-visitor values on the
+    same visitors (NaN where a visitor has nothing relevant): the band within which the two are
+    not told apart."""
+    d = (a - b)[~(np.isnan(a) | np.isnan(b))]
+    if len(d) < 2:
+        return float("inf")
+    return float(2.0 * d.std(ddof=1) / np.sqrt(len(d)))
+
+
+def all_visitors(metrics: dict[str, float], name: str) -> float:
+    """``name`` (e.g. ``ndcg_at_10`` or ``ndcg_at_10_buy``) over returning and new visitors
+    together: the two segments' means weighed by how many visitors of each had something
+    relevant in the window."""
+    target = "_buy" if name.endswith("_buy") else ""
+    w_warm = metrics.get(f"n_relevant_all{target}", 0.0)
+    w_cold = metrics.get(f"n_relevant_all{target}_cold", 0.0)
+    if w_warm + w_cold == 0:
+        return 0.0
+    return (metrics[name] * w_warm + metrics[f"{name}_cold"] * w_cold) / (w_warm + w_cold)

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "retailrec"
 CHAMPION = "champion"
 HISTORY_TAG = "champion_history"
+#: Tag of a version trained on a log too short to evaluate (its value says why).
+UNEVALUATED_TAG = "unevaluated"
 
 
 def configure(settings: Settings) -> MlflowClient:
@@ -178,6 +180,20 @@ def promote(
         raise RegistryError(f"no version {version} of {name}") from exc
     current = champion(client, name)
     version, current_version = str(mv.version), None if current is None else str(current.version)
+    if UNEVALUATED_TAG in mv.tags:
+        # No evidence either way: it may stand in for no champion, never replace one.
+        if current_version is not None:
+            return PromotionResult(
+                False,
+                version,
+                current_version,
+                f"version {version} was not evaluated ({mv.tags[UNEVALUATED_TAG]}); the champion"
+                " stays",
+            )
+        _set_champion(client, name, version)
+        return PromotionResult(
+            True, version, None, f"first champion, unevaluated: {mv.tags[UNEVALUATED_TAG]}"
+        )
     score = _tag_float(mv, f"test_{primary_metric}")
     if score is None:
         raise RegistryError(f"version {version} has no test_{primary_metric} tag to gate on")

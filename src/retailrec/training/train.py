@@ -1,15 +1,25 @@
-"""``retailrec train``: fit, evaluate, log to MLflow, register a bundle.
+"""``retailrec train``: fit, evaluate through the serving path, log to MLflow, register a bundle.
 
 1. Read the event log and the catalogue from the feature store (the source serving reads too).
-2. Split it once in time: train | validation (7 days) | test (7 days).
-3. For each candidate model: fit on train only, score validation (selection, tuning) and test
-   (the reported numbers; visitors' histories run up to the test week, the model does not). On
-   synthetic data the oracle is scored on the same windows.
-4. Log a parent run (data fingerprint, git commit, a metrics table and chart) and one nested run
-   per model (params, ``val_*`` and test metrics, fit time).
-5. Score the current champion on the same test window, for the promotion gate.
-6. Refit the best configuration on all the data, so what is served knows the latest week; bundle
-   it with the similar-items, session, bought-together and popularity models; register it.
+2. Split it once in time: train | validation | test, windows sized to the log
+   (:func:`~retailrec.training.split.choose_windows`; at most 7 days each).
+3. For each candidate model, twice: fitted on everything before the validation window and scored
+   on it (selection, tuning), then fitted on everything before the test window and scored on it
+   (the reported numbers and the promotion gate). Each score comes from the serving path: the
+   model is bundled as the API would serve it (:func:`assemble`) and every returning visitor is
+   answered by :meth:`~retailrec.api.service.Served.for_history` with the history the store
+   held at the window's start and the shop's clock then, with ``exclude_seen``; the truth is what
+   they touched in the window that they had not touched before. On synthetic data the oracle is
+   scored on the same windows.
+4. Choose the best on validation; within the noise band, the simpler model (:func:`select`).
+5. Log a parent run (data fingerprint, git commit, windows, a metrics table and chart) and one
+   nested run per model (params, ``val_*`` and test metrics, fit time).
+6. Score the current champion on the same test window, for the promotion gate.
+7. Refit the chosen configuration on all the data, so what is served knows the latest days;
+   bundle it with the similar-items, session, bought-together and popularity models; register it.
+
+A log too short for any split still gets a bundle: popularity and the item-to-item models fitted
+on all of it, registered as unevaluated (it becomes champion only where there is none).
 """
 
 from __future__ import annotations
@@ -28,8 +38,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
+from retailrec.api.service import Served
 from retailrec.config import Settings
 from retailrec.data_pipeline import feature_pipeline as fp
 from retailrec.data_pipeline.oracle import Oracle
@@ -38,7 +48,13 @@ from retailrec.models import Dataset, make_model
 from retailrec.models.base import BaseRecommender
 from retailrec.models.bundle import ModelBundle
 from retailrec.training import evaluate as ev
-from retailrec.training.split import TimeSplit, time_split
+from retailrec.training.split import (
+    LogTooShortError,
+    TimeSplit,
+    Windows,
+    choose_windows,
+    time_split,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +91,13 @@ class TrainConfig:
     models: tuple[str, ...] = field(default_factory=default_models)
     trials: int = 0
     primary_metric: str = PRIMARY_METRIC
-    test_days: float = 7
-    val_days: float = 7
+    #: Window sizes in days; None: sized to the log (see :func:`~.split.choose_windows`).
+    test_days: float | None = None
+    val_days: float | None = None
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The synthetic shop's ``truth/`` folder: score the oracle beside the models (a test
+    #: instrument: only the synthetic generator writes one).
+    truth_dir: Path | None = None
 
 
 @dataclass
@@ -88,6 +108,9 @@ class TrainResult:
     table: pd.DataFrame  # one row per model (and the oracle): val and test metrics
     run_id: str
     champion_metric: float | None
+    windows: Windows | None = None
+    #: Why nothing was evaluated, when the log is too short for a split.
+    note: str = ""
 
 
 def fingerprint(events: pd.DataFrame) -> str:
@@ -120,51 +143,228 @@ def _fit(name: str, params: dict[str, Any], data: Dataset) -> tuple[BaseRecommen
     return model, time.perf_counter() - start
 
 
-def bundle_ranker(bundle: ModelBundle, data: Dataset) -> ev.Ranker:
-    """Rank with a bundle's retrieval model, given histories indexed by another dataset."""
-    col_map = bundle.item_index(data.item_ids)
-    keep = col_map >= 0
-    to_bundle = sp.csr_matrix(
-        (np.ones(int(keep.sum()), dtype=np.float32), (np.flatnonzero(keep), col_map[keep])),
-        shape=(data.n_items, bundle.n_items),
-    )
-    model = bundle.models["retrieval"]
-    unavailable = np.flatnonzero(~bundle.item_available)
+#: The roles a bundle serves besides the personalised one, fitted alike for every candidate.
+AUX_ROLES = ("similar", "session", "bought_together", "popular", "popular_7d")
+#: Simplest first: when candidates are within the noise band of each other, the first of them in
+#: this order is chosen (fewer parameters, fewer ways to be wrong on next week's visitors).
+SIMPLICITY = (
+    "popular",
+    "popular_7d",
+    "popular_category",
+    "itemknn_bm25",
+    "itemknn_cosine",
+    "als",
+    "bpr",
+    "two_tower",
+)
 
-    def rank(visitor_ids: np.ndarray, history: sp.csr_matrix, n: int) -> np.ndarray:
-        items, _ = model.recommend(history @ to_bundle, n, filter_items=unavailable)
-        return np.where(items >= 0, bundle.item_ids[np.maximum(items, 0)], -1)
 
-    return rank
+def aux_models(data: Dataset, similar: str = "itemknn_bm25") -> dict[str, BaseRecommender]:
+    """The similar-items, session, bought-together and popularity models, fitted on ``data``."""
+    return {
+        "similar": make_model(similar).fit(data),
+        "session": make_model("session").fit(data),
+        "bought_together": make_model("bought_together").fit(data),
+        "popular": make_model("popular").fit(data),
+        "popular_7d": make_model("popular_7d").fit(data),
+    }
+
+
+def assemble(
+    data: Dataset,
+    name: str,
+    params: dict[str, Any],
+    retrieval: BaseRecommender,
+    aux: dict[str, BaseRecommender],
+    similar: str = "itemknn_bm25",
+) -> ModelBundle:
+    """The bundle the API would serve: ``retrieval`` plus ``aux``, over ``data``'s catalogue, with
+    the weights and half-life its histories are weighed with. Evaluation and registration both
+    build bundles here, so what is scored is what is served."""
+    metadata = {
+        "model": name,
+        "params": params,
+        "similar_model": similar,
+        "trained_at_ms": int(time.time() * 1000),
+        "data_end_ms": data.as_of_ms,
+        "n_events": len(data.events),
+        "event_weights": dict(data.config.event_weights),
+        "recency_half_life_days": data.config.recency_half_life_days,
+    }
+    return ModelBundle.from_dataset({"retrieval": retrieval, **aux}, data, metadata)
+
+
+@dataclass
+class Stage:
+    """A window to score on, and the shop as it stood when the window began.
+
+    ``data`` holds every event before ``start_ms``, weighed at ``clock_ms`` (the newest of them:
+    the shop's clock then), with the catalogue as stated then; ``histories`` is what the store
+    held for each visitor. A model fitted on ``data`` and served over ``histories`` at
+    ``clock_ms`` is exactly what the API would have answered at the window's start.
+    """
+
+    name: str
+    start_ms: int
+    clock_ms: int
+    window: pd.DataFrame
+    data: Dataset
+    histories: ev.Histories
+    _aux: dict[str, BaseRecommender] | None = None
+
+    @classmethod
+    def make(
+        cls,
+        name: str,
+        events: pd.DataFrame,
+        catalogue: pd.DataFrame,
+        start_ms: int,
+        end_ms: int,
+        config: fp.FeatureConfig,
+    ) -> Stage:
+        ts = events["timestamp"].to_numpy()
+        before = events[ts < start_ms]
+        clock = int(before["timestamp"].max())
+        return cls(
+            name,
+            start_ms,
+            clock,
+            events[(ts >= start_ms) & (ts <= end_ms)].reset_index(drop=True),
+            Dataset.from_events(before, catalogue, as_of_ms=clock, config=config),
+            ev.Histories(before),
+        )
+
+    def aux(self) -> dict[str, BaseRecommender]:
+        if self._aux is None:
+            self._aux = aux_models(self.data)
+        return self._aux
+
+    def score_bundle(
+        self, bundle: ModelBundle, per_visitor: dict[str, np.ndarray] | None = None
+    ) -> dict[str, float]:
+        """Metrics of a bundle served over this stage's histories at its clock."""
+        served = Served(bundle, "evaluation")
+        return ev.evaluate(
+            ev.served_ranker(served, self.histories, self.clock_ms),
+            self.histories,
+            self.window,
+            n_items=bundle.n_items,
+            per_visitor=per_visitor,
+        )
+
+    def score(
+        self,
+        name: str,
+        params: dict[str, Any],
+        model: BaseRecommender,
+        per_visitor: dict[str, np.ndarray] | None = None,
+    ) -> dict[str, float]:
+        """Metrics of ``model`` (fitted on :attr:`data`) as the personalised role of a bundle."""
+        return self.score_bundle(assemble(self.data, name, params, model, self.aux()), per_visitor)
 
 
 @dataclass
 class _Prepared:
     events: pd.DataFrame
     split: TimeSplit
-    train: Dataset
-    train_val: Dataset
+    windows: Windows
+    val: Stage
+    test: Stage
     catalogue_all: pd.DataFrame
     oracle: Oracle | None
 
 
-def prepare(settings: Settings, config: TrainConfig, feature_config: fp.FeatureConfig) -> _Prepared:
+def _catalogue(settings: Settings, as_of_ms: int | None) -> pd.DataFrame:
+    with store.open_store(settings.feature_store_path) as conn:
+        return fp.item_category_as_of(conn, as_of_ms)
+
+
+def read_log(settings: Settings) -> pd.DataFrame:
     with store.open_store(settings.feature_store_path) as conn:
         events = store.read_events(conn)
-        if events.empty:
-            raise ValueError("the feature store has no events: run `retailrec etl` first")
-        split = time_split(events, config.test_days, config.val_days)
-        cat_val = fp.item_category_as_of(conn, split.val_start_ms - 1)
-        cat_all = fp.item_category_as_of(conn, None)
-    train = Dataset.from_events(
-        split.train, cat_val, as_of_ms=split.val_start_ms - 1, config=feature_config
+    if events.empty:
+        raise ValueError("the feature store has no events: run `retailrec etl` first")
+    return events
+
+
+def prepare(
+    settings: Settings,
+    config: TrainConfig,
+    feature_config: fp.FeatureConfig,
+    events: pd.DataFrame | None = None,
+) -> _Prepared:
+    """Read the log, choose the windows and build the validation and test stages.
+
+    Raises:
+        LogTooShortError: no split fits the log.
+    """
+    events = read_log(settings) if events is None else events
+    windows = choose_windows(events, config.test_days, config.val_days)
+    split = time_split(events, windows.test_days, windows.val_days)
+    val = Stage.make(
+        "val",
+        events,
+        _catalogue(settings, split.val_start_ms - 1),
+        split.val_start_ms,
+        split.test_start_ms - 1,
+        feature_config,
     )
-    # Test-week histories run up to its start, in the training catalogue: the models stay fitted
-    # on the training part only.
-    train_val = train.with_history(split.train_val, split.test_start_ms - 1, feature_config)
-    truth = settings.raw_dir / "truth"
-    oracle = Oracle.load(truth) if (truth / "params.json").is_file() else None
-    return _Prepared(events, split, train, train_val, cat_all, oracle)
+    test = Stage.make(
+        "test",
+        events,
+        _catalogue(settings, split.test_start_ms - 1),
+        split.test_start_ms,
+        split.end_ms,
+        feature_config,
+    )
+    oracle = None
+    if config.truth_dir is not None and (config.truth_dir / "params.json").is_file():
+        oracle = Oracle.load(config.truth_dir)
+    return _Prepared(events, split, windows, val, test, _catalogue(settings, None), oracle)
+
+
+def select(
+    table: pd.DataFrame, per_visitor: dict[str, np.ndarray], primary: str
+) -> tuple[str, dict[str, str]]:
+    """The model to serve, and why, from validation metrics.
+
+    The best on validation wins unless simpler models (:data:`SIMPLICITY`) are within the noise
+    band of it: then the simplest of those. The band is two standard errors of the per-visitor
+    difference on the same visitors (paired; for NDCG@10) or ``1/sqrt(n)`` otherwise.
+
+    Returns:
+        ``(chosen, reason per model)``.
+    """
+    val = table[f"val_{primary}"]
+    top = str(val.idxmax())
+    n = int(table.loc[top, "val_n_warm"])
+
+    def band(name: str) -> float:
+        if primary == "ndcg_at_10" and name in per_visitor and top in per_visitor:
+            return ev.paired_band(per_visitor[name], per_visitor[top])
+        return ev.noise_band(n)
+
+    tied = [m for m in val.index if val[top] - val[m] <= band(str(m))]
+    rank = {m: i for i, m in enumerate(SIMPLICITY)}
+    chosen = str(min(tied, key=lambda m: (rank.get(str(m), len(rank)), -val[m])))
+    reasons: dict[str, str] = {}
+    for m in val.index:
+        name = str(m)
+        if name == chosen and name == top:
+            others = [str(t) for t in tied if t != m]
+            reasons[name] = f"best on validation ({val[m]:.4f})" + (
+                f"; within noise of it: {', '.join(others)}, none simpler" if others else ""
+            )
+        elif name == chosen:
+            reasons[name] = (
+                f"within noise of {top} ({val[m]:.4f} vs {val[top]:.4f}, band ±{band(name):.4f})"
+                " and simpler"
+            )
+        elif m in tied:
+            reasons[name] = f"within noise of the best (band ±{band(name):.4f}), less simple"
+        else:
+            reasons[name] = f"below the best by more than noise (band ±{band(name):.4f})"
+    return chosen, reasons
 
 
 def train(
@@ -193,11 +393,16 @@ def train(
             "(pip install torch==2.13.0, or build the image with --build-arg WITH_TORCH=1)"
         )
     step("reading the feature store")
-    prep = prepare(settings, config, feature_config)
-    split = prep.split
+    events = read_log(settings)
+    try:
+        prep = prepare(settings, config, feature_config, events)
+    except LogTooShortError as exc:
+        return _train_unsplit(settings, events, feature_config, str(exc), step)
+    split, windows = prep.split, prep.windows
     client = registry.configure(settings)
     rows: list[dict[str, Any]] = []
     chosen_params: dict[str, dict[str, Any]] = {}
+    val_per_visitor: dict[str, np.ndarray] = {}
     data_fp, commit = fingerprint(prep.events), git_commit()
 
     with mlflow.start_run(run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
@@ -208,6 +413,9 @@ def train(
                 "val_start_ms": split.val_start_ms,
                 "test_start_ms": split.test_start_ms,
                 "end_ms": split.end_ms,
+                "val_days": windows.val_days,
+                "test_days": windows.test_days,
+                "windows": windows.reason[:500],
                 "models": ",".join(config.models),
                 "trials": config.trials,
                 "event_weights": json.dumps(dict(feature_config.event_weights)),
@@ -216,34 +424,39 @@ def train(
         )
         if prep.oracle is not None:
             step("scoring the oracle")
-            val = ev.evaluate(
-                ev.oracle_ranker(prep.oracle, prep.train, split.val_start_ms),
-                prep.train,
-                split.val,
-                personal_cold=True,
-            )
-            test = ev.evaluate(
-                ev.oracle_ranker(prep.oracle, prep.train_val, split.test_start_ms),
-                prep.train_val,
-                split.test,
-                personal_cold=True,
-            )
-            rows.append(_row("oracle", {}, val, test, 0.0))
+            scores = [
+                ev.evaluate(
+                    ev.oracle_ranker(prep.oracle, stage.histories, stage.start_ms),
+                    stage.histories,
+                    stage.window,
+                    n_items=stage.data.n_items,
+                    personal_cold=True,
+                )
+                for stage in (prep.val, prep.test)
+            ]
+            rows.append(_row("oracle", {}, scores[0], scores[1], 0.0))
             with mlflow.start_run(run_name="oracle", nested=True):
                 mlflow.set_tag("role", "oracle")
-                mlflow.log_metrics({**test, **{f"val_{k}": v for k, v in val.items()}})
+                mlflow.log_metrics({**scores[1], **{f"val_{k}": v for k, v in scores[0].items()}})
 
         for name in config.models:
             params = dict(config.params.get(name, {}))
             if config.trials and name in tune.SPACES:
                 step(f"tuning {name} ({config.trials} trials)")
-                params |= tune.tune(
-                    name, prep.train, split.val, config.trials, config.primary_metric
-                )
-            step(f"fitting {name}")
-            model, seconds = _fit(name, params, prep.train)
-            val = ev.evaluate(ev.model_ranker(model, prep.train), prep.train, split.val)
-            test = ev.evaluate(ev.model_ranker(model, prep.train_val), prep.train_val, split.test)
+
+                def objective(p: dict[str, Any], name: str = name) -> float:
+                    model = make_model(name, **p).fit(prep.val.data)
+                    return prep.val.score(name, p, model)[config.primary_metric]
+
+                params |= tune.tune(name, objective, config.trials)
+            step(f"fitting {name} (validation)")
+            model, seconds = _fit(name, params, prep.val.data)
+            per_visitor: dict[str, np.ndarray] = {}
+            val = prep.val.score(name, params, model, per_visitor)
+            val_per_visitor[name] = per_visitor["ndcg_at_10"]
+            step(f"fitting {name} (test)")
+            test_model, _ = _fit(name, params, prep.test.data)
+            test = prep.test.score(name, params, test_model)
             chosen_params[name] = {**model.params(), **params}
             rows.append(_row(name, chosen_params[name], val, test, seconds))
             with mlflow.start_run(run_name=name, nested=True):
@@ -257,8 +470,9 @@ def train(
 
         table = pd.DataFrame(rows).set_index("model")
         candidates = table.drop(index="oracle", errors="ignore")
-        best = str(candidates[f"val_{config.primary_metric}"].idxmax())
-        mlflow.set_tag("best_model", best)
+        best, reasons = select(candidates, val_per_visitor, config.primary_metric)
+        table["selection"] = pd.Series(reasons).reindex(table.index).fillna("reference")
+        mlflow.set_tags({"best_model": best, "selection": reasons[best][:5000]})
         _log_table(table, config.primary_metric)
 
         step("scoring the champion on the same window")
@@ -269,7 +483,7 @@ def train(
         bundle.metadata |= {
             "run_id": parent.info.run_id,
             "test_metrics": {
-                k: float(v) for k, v in table.loc[best].items() if k.startswith("test_")
+                k: float(v) for k, v in table.loc[best].items() if str(k).startswith("test_")
             },
             "data_fingerprint": data_fp,
         }
@@ -283,7 +497,12 @@ def train(
                 "data_end_ms": str(split.end_ms),
                 "data_fingerprint": data_fp,
                 "git_commit": commit,
-                **{k: repr(float(v)) for k, v in table.loc[best].items() if k.startswith("test_")},
+                "selection": reasons[best][:5000],
+                **{
+                    k: repr(float(v))
+                    for k, v in table.loc[best].items()
+                    if str(k).startswith("test_")
+                },
             }
             if champion_version is not None and champion_metric is not None:
                 tags["gate_champion_version"] = champion_version
@@ -291,8 +510,54 @@ def train(
             step("registering the bundle")
             version = registry.register_bundle(client, settings, bundle_dir, tags)
     return TrainResult(
-        version, best, chosen_params[best], table, parent.info.run_id, champion_metric
+        version,
+        best,
+        chosen_params[best],
+        table,
+        parent.info.run_id,
+        champion_metric,
+        windows=windows,
     )
+
+
+def _train_unsplit(
+    settings: Settings,
+    events: pd.DataFrame,
+    feature_config: fp.FeatureConfig,
+    why: str,
+    step: Callable[[str], None],
+) -> TrainResult:
+    """A log too short for any split: no model can be chosen on evidence, so the bundle serves
+    popularity, with the item-to-item, session and bought-together models, fitted on all of it."""
+    import mlflow
+
+    from retailrec.training import registry
+
+    client = registry.configure(settings)
+    note = (
+        f"{why}: nothing could be evaluated, so the bundle serves popularity and the item-to-item,"
+        " session and bought-together models, fitted on the whole log"
+    )
+    step("fitting popularity and the item-to-item models on the whole log")
+    data = Dataset.from_events(events, _catalogue(settings, None), config=feature_config)
+    bundle = assemble(data, "popular", {}, make_model("popular").fit(data), aux_models(data))
+    data_fp = fingerprint(events)
+    with mlflow.start_run(run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}") as run:
+        mlflow.set_tags({"role": "training", "data_fingerprint": data_fp, "unevaluated": note})
+        mlflow.log_params({"n_events": len(events), "models": "popular"})
+        bundle.metadata |= {"run_id": run.info.run_id, "data_fingerprint": data_fp, "note": note}
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle_dir = bundle.save(Path(tmp) / "bundle")
+            tags = {
+                "model": "popular",
+                "params": "{}",
+                "data_end_ms": str(int(events["timestamp"].max())),
+                "data_fingerprint": data_fp,
+                "git_commit": git_commit(),
+                registry.UNEVALUATED_TAG: note[:5000],
+            }
+            version = registry.register_bundle(client, settings, bundle_dir, tags)
+    return TrainResult(version, "popular", {}, pd.DataFrame(), run.info.run_id, None, note=note)
 
 
 def _row(
@@ -333,7 +598,8 @@ def _log_table(table: pd.DataFrame, primary: str) -> None:
 def _champion_on_window(
     client: Any, settings: Settings, prep: _Prepared, config: TrainConfig
 ) -> tuple[float | None, str | None]:
-    """The current champion's primary metric on this run's test window (None without one)."""
+    """The current champion's primary metric on this run's test window, through the serving
+    path (None without a champion)."""
     from retailrec.training import registry
 
     current = registry.champion(client, settings.model_name)
@@ -347,20 +613,18 @@ def _champion_on_window(
     if same_window and key in current.tags:
         return float(current.tags[key]), version
     if int(current.tags.get("data_end_ms", split.end_ms)) < split.test_start_ms:
-        # The deployed champion never saw this test window: score it as it is.
+        # The deployed champion never saw this test window: serve it as it is.
         path = registry.download_bundle(client, settings.model_name, version)
-        bundle = ModelBundle.load(path)
-        metrics = ev.evaluate(bundle_ranker(bundle, prep.train_val), prep.train_val, split.test)
+        metrics = prep.test.score_bundle(ModelBundle.load(path))
         registry.clear_download_cache(path)
         return metrics[config.primary_metric], version
-    # It saw part of this window: score its configuration refitted on this split instead.
+    # It saw part of this window: score its configuration refitted before the window instead.
     name, params = (
         current.tags.get("model", "popular"),
         json.loads(current.tags.get("params", "{}")),
     )
-    model, _ = _fit(name, params, prep.train)
-    metrics = ev.evaluate(ev.model_ranker(model, prep.train_val), prep.train_val, split.test)
-    return metrics[config.primary_metric], version
+    model, _ = _fit(name, params, prep.test.data)
+    return prep.test.score(name, params, model)[config.primary_metric], version
 
 
 def _bundle(
@@ -377,22 +641,8 @@ def _bundle(
         key = f"val_{PRIMARY_METRIC}"
         if candidates.loc["itemknn_cosine", key] > candidates.loc["itemknn_bm25", key]:
             similar = "itemknn_cosine"
-    models = {
-        "retrieval": make_model(best, **params).fit(data),
-        "similar": make_model(similar).fit(data),
-        "session": make_model("session").fit(data),
-        "bought_together": make_model("bought_together").fit(data),
-        "popular": make_model("popular").fit(data),
-        "popular_7d": make_model("popular_7d").fit(data),
-    }
-    metadata = {
-        "model": best,
-        "params": params,
-        "similar_model": similar,
-        "trained_at_ms": int(time.time() * 1000),
-        "data_end_ms": data.as_of_ms,
-        "n_events": len(prep.events),
-        "event_weights": dict(feature_config.event_weights),
-        "recency_half_life_days": feature_config.recency_half_life_days,
-    }
-    return ModelBundle.from_dataset(models, data, metadata)
+    bundle = assemble(
+        data, best, params, make_model(best, **params).fit(data), aux_models(data, similar), similar
+    )
+    bundle.metadata["n_events"] = len(prep.events)
+    return bundle

@@ -6,11 +6,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import pandas as pd
-
-from retailrec.models import Dataset, make_model
-from retailrec.training import evaluate as ev
-
 log = logging.getLogger(__name__)
 
 SPACES: dict[str, Callable[[Any], dict[str, Any]]] = {
@@ -42,19 +37,14 @@ SPACES: dict[str, Callable[[Any], dict[str, Any]]] = {
 
 
 def tune(
-    name: str, data: Dataset, val: pd.DataFrame, trials: int, metric: str, seed: int = 0
+    name: str, objective: Callable[[dict[str, Any]], float], trials: int, seed: int = 0
 ) -> dict[str, Any]:
-    """The best params for ``name`` after ``trials`` fits on ``data`` scored on ``val``."""
+    """The best params for ``name`` after ``trials`` calls of ``objective``, which fits the model
+    with the params it is given and scores it on the validation window (higher is better)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    def objective(trial: Any) -> float:
-        params = SPACES[name](trial)
-        model = make_model(name, **params).fit(data)
-        return ev.evaluate(ev.model_ranker(model, data), data, val)[metric]
-
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-    study.optimize(objective, n_trials=trials)
+    study.optimize(lambda trial: objective(SPACES[name](trial)), n_trials=trials)
     log.info("tuned %s: %s -> %.4f", name, study.best_params, study.best_value)
     return dict(study.best_params)

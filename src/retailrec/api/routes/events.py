@@ -2,31 +2,47 @@
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 from fastapi import APIRouter
 
-from retailrec.api.deps import MetricsDep, StoreDep
+from retailrec.api.deps import MetricsDep, SettingsDep, StoreDep
 from retailrec.api.schemas import EventsRequest, EventsResponse, RejectedEvent
 from retailrec.data_pipeline import schema
+from retailrec.events import DAY_MS
 from retailrec.feature_store import store
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
 
 @router.post("/events", response_model=EventsResponse)
-def post_events(body: EventsRequest, connections: StoreDep, metrics: MetricsDep) -> EventsResponse:
+def post_events(
+    body: EventsRequest, connections: StoreDep, metrics: MetricsDep, settings: SettingsDep
+) -> EventsResponse:
     """Up to 1,000 events. Each is accepted, a duplicate of one already stored (re-sending a batch
-    is safe), or rejected with its index and reason; the three always add up to the batch."""
+    is safe), or rejected with its index and reason; the three always add up to the batch.
+
+    Events dated more than a few minutes past the server's clock, or long before the log's first
+    event (``RETAILREC_EVENT_PAST_MARGIN_DAYS``), are rejected: they would move the shop's clock.
+    """
     frame = pd.DataFrame.from_records(
         [{c: e.get(c) for c in schema.REQUIRED_COLUMNS} for e in body.events],
         columns=list(schema.REQUIRED_COLUMNS),
     ).astype(object)
-    checked = schema.validate_events(frame)
+    conn = connections.get()
+    wall_ms = int(time.time() * 1000)  # only bounds the future: "now" is the shop's clock
+    checked = schema.live_window(
+        schema.validate_events(frame, now_ms=wall_ms),
+        wall_ms=wall_ms,
+        first_ms=store.time_range(conn)[0],
+        past_margin_ms=int(settings.event_past_margin_days * DAY_MS),
+    )
     rejected = [
         RejectedEvent(index=int(i), reason=str(r)) for i, r in checked.rejected["reason"].items()
     ]
     unique = checked.valid.drop_duplicates()
-    accepted = store.append_events(connections.get(), unique, source="api")
+    accepted = store.append_events(conn, unique, source="api")
     duplicates = len(checked.valid) - accepted
     metrics.events.labels(outcome="accepted").inc(accepted)
     metrics.events.labels(outcome="duplicate").inc(duplicates)
