@@ -671,23 +671,26 @@ def backtest(
         title=f"backtest of champion {report.champion_version} ({report.champion_model}):"
         f" {report.source}"
     )
-    table.add_column("ranker", no_wrap=True)
-    columns = {
+    rows = {str(row["ranker"]): row for row in report.rows()}
+    table.add_column("metric", no_wrap=True)
+    for ranker in rows:
+        table.add_column(ranker, justify="right", no_wrap=True)
+    metrics = {
         "NDCG@10": "ndcg_at_10",
-        "R@20": "recall_at_20",
-        "HR@10": "hit_rate_at_10",
+        "Recall@20": "recall_at_20",
+        "HitRate@10": "hit_rate_at_10",
         "buy NDCG@10": "ndcg_at_10_buy",
-        "buy R@20": "recall_at_20_buy",
+        "buy Recall@20": "recall_at_20_buy",
+        "buy HitRate@10": "hit_rate_at_10_buy",
         "all NDCG@10": "ndcg_at_10_all",
-        "all R@20": "recall_at_20_all",
+        "all Recall@20": "recall_at_20_all",
         "all buy NDCG@10": "ndcg_at_10_buy_all",
     }
-    for col in columns:
-        table.add_column(col, justify="right", no_wrap=True)
-    for row in report.rows():
-        table.add_row(str(row["ranker"]), *(f"{row[key]:.4f}" for key in columns.values()))
+    for label, key in metrics.items():
+        table.add_row(label, *(f"{row[key]:.4f}" for row in rows.values()))
     table.caption = (
-        f"{report.served_by}; returning visitors unless 'all' (truth: items new to them)"
+        f"{report.served_by}. Returning visitors (truth: items new to them) unless 'all';"
+        " 'buy': carts and purchases"
     )
     console.print(table)
     console.print(

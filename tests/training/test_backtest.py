@@ -1,0 +1,111 @@
+"""``retailrec backtest``: the champion through the serving path beside popularity and plain
+BM25 item-kNN, on a held-out log or the store's last window, in process or over HTTP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from retailrec.cli import app
+from retailrec.config import Settings
+from retailrec.training import registry
+from retailrec.training.backtest import BacktestError, backtest, latest_report
+from retailrec.training.train import TrainConfig, train
+from tests.utils.factories import Shop, loaded_settings
+from tests.utils.server import serving
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+DAY = 86_400_000
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory: pytest.TempPathFactory, tiny_shop: Shop) -> tuple[Settings, Path]:
+    """A champion trained on all but the shop's last week, and that week as a separate file."""
+    log = tiny_shop.data.events
+    cut = int(log["timestamp"].max()) - 7 * DAY
+    root = tmp_path_factory.mktemp("backtest")
+    settings = loaded_settings(root, tiny_shop, events=log[log["timestamp"] < cut])
+    train(settings, TrainConfig(models=("itemknn_bm25",)))
+    registry.promote(registry.configure(settings), settings.model_name)
+    week = root / "last_week.csv"
+    log[log["timestamp"] >= cut].to_csv(week, index=False)
+    return settings, week
+
+
+def test_a_held_out_log_is_scored_beside_the_baselines(held_out: tuple[Settings, Path]) -> None:
+    settings, week = held_out
+    report = backtest(settings, week)
+    assert set(report.results) == {"champion", "popularity", "bm25_itemknn"}
+    assert report.champion_model == "itemknn_bm25"
+    assert report.window_start_ms > report.clock_ms  # the file came after the store
+    champion, popular = report.results["champion"], report.results["popularity"]
+    # On a shop with a known structure, the served champion is far above popularity.
+    assert champion["ndcg_at_10"] > 2 * popular["ndcg_at_10"] > 0
+    assert report.ratio("bm25_itemknn") > 0.8
+    row = next(r for r in report.rows() if r["ranker"] == "champion")
+    for key in ("ndcg_at_10", "recall_at_20", "hit_rate_at_10", "ndcg_at_10_buy"):
+        assert 0 <= row[key] <= 1 and 0 <= row[f"{key}_all"] <= 1
+    # All visitors mix returning ones with new ones, who get the popular items.
+    assert min(row["ndcg_at_10"], popular["ndcg_at_10_cold"]) <= row["ndcg_at_10_all"]
+    assert row["ndcg_at_10_all"] <= max(row["ndcg_at_10"], popular["ndcg_at_10_cold"]) + 1e-9
+
+
+def test_the_api_answers_score_the_same_as_the_serving_path(
+    held_out: tuple[Settings, Path],
+) -> None:
+    settings, week = held_out
+    in_process = backtest(settings, week)
+    with serving(settings) as base:
+        over_http = backtest(settings, week, api_url=base)
+    assert over_http.results["champion"] == in_process.results["champion"]
+    assert "the API at" in over_http.served_by
+
+
+def test_the_cli_prints_the_table_and_writes_the_reports(
+    held_out: tuple[Settings, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, week = held_out
+    monkeypatch.setenv("RETAILREC_DATA_DIR", str(settings.data_dir))
+    from retailrec.config import get_settings
+
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["backtest", "--test", str(week)])
+    assert result.exit_code == 0, result.output
+    assert "bm25_itemknn" in result.output and "popularity" in result.output
+    assert "x plain BM25 item-kNN" in result.output
+    report = latest_report(settings.reports_dir)
+    assert report is not None
+    assert [r["ranker"] for r in report["rows"]] == ["champion", "popularity", "bm25_itemknn"]
+    page = Path(report["_path"]).with_suffix(".html").read_text()
+    assert "plain BM25 item-kNN" in page and "<table>" in page
+    # The store's last window: the champion's recipe refitted before it.
+    last = runner.invoke(app, ["backtest"])
+    assert last.exit_code == 0, last.output
+    assert "the store's last" in " ".join(last.output.split())
+    latest = latest_report(settings.reports_dir)
+    assert latest is not None and json.loads(Path(latest["_path"]).read_text())["source"] != str(
+        week
+    )
+
+
+def test_a_log_with_nothing_before_it_is_one_line(
+    held_out: tuple[Settings, Path], tmp_path: Path
+) -> None:
+    settings, _ = held_out
+    early = tmp_path / "early.csv"
+    pd.DataFrame(
+        {
+            "timestamp": [1_420_000_000_000],
+            "visitorid": [1],
+            "event": ["view"],
+            "itemid": [1],
+            "transactionid": [None],
+        }
+    ).to_csv(early, index=False)
+    with pytest.raises(BacktestError, match="no event before"):
+        backtest(settings, early)
