@@ -203,3 +203,15 @@ def test_the_serving_path_on_a_real_sized_catalogue(name: str, tiny_shop: Shop) 
         blocked = rng.random(data.n_items) < rng.choice([0.01, 0.5, 0.99])
         for n in (10, 100):
             _same_ranking(model, row, n, blocked)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_shop_without_item_properties_is_served(name: str) -> None:
+    """No catalogue file at all (no category anywhere): every model fits and serves, and the
+    serving path still ranks like ``recommend``."""
+    data = Dataset.from_events(checkerboard_events())
+    assert (data.item_category == -1).all()
+    model = make_model(name).fit(data)
+    model.prepare_serving()
+    for r in range(4):
+        _same_ranking(model, data.matrix[r], 5, np.zeros(data.n_items, dtype=bool))

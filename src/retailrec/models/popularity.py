@@ -92,6 +92,8 @@ class PopularityRecommender(BaseRecommender):
             known = np.flatnonzero(code >= 0)
             order = known[np.lexsort((-base[known], code[known]))]
             cats = code[order]
+            if not len(order):  # a shop without item properties: no category to order
+                return {}
             bounds = np.flatnonzero(np.diff(cats)) + 1
             return dict(zip(np.unique(cats).tolist(), np.split(order, bounds), strict=True))
         return super()._build_serving(key)
