@@ -302,6 +302,14 @@ def _print_training(result: Any, primary: str) -> None:
         markup=False,
         highlight=False,
     )
+    if result.sessions.get("session_examples"):
+        console.print(
+            "anonymous sessions, next-item HitRate@20 on the test window:"
+            f" served {result.sessions['session_hit_rate_at_20']:.4f}, sequential rules"
+            f" {result.sessions['session_hit_rate_at_20_sequential_rules']:.4f}"
+            f" ({int(result.sessions['session_examples']):,} steps)",
+            soft_wrap=True,
+        )
     if n_warm < MIN_VISITORS_TO_COMPARE:
         err_console.print(
             f"warning: only {n_warm} visitors in the test window had a history: too few to tell"
@@ -696,6 +704,12 @@ def backtest(
     console.print(
         f"champion NDCG@10 = {report.ratio('bm25_itemknn'):.2f}x plain BM25 item-kNN,"
         f" {report.ratio('popularity'):.2f}x popularity",
+        soft_wrap=True,
+    )
+    sessions = report.sessions
+    console.print(
+        f"anonymous sessions, next-item HitRate@20 over {int(sessions['examples']):,} steps:"
+        f" served {sessions['served']:.4f}, sequential rules {sessions['sequential_rules']:.4f}",
         soft_wrap=True,
     )
     for note in report.warnings:

@@ -23,9 +23,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def popular_champion(tmp_path: Path, tiny_drift_shop: Shop) -> Settings:
+def weak_champion(tmp_path: Path, tiny_drift_shop: Shop) -> Settings:
+    """A weak champion (plain item-kNN: on this shop, below the served popularity models)."""
     settings = loaded_settings(tmp_path, tiny_drift_shop, api_key=KEY)
-    train(settings, TrainConfig(models=("popular",)))
+    train(settings, TrainConfig(models=("itemknn_bm25",)))
     assert registry.promote(registry.configure(settings), settings.model_name).promoted
     return settings
 
@@ -41,7 +42,7 @@ def _wait(client: TestClient, timeout: float = 300) -> dict[str, object]:
 
 
 def test_retrain_runs_beside_the_api_and_serves_a_better_model(
-    popular_champion: Settings, monkeypatch: pytest.MonkeyPatch
+    weak_champion: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     load = ModelHolder.load
 
@@ -50,7 +51,7 @@ def test_retrain_runs_beside_the_api_and_serves_a_better_model(
         return load(self)
 
     monkeypatch.setattr(ModelHolder, "load", slow_load)
-    with TestClient(create_app(popular_champion)) as client:
+    with TestClient(create_app(weak_champion)) as client:
         assert client.post("/v1/admin/retrain").status_code == 401
         assert client.post("/v1/admin/retrain", headers={"X-API-Key": "no"}).status_code == 403
         bad = client.post("/v1/admin/retrain?models=a;b", headers={"X-API-Key": KEY})
@@ -64,21 +65,22 @@ def test_retrain_runs_beside_the_api_and_serves_a_better_model(
         status = _wait(client)  # "not running" only once the outcome is recorded
         last = status["last"]
         assert isinstance(last, dict) and last["exit_code"] == 0, last
-        # Served, popular_category beats popular (whose answers are the session's, then recent
-        # popularity: the same as popular_7d's) on the drifted weeks.
+        # Served, popular_category beats the item-kNN champion on the drifted weeks.
         assert last["retrain"]["promoted"], last
         assert last["reloaded"] == "2"
         assert client.get("/v1/model").json()["version"] == "2"  # served without a reload call
-        log = popular_champion.reports_dir / f"retrain-{started.json()['started_ms']}.log"
+        log = weak_champion.reports_dir / f"retrain-{started.json()['started_ms']}.log"
         assert "promoted" in log.read_text()
 
 
 def test_a_run_that_does_not_beat_the_champion_changes_nothing(
-    popular_champion: Settings,
+    weak_champion: Settings,
 ) -> None:
-    with TestClient(create_app(popular_champion)) as client:
+    with TestClient(create_app(weak_champion)) as client:
         assert (
-            client.post("/v1/admin/retrain?models=popular", headers={"X-API-Key": KEY}).status_code
+            client.post(
+                "/v1/admin/retrain?models=itemknn_bm25", headers={"X-API-Key": KEY}
+            ).status_code
             == 202
         )
         last = _wait(client)["last"]
@@ -88,14 +90,14 @@ def test_a_run_that_does_not_beat_the_champion_changes_nothing(
 
 
 def test_monitor_remote_asks_the_api(
-    popular_champion: Settings, monkeypatch: pytest.MonkeyPatch
+    weak_champion: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runner = CliRunner()
-    monkeypatch.setenv("RETAILREC_DATA_DIR", str(popular_champion.data_dir))
+    monkeypatch.setenv("RETAILREC_DATA_DIR", str(weak_champion.data_dir))
     get_settings.cache_clear()
     alone = runner.invoke(cli, ["monitor", "--remote"])
     assert alone.exit_code == 1 and "RETAILREC_API_URL is not set" in alone.output
-    with serving(popular_champion) as base:
+    with serving(weak_champion) as base:
         monkeypatch.setenv("RETAILREC_API_URL", base.removeprefix("http://"))  # host:port works
         monkeypatch.setenv("RETAILREC_API_KEY", KEY)
         get_settings.cache_clear()
@@ -107,17 +109,17 @@ def test_monitor_remote_asks_the_api(
 
 
 def test_a_failed_run_reports_its_exit_code_not_an_older_report(
-    popular_champion: Settings,
+    weak_champion: Settings,
 ) -> None:
     from retailrec.monitoring.monitor import run_monitor
 
-    run_monitor(popular_champion)  # an earlier report, without retraining
-    with TestClient(create_app(popular_champion)) as client:
+    run_monitor(weak_champion)  # an earlier report, without retraining
+    with TestClient(create_app(weak_champion)) as client:
         started = client.post("/v1/admin/retrain?models=no_such_model", headers={"X-API-Key": KEY})
         assert started.status_code == 202
         last = _wait(client)["last"]
         assert isinstance(last, dict) and last["exit_code"] == 1
         assert "retrain" not in last and "reloaded" not in last
-        log = popular_champion.reports_dir / f"retrain-{started.json()['started_ms']}.log"
+        log = weak_champion.reports_dir / f"retrain-{started.json()['started_ms']}.log"
         assert "unknown model(s) no_such_model" in log.read_text()
         assert client.get("/v1/model").json()["version"] == "1"

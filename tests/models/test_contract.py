@@ -215,3 +215,22 @@ def test_a_shop_without_item_properties_is_served(name: str) -> None:
     model.prepare_serving()
     for r in range(4):
         _same_ranking(model, data.matrix[r], 5, np.zeros(data.n_items, dtype=bool))
+
+
+@pytest.mark.parametrize(
+    "blend",
+    [
+        {"decay": 0.0, "cooc_weight": 0.0, "pop_weight": 0.0},
+        {"decay": 0.4, "cooc_weight": 0.01, "pop_weight": 0.1},
+    ],
+)
+def test_a_blended_session_model_serves_as_it_recommends(
+    blend: dict[str, float], tiny_shop: Shop
+) -> None:
+    data = Dataset.from_events(tiny_shop.data.events)
+    model = make_model("session").fit(data)
+    model.blend(**blend)  # type: ignore[attr-defined]
+    rng = np.random.default_rng(2)
+    for r in rng.choice(data.n_users, 20, replace=False):
+        row = data.matrix[int(r)]
+        _same_ranking(model, row, 10, rng.random(data.n_items) < 0.3)

@@ -121,39 +121,115 @@ class ItemKNNRecommender(ItemItemRecommender):
 
 
 class SessionRecommender(ItemItemRecommender):
-    """Items that co-occur in browsing sessions (30-minute gaps), cosine-normalised.
+    """The model for anonymous sessions (and for visitors whose history the retrieval model
+    cannot use): a list of items just viewed is a history like any other.
 
-    The model for anonymous visitors: a list of items just viewed is a history like any other,
-    with later items weighted more (see :meth:`session_row`).
+    Three signals, blended (see :meth:`blend`):
+
+    * sequential rules (Ludewig and Jannach 2018): item ``a`` followed ``s`` steps later in a
+      browsing session (30-minute gaps) by ``b`` adds ``1/s`` to ``a -> b`` (``s <= max_steps``),
+      each item's rules normalised to sum to 1: what people look at *next*;
+    * co-occurrence in sessions, cosine-normalised and scaled to at most 1 per item, weighted by
+      ``cooc_weight``: what belongs together, whatever the order;
+    * popularity (``prior_``, at most 1), weighted by ``pop_weight``: where the session says
+      little, the items most people look at.
+
+    A session's row weighs its latest item 1 and each earlier one ``decay`` times the next
+    (:meth:`session_row`). Training chooses ``decay``, ``cooc_weight`` and ``pop_weight`` on the
+    validation window's sessions (``retailrec.training.train.tune_session``).
     """
 
     name = "session"
 
-    def __init__(self, k: int = 100) -> None:
+    def __init__(
+        self,
+        k: int = 100,
+        max_steps: int = 10,
+        decay: float = 0.4,
+        cooc_weight: float = 0.01,
+        pop_weight: float = 0.0,
+    ) -> None:
         super().__init__()
-        self.k = k
+        self.k, self.max_steps = k, max_steps
+        self.decay, self.cooc_weight, self.pop_weight = decay, cooc_weight, pop_weight
+        self._parts: tuple[sp.csr_matrix, sp.csr_matrix] | None = None
 
     def params(self) -> dict[str, Any]:
-        return {"k": self.k}
+        return {
+            "k": self.k,
+            "max_steps": self.max_steps,
+            "decay": self.decay,
+            "cooc_weight": self.cooc_weight,
+            "pop_weight": self.pop_weight,
+        }
 
     def _fit(self, data: Dataset) -> None:
-        ev = data.events
+        ev = data.events.sort_values(["user", "session", "timestamp"], kind="stable")
         groups = ev["user"].to_numpy(np.int64) * 100_000 + ev["session"].to_numpy(np.int64)
-        co = _cooccurrence(groups, ev["item"].to_numpy(), data.n_items)
-        counts = np.bincount(ev["item"].to_numpy(), minlength=data.n_items).astype(np.float32)
+        items = ev["item"].to_numpy(np.int64)
+        n = data.n_items
+        src, dst, w = [], [], []
+        for step in range(1, self.max_steps + 1):
+            same = groups[step:] == groups[:-step]
+            src.append(items[:-step][same])
+            dst.append(items[step:][same])
+            w.append(np.full(int(same.sum()), 1.0 / step, dtype=np.float32))
+        rules = sp.csr_matrix(
+            (np.concatenate(w), (np.concatenate(src), np.concatenate(dst))), shape=(n, n)
+        )
+        rules.setdiag(0)
+        rules.eliminate_zeros()
+        rules = _scale_rows(rules, np.asarray(rules.sum(axis=1)).ravel())
+        co = _cooccurrence(groups, items, n)
+        counts = np.bincount(items, minlength=n).astype(np.float32)
         norm = 1.0 / np.sqrt(np.maximum(counts, 1.0))
-        co = sp.diags(norm) @ co @ sp.diags(norm)
-        self.similarity_ = _top_k_rows(co.tocsr(), self.k)
+        co = (sp.diags(norm) @ co @ sp.diags(norm)).tocsr()
+        co = _scale_rows(co, np.asarray(co.max(axis=1).todense()).ravel())
+        self._parts = (rules, co)
+        self.blend(self.decay, self.cooc_weight, self.pop_weight)
+
+    def blend(self, decay: float, cooc_weight: float, pop_weight: float) -> SessionRecommender:
+        """Set the blend without refitting (the fitted signals are kept until :meth:`save`)."""
+        if self._parts is None:
+            raise ValueError("the session model's signals are gone after saving: refit it")
+        self.decay, self.cooc_weight, self.pop_weight = decay, cooc_weight, pop_weight
+        rules, co = self._parts
+        self.similarity_ = _top_k_rows((rules + cooc_weight * co).tocsr(), self.k)
+        self.__dict__.pop("_serving_cache", None)
+        return self
+
+    def score(self, user_items: sp.csr_matrix) -> np.ndarray:
+        return super().score(user_items) + self.pop_weight * self.prior_[None, :]
+
+    def _candidate_scores(
+        self, row: sp.csr_matrix, n: int, blocked: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        # Popularity adds to every item alike, so the top n still lies among the history's
+        # neighbours and the n most popular unblocked items.
+        cand, scores = super()._candidate_scores(row, n, blocked)
+        return cand, scores + (self.pop_weight * self.prior_[cand]).astype(np.float32)
 
     def session_row(self, items: np.ndarray) -> sp.csr_matrix:
-        """A (1, n_items) history for items in viewing order: the latest weighs most."""
+        """A (1, n_items) history for items in viewing order: the latest weighs 1, each earlier
+        one ``decay`` times the next."""
         items = np.asarray(items, dtype=np.int64)
         items = items[(items >= 0) & (items < self.n_items_)]
-        weights = 0.7 ** np.arange(len(items))[::-1]
+        weights = self.decay ** np.arange(len(items))[::-1]
         row = np.zeros(len(items), dtype=np.int64)
         return sp.csr_matrix(
             (weights.astype(np.float32), (row, items)), shape=(1, self.n_items_)
         )  # duplicates are summed by scipy
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_parts"] = None  # what blend() mixes: for training only, never in a bundle
+        return state
+
+
+def _scale_rows(matrix: sp.csr_matrix, by: np.ndarray) -> sp.csr_matrix:
+    """Each row divided by ``by`` (rows where it is 0 left as they are)."""
+    by = np.where(by > 0, by, 1.0).astype(np.float32)
+    return (sp.diags(1.0 / by) @ matrix).tocsr().astype(np.float32)
 
 
 class BoughtTogetherRecommender(ItemItemRecommender):

@@ -16,8 +16,10 @@ any shop could have without RetailRec: popularity, and a plain BM25 item-kNN (im
 
 Truth: the items each visitor touched in the window that they had not touched before. Metrics
 (NDCG@10, Recall@20, HitRate@10) for any interaction and for carts plus purchases, on returning
-visitors and on all visitors. The report goes to the terminal, and to ``reports/backtest-*.json``
-and ``.html``; the dashboard's Models page shows the latest.
+visitors and on all visitors; and for anonymous sessions, next-item HitRate@20 of the served
+answers against sequential rules computed on the days before the window. The report goes to
+the terminal, and to ``reports/backtest-*.json`` and ``.html``; the dashboard's Models page
+shows the latest.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ class BacktestReport:
     clock_ms: int
     n_test_events: int
     results: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Next-item HitRate@20 on the window's sessions: ``served`` (``POST
+    #: /v1/sessions/recommendations``), ``sequential_rules`` (on the days before), ``examples``.
+    sessions: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
@@ -106,6 +111,22 @@ def _api_ranker(url: str) -> ev.Ranker:
             items = [int(it["item_id"]) for it in resp.json()["items"]][:n]
             out[r, : len(items)] = items
         return out
+
+    return rank
+
+
+def _api_session_ranker(url: str) -> ev.SessionRanker:
+    import httpx
+
+    client = httpx.Client(base_url=url.rstrip("/"), timeout=30)
+
+    def rank(items: np.ndarray, n: int) -> np.ndarray:
+        resp = client.post(
+            "/v1/sessions/recommendations", json={"item_ids": items[-100:].tolist(), "k": n}
+        )
+        if resp.status_code != 200:
+            raise BacktestError(f"{url} answered {resp.status_code} for a session")
+        return np.array([int(it["item_id"]) for it in resp.json()["items"]], dtype=np.int64)
 
     return rank
 
@@ -180,6 +201,7 @@ def backtest(
             split.end_ms,
             feature_config,
         )
+        stage.session_params = json.loads(champion.tags.get("session_params", "{}")) or None
         params = json.loads(champion.tags.get("params", "{}"))
         step(f"refitting {model_name} on the events before the window")
         model, _ = _fit(model_name, params, stage.data)
@@ -215,6 +237,20 @@ def backtest(
         report.results[name] = ev.evaluate(
             ranker, histories, window, n_items=bundle.n_items, max_warm=MAX_WARM
         )
+    step("scoring anonymous sessions")
+    examples = ev.next_item_examples(window)
+    session_rank = (
+        _api_session_ranker(api_url)
+        if api_url
+        else ev.served_session_ranker(Served(bundle, version))
+    )
+    report.sessions = {
+        "served": ev.session_hit_rate(session_rank, examples, 20),
+        "sequential_rules": ev.session_hit_rate(
+            ev.sequential_rules_ranker(histories.events), examples, 20
+        ),
+        "examples": float(len(examples)),
+    }
     n = int(report.results["champion"]["n_relevant"])
     if n < 1_000:
         report.warnings.append(
@@ -275,6 +311,9 @@ tr:nth-child(even){{background:#f3f3f3}}</style></head><body>
 <p>NDCG@10 of the champion: {report.ratio("bm25_itemknn"):.2f}&times; plain BM25 item-kNN,
 {report.ratio("popularity"):.2f}&times; popularity (returning visitors, any interaction).</p>
 <table><tr>{head}</tr>{body}</table>
+<p>Anonymous sessions, next-item HitRate@20 over {int(report.sessions.get("examples", 0)):,}
+steps: served {report.sessions.get("served", 0):.4f}, sequential rules on the days before
+{report.sessions.get("sequential_rules", 0):.4f}.</p>
 <p>Columns without a suffix: returning visitors (truth: items new to them); <code>_buy</code>:
 carts and purchases; <code>_all</code>: returning and new visitors together.</p>
 <ul>{notes}</ul></body></html>

@@ -119,6 +119,8 @@ class Histories:
     """
 
     def __init__(self, events: pd.DataFrame) -> None:
+        #: The events themselves (for baselines that fit on them).
+        self.events = events
         vis = events["visitorid"].to_numpy(np.int64)
         ts = events["timestamp"].to_numpy(np.int64)
         item = events["itemid"].to_numpy(np.int64)
@@ -377,3 +379,103 @@ def all_visitors(metrics: dict[str, float], name: str) -> float:
     if w_warm + w_cold == 0:
         return 0.0
     return (metrics[name] * w_warm + metrics[f"{name}_cold"] * w_cold) / (w_warm + w_cold)
+
+
+# --------------------------------------------------------------------------------------------
+# Anonymous sessions: next-item prediction
+
+
+def _sessions(events: pd.DataFrame) -> list[np.ndarray]:
+    """Each session's item ids in time order (a pause over 30 minutes starts a new one)."""
+    from retailrec.data_pipeline.feature_pipeline import session_numbers
+
+    if events.empty:
+        return []
+    frame = events.assign(session=session_numbers(events)).sort_values(
+        ["visitorid", "session", "timestamp"], kind="stable"
+    )
+    keys = frame["visitorid"].to_numpy() * 100_000 + frame["session"].to_numpy()
+    items = frame["itemid"].to_numpy(np.int64)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return np.split(items, starts[1:])
+
+
+def next_item_examples(
+    window: pd.DataFrame, max_examples: int = 5_000, random_state: int = 0
+) -> list[tuple[np.ndarray, int]]:
+    """``(items viewed so far, the next item)`` for every step of every session in the window
+    whose next item is new to the session (an item already in it cannot be recommended to it);
+    a seeded sample of at most ``max_examples``."""
+    out = []
+    for items in _sessions(window):
+        for i in range(1, len(items)):
+            if items[i] not in items[:i]:
+                out.append((items[:i], int(items[i])))
+    if len(out) > max_examples:
+        keep = np.sort(np.random.default_rng(random_state).choice(len(out), max_examples, False))
+        out = [out[i] for i in keep]
+    return out
+
+
+#: Ranks items for an anonymous session (item ids, latest last): ``n`` item ids, -1 padded.
+SessionRanker = Any
+
+
+def session_hit_rate(rank: SessionRanker, examples: list[tuple[np.ndarray, int]], k: int) -> float:
+    """Share of examples whose next item is in the top ``k``."""
+    if not examples:
+        return 0.0
+    return float(np.mean([target in rank(prefix, k) for prefix, target in examples]))
+
+
+def served_session_ranker(served: Served) -> SessionRanker:
+    """As the API answers ``POST /v1/sessions/recommendations``."""
+    rules = Rules(exclude_purchased=False)
+
+    def rank(items: np.ndarray, n: int) -> np.ndarray:
+        return np.asarray(served.for_session(items.tolist(), n, rules).items, dtype=np.int64)
+
+    return rank
+
+
+def sequential_rules_ranker(events: pd.DataFrame, max_steps: int = 10) -> SessionRanker:
+    """The sequential-rules baseline of session-based recommendation (Ludewig and Jannach,
+    2018): over the training sessions, item ``a`` followed ``s`` steps later by item ``b`` adds
+    ``1/s`` to the rule ``a -> b`` (``s <= max_steps``); a session is ranked by the rules of its
+    last item, its own items left out, popularity after them."""
+    import scipy.sparse as sp
+
+    sessions = _sessions(events)
+    ids = np.unique(events["itemid"].to_numpy(np.int64))
+    src, dst, w = [], [], []
+    for items in sessions:
+        col = np.searchsorted(ids, items)
+        for s in range(1, min(max_steps, len(col) - 1) + 1):
+            src.append(col[:-s])
+            dst.append(col[s:])
+            w.append(np.full(len(col) - s, 1.0 / s))
+    rules = sp.csr_matrix(
+        (
+            np.concatenate(w or [np.zeros(0)]),
+            (np.concatenate(src or [np.zeros(0, int)]), np.concatenate(dst or [np.zeros(0, int)])),
+        ),
+        shape=(len(ids), len(ids)),
+    )
+    rules.setdiag(0)
+    rules.eliminate_zeros()
+    popular = pd.Series(events["itemid"].to_numpy()).value_counts().index.to_numpy(np.int64)
+
+    def rank(items: np.ndarray, n: int) -> np.ndarray:
+        at = np.searchsorted(ids, items[-1])
+        picked: list[int] = []
+        if at < len(ids) and ids[at] == items[-1]:
+            row = rules.getrow(at)
+            order = np.argsort(-row.data, kind="stable")
+            picked = [int(i) for i in ids[row.indices[order]] if i not in items]
+        picked = picked[:n]
+        if len(picked) < n:
+            chosen = set(picked) | set(items.tolist())
+            picked += [int(i) for i in popular[: n + len(chosen)] if i not in chosen]
+        return np.array(picked[:n], dtype=np.int64)
+
+    return rank

@@ -111,6 +111,8 @@ class TrainResult:
     windows: Windows | None = None
     #: Why nothing was evaluated, when the log is too short for a split.
     note: str = ""
+    #: Next-item HitRate@20 on the test window's sessions: served, and sequential rules.
+    sessions: dict[str, float] = field(default_factory=dict)
 
 
 def fingerprint(events: pd.DataFrame) -> str:
@@ -159,11 +161,23 @@ SIMPLICITY = (
 )
 
 
-def aux_models(data: Dataset, similar: str = "itemknn_bm25") -> dict[str, BaseRecommender]:
+#: The session blends tried on the validation window's sessions (decay, co-occurrence weight,
+#: popularity weight), plainest first: a tie keeps the earlier.
+SESSION_GRID = tuple(
+    {"decay": d, "cooc_weight": c, "pop_weight": p}
+    for p in (0.0, 0.005, 0.02, 0.1)
+    for c in (0.0, 0.01)
+    for d in (0.4, 0.1, 0.7, 0.0)
+)
+
+
+def aux_models(
+    data: Dataset, similar: str = "itemknn_bm25", session: dict[str, Any] | None = None
+) -> dict[str, BaseRecommender]:
     """The similar-items, session, bought-together and popularity models, fitted on ``data``."""
     return {
         "similar": make_model(similar).fit(data),
-        "session": make_model("session").fit(data),
+        "session": make_model("session", **(session or {})).fit(data),
         "bought_together": make_model("bought_together").fit(data),
         "popular": make_model("popular").fit(data),
         "popular_7d": make_model("popular_7d").fit(data),
@@ -210,6 +224,8 @@ class Stage:
     window: pd.DataFrame
     data: Dataset
     histories: ev.Histories
+    #: The session model's blend (default: the model's own).
+    session_params: dict[str, Any] | None = None
     _aux: dict[str, BaseRecommender] | None = None
 
     @classmethod
@@ -236,8 +252,30 @@ class Stage:
 
     def aux(self) -> dict[str, BaseRecommender]:
         if self._aux is None:
-            self._aux = aux_models(self.data)
+            self._aux = aux_models(self.data, session=self.session_params)
         return self._aux
+
+    def served(self, name: str = "popular", model: BaseRecommender | None = None) -> Served:
+        """The bundle the API would serve, built on this stage (``model`` as the personalised
+        role; popularity by default)."""
+        aux = self.aux()
+        return Served(assemble(self.data, name, {}, model or aux["popular"], aux), "evaluation")
+
+    def session_hit_rates(self, k: int = 20) -> dict[str, float]:
+        """Next-item HitRate@k on the window's sessions: the served answers to
+        ``POST /v1/sessions/recommendations``, and sequential rules computed on the same days
+        before the window."""
+        examples = ev.next_item_examples(self.window)
+        before = self.histories.events
+        return {
+            f"session_hit_rate_at_{k}": ev.session_hit_rate(
+                ev.served_session_ranker(self.served()), examples, k
+            ),
+            f"session_hit_rate_at_{k}_sequential_rules": ev.session_hit_rate(
+                ev.sequential_rules_ranker(before), examples, k
+            ),
+            "session_examples": float(len(examples)),
+        }
 
     def score_bundle(
         self, bundle: ModelBundle, per_visitor: dict[str, np.ndarray] | None = None
@@ -323,6 +361,26 @@ def prepare(
     return _Prepared(events, split, windows, val, test, _catalogue(settings, None), oracle)
 
 
+def tune_session(stage: Stage, k: int = 20, max_examples: int = 2_000) -> dict[str, Any]:
+    """The session blend (:data:`SESSION_GRID`) whose served answers to the stage's window
+    sessions have the best next-item HitRate@k; the stage's session model is left blended so."""
+    from retailrec.models.item_item import SessionRecommender
+
+    session = stage.aux()["session"]
+    assert isinstance(session, SessionRecommender)
+    examples = ev.next_item_examples(stage.window, max_examples=max_examples)
+    served = stage.served()
+    best, best_rate = dict(SESSION_GRID[0]), -1.0
+    for params in SESSION_GRID if examples else ():
+        session.blend(**params)
+        rate = ev.session_hit_rate(ev.served_session_ranker(served), examples, k)
+        if rate > best_rate:
+            best, best_rate = dict(params), rate
+    session.blend(**best)
+    stage.session_params = best
+    return best
+
+
 def select(
     table: pd.DataFrame, per_visitor: dict[str, np.ndarray], primary: str
 ) -> tuple[str, dict[str, str]]:
@@ -354,6 +412,10 @@ def select(
             others = [str(t) for t in tied if t != m]
             reasons[name] = f"best on validation ({val[m]:.4f})" + (
                 f"; within noise of it: {', '.join(others)}, none simpler" if others else ""
+            )
+        elif name == top:
+            reasons[name] = (
+                f"best on validation ({val[m]:.4f}), but the simpler {chosen} is within noise"
             )
         elif name == chosen:
             reasons[name] = (
@@ -422,6 +484,12 @@ def train(
                 "recency_half_life_days": feature_config.recency_half_life_days,
             }
         )
+        step("choosing the session blend on the validation sessions")
+        session_params = tune_session(prep.val)
+        prep.test.session_params = session_params
+        sessions = prep.test.session_hit_rates()
+        mlflow.log_params({f"session_{k}": v for k, v in session_params.items()})
+        mlflow.log_metrics({f"test_{k}": v for k, v in sessions.items()})
         if prep.oracle is not None:
             step("scoring the oracle")
             scores = [
@@ -479,7 +547,9 @@ def train(
         champion_metric, champion_version = _champion_on_window(client, settings, prep, config)
 
         step(f"refitting {best} on all the data")
-        bundle = _bundle(prep, best, chosen_params[best], candidates, feature_config)
+        bundle = _bundle(
+            prep, best, chosen_params[best], candidates, feature_config, session_params
+        )
         bundle.metadata |= {
             "run_id": parent.info.run_id,
             "test_metrics": {
@@ -498,6 +568,8 @@ def train(
                 "data_fingerprint": data_fp,
                 "git_commit": commit,
                 "selection": reasons[best][:5000],
+                "session_params": json.dumps(session_params, sort_keys=True),
+                **{f"test_{k}": repr(float(v)) for k, v in sessions.items()},
                 **{
                     k: repr(float(v))
                     for k, v in table.loc[best].items()
@@ -517,6 +589,7 @@ def train(
         parent.info.run_id,
         champion_metric,
         windows=windows,
+        sessions=sessions,
     )
 
 
@@ -633,6 +706,7 @@ def _bundle(
     params: dict[str, Any],
     candidates: pd.DataFrame,
     feature_config: fp.FeatureConfig,
+    session: dict[str, Any] | None = None,
 ) -> ModelBundle:
     """Fit the served models on all the data, up to the last event."""
     data = Dataset.from_events(prep.events, prep.catalogue_all, config=feature_config)
@@ -642,7 +716,12 @@ def _bundle(
         if candidates.loc["itemknn_cosine", key] > candidates.loc["itemknn_bm25", key]:
             similar = "itemknn_cosine"
     bundle = assemble(
-        data, best, params, make_model(best, **params).fit(data), aux_models(data, similar), similar
+        data,
+        best,
+        params,
+        make_model(best, **params).fit(data),
+        aux_models(data, similar, session),
+        similar,
     )
     bundle.metadata["n_events"] = len(prep.events)
     return bundle

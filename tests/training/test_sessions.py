@@ -1,0 +1,76 @@
+"""Anonymous sessions: next-item examples, sequential rules, and the served session model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retailrec.data_pipeline import synth
+from retailrec.data_pipeline.feature_pipeline import FeatureConfig
+from retailrec.data_pipeline.readers import item_catalogue
+from retailrec.models import Dataset, make_model
+from retailrec.training import evaluate as ev
+from retailrec.training.split import time_split
+from retailrec.training.train import SESSION_GRID, Stage, tune_session
+from tests.utils.factories import Shop, events_frame
+
+T = 1_500_000_000_000
+MIN = 60_000
+
+
+def test_next_item_examples_and_sequential_rules_by_hand() -> None:
+    # Two sessions of visitor 1 (an hour apart) and one of visitor 2.
+    log = events_frame(
+        [
+            (T, 1, "view", 10, None),
+            (T + MIN, 1, "view", 11, None),
+            (T + 2 * MIN, 1, "view", 10, None),  # seen in the session: no example
+            (T + 3 * MIN, 1, "view", 12, None),
+            (T + 90 * MIN, 1, "view", 13, None),
+            (T + 5 * MIN, 2, "view", 10, None),
+            (T + 6 * MIN, 2, "view", 12, None),
+        ]
+    )
+    examples = ev.next_item_examples(log)
+    assert [(p.tolist(), t) for p, t in examples] == [
+        ([10], 11),
+        ([10, 11, 10], 12),
+        ([10], 12),
+    ]
+    rules = ev.sequential_rules_ranker(log)
+    # After 10: 11 (1 step, once) and 12 (1 step once, 2 steps once... by weight 1 + 1/2);
+    # items of the session itself are left out, popularity fills the rest.
+    assert rules(np.array([10]), 3).tolist() == [12, 11, 13]
+    assert ev.session_hit_rate(rules, [(np.array([10]), 12)], 1) == 1.0
+    assert ev.session_hit_rate(rules, [(np.array([10]), 11)], 1) == 0.0
+
+
+@pytest.mark.slow
+def test_the_served_session_model_beats_sequential_rules_on_a_short_log() -> None:
+    """Five days of a shop (``small`` scale): the blend chosen on the validation sessions,
+    served as the API answers anonymous sessions, beats sequential rules fitted on the same
+    days."""
+    shop = synth.generate(synth.config_for("small"), random_state=5)
+    log = shop.events
+    end = int(log["timestamp"].max())
+    log = log[log["timestamp"] > end - 5 * 86_400_000]
+    split = time_split(log, 1.25, 1.25)
+    catalogue = item_catalogue(shop.item_properties)
+    config = FeatureConfig()
+    val = Stage.make("val", log, catalogue, split.val_start_ms, split.test_start_ms - 1, config)
+    best = tune_session(val)
+    assert best in SESSION_GRID
+    test = Stage.make("test", log, catalogue, split.test_start_ms, split.end_ms, config)
+    test.session_params = best
+    rates = test.session_hit_rates()
+    assert rates["session_examples"] >= 300
+    assert rates["session_hit_rate_at_20"] > rates["session_hit_rate_at_20_sequential_rules"]
+
+
+def test_blend_needs_the_fitted_signals(tiny_shop: Shop, tmp_path) -> None:
+    data = Dataset.from_events(tiny_shop.data.events)
+    model = make_model("session").fit(data)
+    model.save(tmp_path / "s.pkl")
+    loaded = type(model).load(tmp_path / "s.pkl")
+    with pytest.raises(ValueError, match="refit"):
+        loaded.blend(0.1, 0.0, 0.0)  # type: ignore[attr-defined]
