@@ -91,6 +91,7 @@ def one(name: str, days: float, models: str | None, root: Path, port: int) -> di
         "ndcg_at_10_all_visitors": {
             k: rows[k]["ndcg_at_10_all"] for k in ("champion", "bm25_itemknn", "popularity")
         },
+        "sessions_next_item_hit_rate_at_20": result["sessions"],
         "served_over_bm25": round(champ / bm25, 3) if bm25 else None,
         "served_over_popularity": round(champ / pop, 3) if pop else None,
         "pipeline_seconds": round(trained_s, 1),

@@ -368,22 +368,18 @@ def _train(
 ModelsOption = Annotated[
     str | None, typer.Option(help="Comma-separated model names (default: all).")
 ]
-TestDaysOption = Annotated[
-    float | None,
-    typer.Option(
+
+
+def _days_option(window: str) -> Any:
+    return typer.Option(
         min=0.01,
-        help="Test window in days (default: sized to the log, at most 7).",
+        help=f"{window} window in days (default: sized to the log, at most 7).",
         show_default=False,
-    ),
-]
-ValDaysOption = Annotated[
-    float | None,
-    typer.Option(
-        min=0.01,
-        help="Validation window in days (default: sized to the log, at most 7).",
-        show_default=False,
-    ),
-]
+    )
+
+
+TestDaysOption = Annotated[float | None, _days_option("Test")]
+ValDaysOption = Annotated[float | None, _days_option("Validation")]
 TruthOption = Annotated[
     Path | None,
     typer.Option(

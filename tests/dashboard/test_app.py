@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -108,6 +109,30 @@ def test_models_page(use: Settings) -> None:
     at.selectbox(key="metric").set_value("recall_at_20").run()
     assert not at.exception
     assert "recall_at_20 on the test window" in _titles(at)
+    assert any("No backtest yet" in i.value for i in at.info)
+
+
+def test_models_page_shows_the_latest_backtest(
+    shop_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A copy of the trained shop, so the shared one keeps no report.
+
+    from retailrec.training.backtest import backtest, write_report
+
+    copy = Settings(data_dir=tmp_path / "data")
+    shutil.copytree(shop_settings.data_dir, copy.data_dir)
+    monkeypatch.setenv("RETAILREC_DATA_DIR", str(copy.data_dir))
+    get_settings.cache_clear()
+    report = backtest(get_settings())
+    write_report(report, copy.reports_dir)
+    at = _open("models")
+    assert "Backtest" in [h.value for h in at.subheader]
+    shown = _table(at, "ndcg_at_10_buy_all")
+    assert list(shown.index) == ["champion", "popularity", "bm25_itemknn"]
+    assert shown.loc["champion", "ndcg_at_10"] == pytest.approx(
+        report.results["champion"]["ndcg_at_10"]
+    )
+    assert any("NDCG@10" in m.label and "Champion 1" in m.label for m in at.metric)
 
 
 def test_explorer_recommends_for_a_visitor_and_a_session(use: Settings) -> None:

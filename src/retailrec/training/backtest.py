@@ -158,7 +158,7 @@ def backtest(
 ) -> BacktestReport:
     """Score the champion and the baselines on a held-out window (see the module docstring)."""
     from retailrec.training import registry
-    from retailrec.training.train import Stage, _catalogue, _fit, assemble, read_log
+    from retailrec.training.train import Stage, _fit, assemble, read_log
 
     step = progress or (lambda _s: None)
     feature_config = feature_config or fp.FeatureConfig.from_settings(settings)
@@ -193,13 +193,8 @@ def backtest(
     else:
         windows = choose_windows(log)
         split = time_split(log, windows.test_days, windows.val_days)
-        stage = Stage.make(
-            "test",
-            log,
-            _catalogue(settings, split.test_start_ms - 1),
-            split.test_start_ms,
-            split.end_ms,
-            feature_config,
+        stage = Stage.in_store(
+            settings, "test", log, split.test_start_ms, split.end_ms, feature_config
         )
         stage.session_params = json.loads(champion.tags.get("session_params", "{}")) or None
         params = json.loads(champion.tags.get("params", "{}"))

@@ -250,6 +250,20 @@ class Stage:
             ev.Histories(before),
         )
 
+    @classmethod
+    def in_store(
+        cls,
+        settings: Settings,
+        name: str,
+        events: pd.DataFrame,
+        start_ms: int,
+        end_ms: int,
+        config: fp.FeatureConfig,
+    ) -> Stage:
+        """:meth:`make` with the catalogue as the store stated it just before ``start_ms``."""
+        catalogue = _catalogue(settings, start_ms - 1)
+        return cls.make(name, events, catalogue, start_ms, end_ms, config)
+
     def aux(self) -> dict[str, BaseRecommender]:
         if self._aux is None:
             self._aux = aux_models(self.data, session=self.session_params)
@@ -339,21 +353,11 @@ def prepare(
     events = read_log(settings) if events is None else events
     windows = choose_windows(events, config.test_days, config.val_days)
     split = time_split(events, windows.test_days, windows.val_days)
-    val = Stage.make(
-        "val",
-        events,
-        _catalogue(settings, split.val_start_ms - 1),
-        split.val_start_ms,
-        split.test_start_ms - 1,
-        feature_config,
+    val = Stage.in_store(
+        settings, "val", events, split.val_start_ms, split.test_start_ms - 1, feature_config
     )
-    test = Stage.make(
-        "test",
-        events,
-        _catalogue(settings, split.test_start_ms - 1),
-        split.test_start_ms,
-        split.end_ms,
-        feature_config,
+    test = Stage.in_store(
+        settings, "test", events, split.test_start_ms, split.end_ms, feature_config
     )
     oracle = None
     if config.truth_dir is not None and (config.truth_dir / "params.json").is_file():
