@@ -74,3 +74,14 @@ def test_blend_needs_the_fitted_signals(tiny_shop: Shop, tmp_path) -> None:
     loaded = type(model).load(tmp_path / "s.pkl")
     with pytest.raises(ValueError, match="refit"):
         loaded.blend(0.1, 0.0, 0.0)  # type: ignore[attr-defined]
+
+
+def test_an_unknown_item_keeps_its_place_in_the_session(tiny_shop: Shop) -> None:
+    """The latest item weighs 1 even when the model has never seen it: the items before it are
+    older, not newer (sequential rules then fall back to popularity, as they should)."""
+    data = Dataset.from_events(tiny_shop.data.events)
+    model = make_model("session", decay=0.5).fit(data)
+    row = model.session_row(np.array([3, 7, -1]))  # type: ignore[attr-defined]
+    assert dict(zip(row.indices.tolist(), row.data.tolist(), strict=True)) == {3: 0.25, 7: 0.5}
+    last_only = make_model("session", decay=0.0).fit(data)
+    assert last_only.session_row(np.array([3, -1])).sum() == 0  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 from retailrec.data_pipeline import feature_pipeline as fp
 from retailrec.events import DAY_MS, TRANSACTION
 from retailrec.feature_store import store
+from retailrec.models.base import SIGNAL_FLOOR
 from retailrec.models.bundle import ModelBundle
 
 HISTORY_LIMIT = 500
@@ -123,7 +124,7 @@ class Served:
         # A model with nothing to say falls back to popularity; only real signal (above the
         # tie-break) counts for the item-to-item roles.
         if role in ("session", "similar", "bought_together"):
-            keep = scores > 1e-4
+            keep = scores > SIGNAL_FLOOR
             items, scores = items[keep], scores[keep]
         return items.tolist(), scores.tolist()
 
@@ -187,7 +188,7 @@ class Served:
             if items:
                 answer = Answer(self._ids(items), scores, "personalized")
         if len(answer.items) < k and row.nnz:
-            recent = idx[idx >= 0][-20:]  # the latest items, in viewing order
+            recent = idx[-20:]  # the latest items, in viewing order (-1: unknown to the model)
             session_row = self.bundle.models["session"].session_row(recent)  # type: ignore[attr-defined]
             have = self.bundle.item_index(np.asarray(answer.items, dtype=np.int64)).tolist()
             items, scores = self._take("session", session_row, k - len(answer.items), blocked, have)
@@ -202,8 +203,8 @@ class Served:
         known = idx[idx >= 0]
         blocked = self.blocked(rules, known, np.zeros(0, dtype=np.int64))
         answer = Answer([], [], "")
-        if len(known):
-            row = self.bundle.models["session"].session_row(known)  # type: ignore[attr-defined]
+        if len(known):  # unknown items keep their place in the session (see session_row)
+            row = self.bundle.models["session"].session_row(idx)  # type: ignore[attr-defined]
             items, scores = self._take("session", row, k, blocked, known.tolist())
             if items:
                 answer = Answer(self._ids(items), scores, "session")

@@ -22,7 +22,10 @@ from retailrec.models.data import Dataset
 
 #: Scores held at once (rows x items): about 200 MB of float32 whatever the catalogue size.
 BATCH_CELLS = 50_000_000
+#: Scores add TIE_BREAK x an item's popularity share (at most 1): equal scores rank the more
+#: popular item first, and a score above SIGNAL_FLOOR says more than the tie-break alone.
 TIE_BREAK = 1e-6
+SIGNAL_FLOOR = TIE_BREAK
 
 
 @runtime_checkable

@@ -211,10 +211,13 @@ class SessionRecommender(ItemItemRecommender):
 
     def session_row(self, items: np.ndarray) -> sp.csr_matrix:
         """A (1, n_items) history for items in viewing order: the latest weighs 1, each earlier
-        one ``decay`` times the next."""
+        one ``decay`` times the next. An item the model does not know (index -1) keeps its
+        place: it weighs nothing, and the items before it weigh as much as they would after a
+        known one."""
         items = np.asarray(items, dtype=np.int64)
-        items = items[(items >= 0) & (items < self.n_items_)]
         weights = self.decay ** np.arange(len(items))[::-1]
+        known = (items >= 0) & (items < self.n_items_)
+        items, weights = items[known], weights[known]
         row = np.zeros(len(items), dtype=np.int64)
         return sp.csr_matrix(
             (weights.astype(np.float32), (row, items)), shape=(1, self.n_items_)
