@@ -6,7 +6,7 @@ which asks the running API for every visitor of the held-out days (``exclude_see
 scores plain BM25 item-kNN and popularity on the same histories. Prints NDCG@10 (returning
 visitors, truth = items new to them) and the ratios, and saves bench/results/heldout.json.
 
-    python bench/bench_heldout.py [--logs walk,fashion,real] [--days 7] [--models a,b]
+    python bench/bench_heldout.py [--logs walk,fashion,real] [--days 7] [--span D] [--models a,b]
 """
 
 from __future__ import annotations
@@ -55,11 +55,16 @@ def _serve(data: Path, port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("the API did not come up")
 
 
-def one(name: str, days: float, models: str | None, root: Path, port: int) -> dict[str, object]:
+def one(
+    name: str, days: float, span: float | None, models: str | None, root: Path, port: int
+) -> dict[str, object]:
     log = MAKERS[name]()
     if log is None:
         return {"skipped": "the real sample is not in ../shared"}
-    history, held_out = heldout_logs.split(log.events, days)
+    events = log.events
+    if span is not None:  # a shop that has only just started: its last `span` days
+        events = events[events["timestamp"] > int(events["timestamp"].max()) - span * 86_400_000]
+    history, held_out = heldout_logs.split(events, days)
     out = root / name
     raw = heldout_logs.write(log, history, held_out, out)
     data = out / "data"
@@ -103,15 +108,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logs", default="walk,fashion,real")
     parser.add_argument("--days", type=float, default=7.0)
+    parser.add_argument(
+        "--span", type=float, default=None, help="keep only the last SPAN days of each log"
+    )
     parser.add_argument("--models", default=None, help="models to train (default: all)")
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
-    results: dict[str, object] = {"command": " ".join(sys.argv), "days": args.days}
+    results: dict[str, object] = {
+        "command": " ".join(sys.argv),
+        "days": args.days,
+        "span": args.span,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.logs.split(","):
-            results[name] = one(name, args.days, args.models, Path(tmp), args.port)
+            results[name] = one(name, args.days, args.span, args.models, Path(tmp), args.port)
             print(name, json.dumps(results[name], indent=1), flush=True)
-    report("heldout", results)
+    report("heldout" + (f"-span{args.span:g}" if args.span else ""), results)
 
 
 if __name__ == "__main__":

@@ -168,17 +168,7 @@ class SessionRecommender(ItemItemRecommender):
         groups = ev["user"].to_numpy(np.int64) * 100_000 + ev["session"].to_numpy(np.int64)
         items = ev["item"].to_numpy(np.int64)
         n = data.n_items
-        src, dst, w = [], [], []
-        for step in range(1, self.max_steps + 1):
-            same = groups[step:] == groups[:-step]
-            src.append(items[:-step][same])
-            dst.append(items[step:][same])
-            w.append(np.full(int(same.sum()), 1.0 / step, dtype=np.float32))
-        rules = sp.csr_matrix(
-            (np.concatenate(w), (np.concatenate(src), np.concatenate(dst))), shape=(n, n)
-        )
-        rules.setdiag(0)
-        rules.eliminate_zeros()
+        rules = sequential_rules(groups, items, n, self.max_steps)
         rules = _scale_rows(rules, np.asarray(rules.sum(axis=1)).ravel())
         co = _cooccurrence(groups, items, n)
         counts = np.bincount(items, minlength=n).astype(np.float32)
@@ -227,6 +217,31 @@ class SessionRecommender(ItemItemRecommender):
         state = super().__getstate__()
         state["_parts"] = None  # what blend() mixes: for training only, never in a bundle
         return state
+
+
+def sequential_rules(
+    groups: np.ndarray, items: np.ndarray, n_items: int, max_steps: int = 10
+) -> sp.csr_matrix:
+    """(n_items, n_items) sequential rules (Ludewig and Jannach 2018): in each group (a session),
+    item ``a`` followed ``s`` steps later by ``b`` adds ``1/s`` to ``a -> b``, for
+    ``s <= max_steps``; an item's rules to itself are left out.
+
+    Args:
+        groups: (n_events,) session keys, the events of a session together and in time order.
+        items: (n_events,) item indices.
+    """
+    src, dst, w = [], [], []
+    for step in range(1, max_steps + 1):
+        same = groups[step:] == groups[:-step]
+        src.append(items[:-step][same])
+        dst.append(items[step:][same])
+        w.append(np.full(int(same.sum()), 1.0 / step, dtype=np.float32))
+    rules = sp.csr_matrix(
+        (np.concatenate(w), (np.concatenate(src), np.concatenate(dst))), shape=(n_items, n_items)
+    )
+    rules.setdiag(0)
+    rules.eliminate_zeros()
+    return rules
 
 
 def _scale_rows(matrix: sp.csr_matrix, by: np.ndarray) -> sp.csr_matrix:

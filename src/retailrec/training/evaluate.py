@@ -443,26 +443,16 @@ def sequential_rules_ranker(events: pd.DataFrame, max_steps: int = 10) -> Sessio
     2018): over the training sessions, item ``a`` followed ``s`` steps later by item ``b`` adds
     ``1/s`` to the rule ``a -> b`` (``s <= max_steps``); a session is ranked by the rules of its
     last item, its own items left out, popularity after them."""
-    import scipy.sparse as sp
+    from retailrec.data_pipeline.feature_pipeline import session_numbers
+    from retailrec.models.item_item import sequential_rules
 
-    sessions = _sessions(events)
     ids = np.unique(events["itemid"].to_numpy(np.int64))
-    src, dst, w = [], [], []
-    for items in sessions:
-        col = np.searchsorted(ids, items)
-        for s in range(1, min(max_steps, len(col) - 1) + 1):
-            src.append(col[:-s])
-            dst.append(col[s:])
-            w.append(np.full(len(col) - s, 1.0 / s))
-    rules = sp.csr_matrix(
-        (
-            np.concatenate(w or [np.zeros(0)]),
-            (np.concatenate(src or [np.zeros(0, int)]), np.concatenate(dst or [np.zeros(0, int)])),
-        ),
-        shape=(len(ids), len(ids)),
+    frame = events.assign(session=session_numbers(events)).sort_values(
+        ["visitorid", "session", "timestamp"], kind="stable"
     )
-    rules.setdiag(0)
-    rules.eliminate_zeros()
+    group = frame["visitorid"].to_numpy(np.int64) * 100_000 + frame["session"].to_numpy()
+    col = np.searchsorted(ids, frame["itemid"].to_numpy(np.int64))
+    rules = sequential_rules(group, col, len(ids), max_steps)
     popular = pd.Series(events["itemid"].to_numpy()).value_counts().index.to_numpy(np.int64)
 
     def rank(items: np.ndarray, n: int) -> np.ndarray:
