@@ -145,8 +145,6 @@ def _fit(name: str, params: dict[str, Any], data: Dataset) -> tuple[BaseRecommen
     return model, time.perf_counter() - start
 
 
-#: The roles a bundle serves besides the personalised one, fitted alike for every candidate.
-AUX_ROLES = ("similar", "session", "bought_together", "popular", "popular_7d")
 #: Simplest first: when candidates are within the noise band of each other, the first of them in
 #: this order is chosen (fewer parameters, fewer ways to be wrong on next week's visitors).
 SIMPLICITY = (
