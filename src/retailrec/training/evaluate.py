@@ -47,11 +47,17 @@ def _recall(hits: np.ndarray, n_rel: np.ndarray, k: int) -> float:
     return float(np.mean(hits[:, :k].sum(axis=1) / np.minimum(n_rel, k)))
 
 
-def _ndcg(hits: np.ndarray, n_rel: np.ndarray, k: int) -> float:
+def _ndcg_rows(hits: np.ndarray, n_rel: np.ndarray, k: int) -> np.ndarray:
+    """NDCG@k of each row of the hit matrix."""
     discount = 1.0 / np.log2(np.arange(2, k + 2))
     dcg = (hits[:, :k] * discount[: hits[:, :k].shape[1]]).sum(axis=1)
     ideal = np.cumsum(discount)[np.minimum(n_rel, k) - 1]
-    return float(np.mean(dcg / ideal))
+    rows: np.ndarray = dcg / ideal
+    return rows
+
+
+def _ndcg(hits: np.ndarray, n_rel: np.ndarray, k: int) -> float:
+    return float(np.mean(_ndcg_rows(hits, n_rel, k)))
 
 
 def _map(hits: np.ndarray, n_rel: np.ndarray, k: int) -> float:
@@ -329,7 +335,10 @@ def evaluate(
             if per_visitor is not None and target == "any" and seg == "":
                 per_visitor["visitors"] = warm
                 per_visitor["recommended"] = recs[""]
-                per_visitor["ndcg_at_10"] = _per_visitor_ndcg(recs[""], relevant, 10)
+                # NaN for visitors with nothing relevant: they are the rows _hits left out.
+                ndcg = np.full(len(ids), np.nan)
+                ndcg[[len(r) > 0 for r in relevant]] = _ndcg_rows(hits, n_rel, 10)
+                per_visitor["ndcg_at_10"] = ndcg
     top10 = recs[""][:, :10]
     shown = np.unique(top10[top10 >= 0])
     out["coverage_at_10"] = len(shown) / max(n_items, 1)
@@ -338,18 +347,6 @@ def evaluate(
         if (top10 >= 0).any()
         else 0.0
     )
-    return out
-
-
-def _per_visitor_ndcg(
-    recommended: np.ndarray, relevant: Sequence[np.ndarray], k: int
-) -> np.ndarray:
-    """NDCG@k of each row, NaN where the row has nothing relevant."""
-    out = np.full(len(relevant), np.nan)
-    for u, rel in enumerate(relevant):
-        if len(rel):
-            hits, n_rel = _hits(recommended[u : u + 1], [rel], k)
-            out[u] = _ndcg(hits, n_rel, k)
     return out
 
 
@@ -385,17 +382,23 @@ def all_visitors(metrics: dict[str, float], name: str) -> float:
 # Anonymous sessions: next-item prediction
 
 
-def _sessions(events: pd.DataFrame) -> list[np.ndarray]:
-    """Each session's item ids in time order (a pause over 30 minutes starts a new one)."""
+def _in_sessions(events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(session keys, item ids)`` of the events, each session's together and in time order (a
+    pause over 30 minutes starts a new one)."""
     from retailrec.data_pipeline.feature_pipeline import session_numbers
 
-    if events.empty:
-        return []
     frame = events.assign(session=session_numbers(events)).sort_values(
         ["visitorid", "session", "timestamp"], kind="stable"
     )
-    keys = frame["visitorid"].to_numpy() * 100_000 + frame["session"].to_numpy()
-    items = frame["itemid"].to_numpy(np.int64)
+    keys = frame["visitorid"].to_numpy(np.int64) * 100_000 + frame["session"].to_numpy()
+    return keys, frame["itemid"].to_numpy(np.int64)
+
+
+def _sessions(events: pd.DataFrame) -> list[np.ndarray]:
+    """Each session's item ids in time order."""
+    if events.empty:
+        return []
+    keys, items = _in_sessions(events)
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     return np.split(items, starts[1:])
 
@@ -443,16 +446,11 @@ def sequential_rules_ranker(events: pd.DataFrame, max_steps: int = 10) -> Sessio
     2018): over the training sessions, item ``a`` followed ``s`` steps later by item ``b`` adds
     ``1/s`` to the rule ``a -> b`` (``s <= max_steps``); a session is ranked by the rules of its
     last item, its own items left out, popularity after them."""
-    from retailrec.data_pipeline.feature_pipeline import session_numbers
     from retailrec.models.item_item import sequential_rules
 
-    ids = np.unique(events["itemid"].to_numpy(np.int64))
-    frame = events.assign(session=session_numbers(events)).sort_values(
-        ["visitorid", "session", "timestamp"], kind="stable"
-    )
-    group = frame["visitorid"].to_numpy(np.int64) * 100_000 + frame["session"].to_numpy()
-    col = np.searchsorted(ids, frame["itemid"].to_numpy(np.int64))
-    rules = sequential_rules(group, col, len(ids), max_steps)
+    keys, items = _in_sessions(events)
+    ids = np.unique(items)
+    rules = sequential_rules(keys, np.searchsorted(ids, items), len(ids), max_steps)
     popular = pd.Series(events["itemid"].to_numpy()).value_counts().index.to_numpy(np.int64)
 
     def rank(items: np.ndarray, n: int) -> np.ndarray:

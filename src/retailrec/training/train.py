@@ -267,11 +267,17 @@ class Stage:
             self._aux = aux_models(self.data, session=self.session_params)
         return self._aux
 
-    def served(self, name: str = "popular", model: BaseRecommender | None = None) -> Served:
-        """The bundle the API would serve, built on this stage (``model`` as the personalised
-        role; popularity by default)."""
+    def served(
+        self,
+        name: str = "popular",
+        params: dict[str, Any] | None = None,
+        model: BaseRecommender | None = None,
+    ) -> Served:
+        """The bundle the API would serve, built on this stage (``model``, fitted on
+        :attr:`data`, as the personalised role; popularity by default)."""
         aux = self.aux()
-        return Served(assemble(self.data, name, {}, model or aux["popular"], aux), "evaluation")
+        bundle = assemble(self.data, name, params or {}, model or aux["popular"], aux)
+        return Served(bundle, "evaluation")
 
     def session_hit_rates(self, k: int = 20) -> dict[str, float]:
         """Next-item HitRate@k on the window's sessions: the served answers to
@@ -293,12 +299,16 @@ class Stage:
         self, bundle: ModelBundle, per_visitor: dict[str, np.ndarray] | None = None
     ) -> dict[str, float]:
         """Metrics of a bundle served over this stage's histories at its clock."""
-        served = Served(bundle, "evaluation")
+        return self._evaluate(Served(bundle, "evaluation"), per_visitor)
+
+    def _evaluate(
+        self, served: Served, per_visitor: dict[str, np.ndarray] | None
+    ) -> dict[str, float]:
         return ev.evaluate(
             ev.served_ranker(served, self.histories, self.clock_ms),
             self.histories,
             self.window,
-            n_items=bundle.n_items,
+            n_items=served.bundle.n_items,
             per_visitor=per_visitor,
         )
 
@@ -310,7 +320,7 @@ class Stage:
         per_visitor: dict[str, np.ndarray] | None = None,
     ) -> dict[str, float]:
         """Metrics of ``model`` (fitted on :attr:`data`) as the personalised role of a bundle."""
-        return self.score_bundle(assemble(self.data, name, params, model, self.aux()), per_visitor)
+        return self._evaluate(self.served(name, params, model), per_visitor)
 
 
 @dataclass
