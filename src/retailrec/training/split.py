@@ -135,11 +135,9 @@ def choose_windows(
     # Whole hours from lo to hi, a handful of candidates, smallest first.
     grid = np.unique(np.round(np.linspace(lo, hi, 7) * 24) / 24)
     grid = grid[grid > 0] if (grid > 0).any() else np.array([hi])
-    chosen, counts = grid[-1], count(test_days or grid[-1], val_days or grid[-1])
-    for days in grid:
-        n_val, n_test = count(test_days or days, val_days or days)
-        if min(n_val, n_test) >= target:
-            chosen, counts = days, (n_val, n_test)
+    for chosen in grid:  # the largest, the last, stands when none holds the target
+        counts = count(test_days or chosen, val_days or chosen)
+        if min(counts) >= target:
             break
     test, val = float(test_days or chosen), float(val_days or chosen)
     if min(counts) == 0:
