@@ -15,6 +15,7 @@ only bounds how far in the future an incoming event may be dated (:data:`FUTURE_
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from types import MappingProxyType
 
 import numpy as np
@@ -75,3 +76,8 @@ def confidence(
     age_days = np.maximum(np.asarray(now_ms, dtype=np.int64) - timestamps, 0) / DAY_MS
     out: np.ndarray = weights[codes] * np.power(0.5, age_days / half_life_days)
     return out
+
+
+def utc_text(ms: int) -> str:
+    """A timestamp (Unix ms) as people read it: ``2015-09-18 03:00 UTC``."""
+    return datetime.fromtimestamp(ms / SECOND_MS, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -405,8 +405,8 @@ def build_features(
         as_of_ms = last_ms
     elif as_of_ms < first_ms:  # nothing is known yet: a snapshot would be empty
         raise ValueError(
-            f"as of {as_of_ms} ({_utc(as_of_ms)}) is before the first event ({first_ms},"
-            f" {_utc(first_ms)}): no features to compute (timestamps are Unix milliseconds)"
+            f"as of {as_of_ms} ({ev_.utc_text(as_of_ms)}) is before the first event ({first_ms},"
+            f" {ev_.utc_text(first_ms)}): no features to compute (timestamps are Unix milliseconds)"
         )
     events = store.read_events(conn, end_ms=as_of_ms + 1)
     snapshot = compute_features(events, item_category_as_of(conn, as_of_ms), as_of_ms, config)
@@ -421,10 +421,6 @@ def build_features(
         len(snapshot.pairs),
     )
     return snapshot
-
-
-def _utc(ms: int) -> str:
-    return str(pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC"))
 
 
 def online_user_features(

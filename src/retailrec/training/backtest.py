@@ -40,6 +40,7 @@ from retailrec.api.service import Served
 from retailrec.config import Settings
 from retailrec.data_pipeline import etl
 from retailrec.data_pipeline import feature_pipeline as fp
+from retailrec.events import utc_text
 from retailrec.feature_store import store
 from retailrec.models.bundle import ModelBundle
 from retailrec.training import evaluate as ev
@@ -276,10 +277,6 @@ def latest_report(reports_dir: Path) -> dict[str, Any] | None:
     return payload
 
 
-def _utc(ms: int) -> str:
-    return str(pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC"))
-
-
 def _html(report: BacktestReport) -> str:
     rows = report.rows()
     cols = [c for c in rows[0] if c != "ranker"]
@@ -300,9 +297,9 @@ td:first-child,th:first-child{{text-align:left}}table{{border-collapse:collapse}
 tr:nth-child(even){{background:#f3f3f3}}</style></head><body>
 <h1>Backtest: champion {html.escape(report.champion_version)}
 ({html.escape(report.champion_model)})</h1>
-<p>Window: {html.escape(report.source)}, {_utc(report.window_start_ms)} to
-{_utc(report.window_end_ms)} ({report.n_test_events:,} events); clock
-{_utc(report.clock_ms)}. Answers: {html.escape(report.served_by)}.</p>
+<p>Window: {html.escape(report.source)}, {utc_text(report.window_start_ms)} to
+{utc_text(report.window_end_ms)} ({report.n_test_events:,} events); clock
+{utc_text(report.clock_ms)}. Answers: {html.escape(report.served_by)}.</p>
 <p>NDCG@10 of the champion: {report.ratio("bm25_itemknn"):.2f}&times; plain BM25 item-kNN,
 {report.ratio("popularity"):.2f}&times; popularity (returning visitors, any interaction).</p>
 <table><tr>{head}</tr>{body}</table>
