@@ -9,6 +9,7 @@ store. A test checks that both give the same row.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 from collections.abc import Mapping
@@ -71,8 +72,13 @@ class FeatureConfig:
     ) -> np.ndarray:
         """:func:`retailrec.events.confidence` with these weights and this half-life."""
         return ev_.confidence(
-            codes, timestamps, now_ms, self.code_weights(), self.recency_half_life_days
+            codes, timestamps, now_ms, self._code_weights, self.recency_half_life_days
         )
+
+    @functools.cached_property
+    def _code_weights(self) -> np.ndarray:
+        # Built once per config: serving weighs a history on every request.
+        return self.code_weights()
 
 
 def _until(events: pd.DataFrame, as_of_ms: int | None) -> pd.DataFrame:
