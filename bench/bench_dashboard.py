@@ -32,8 +32,8 @@ PAGES = {
     "data": "data.data_overview(settings)",
     "models": "data.model_runs(settings)",
     "recommendations": (
-        "from retailrec.api.state import ModelHolder\n"
-        "from retailrec.api.service import Rules\n"
+        "from retailrec.serving.holder import ModelHolder\n"
+        "from retailrec.serving.service import Rules\n"
         "from retailrec.feature_store import store\n"
         "cat = data.catalogue(settings)\n"
         "visitors = data.sample_visitors(settings)\n"

@@ -19,7 +19,7 @@ from _util import report, run_measured
 SYNTH = """
 import sys
 from pathlib import Path
-from retailrec.data_pipeline import synth
+from retailrec.synthetic import synth
 data = synth.generate(synth.config_for(sys.argv[1]), random_state=int(sys.argv[2]))
 synth.write(data, Path(sys.argv[3]))
 """

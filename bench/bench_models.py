@@ -25,10 +25,10 @@ def main() -> None:
 
     from threadpoolctl import threadpool_limits
 
-    from retailrec.data_pipeline import synth
-    from retailrec.data_pipeline.readers import item_catalogue
+    from retailrec.data_pipeline.feature_pipeline import item_catalogue
     from retailrec.models import Dataset, make_model
     from retailrec.models.factors import ALSRecommender
+    from retailrec.synthetic import synth
 
     shop = synth.generate(synth.config_for(args.scale), random_state=args.seed)
     data = Dataset.from_events(shop.events.drop_duplicates(), item_catalogue(shop.item_properties))

@@ -17,7 +17,7 @@ from _util import report, run_measured
 GENERATE = """
 import sys
 from pathlib import Path
-from retailrec.data_pipeline import synth
+from retailrec.synthetic import synth
 config = synth.config_for(sys.argv[1])
 synth.write(synth.generate(config, random_state=int(sys.argv[2])), Path(sys.argv[3]))
 """

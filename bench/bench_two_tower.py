@@ -30,10 +30,10 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from retailrec.data_pipeline import synth
-    from retailrec.data_pipeline.readers import item_catalogue
+    from retailrec.data_pipeline.feature_pipeline import item_catalogue
     from retailrec.models import Dataset
     from retailrec.models.two_tower import TwoTowerRecommender
+    from retailrec.synthetic import synth
 
     start = time.perf_counter()
     shop = synth.generate(synth.config_for(args.scale), random_state=args.seed)

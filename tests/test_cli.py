@@ -237,8 +237,8 @@ def test_serve_bootstrap_trains_a_first_champion_then_serves(
 ) -> None:
     import uvicorn
 
+    from retailrec import registry
     from retailrec.config import get_settings
-    from retailrec.training import registry
 
     served: list[dict[str, object]] = []
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: served.append(kw))

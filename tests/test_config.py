@@ -34,7 +34,7 @@ def test_mlflow_tracking_uri_overrides_the_default(monkeypatch: pytest.MonkeyPat
 
 def test_import_is_light_and_creates_nothing(tmp_path: Path) -> None:
     code = (
-        "import sys, retailrec, retailrec.cli, retailrec.config, retailrec.data_pipeline.synth; "
+        "import sys, retailrec, retailrec.cli, retailrec.config, retailrec.synthetic.synth; "
         "heavy = {'torch', 'mlflow', 'streamlit', 'implicit', 'fastapi'} & set(sys.modules); "
         "print(sorted(heavy))"
     )

@@ -11,13 +11,14 @@ from fastapi.testclient import TestClient
 
 from retailrec import events
 from retailrec.api.main import create_app
-from retailrec.api.service import HISTORY_LIMIT, Served
 from retailrec.config import Settings
 from retailrec.data_pipeline import feature_pipeline as fp
+from retailrec.events import event_codes
 from retailrec.feature_store import store
 from retailrec.models import Dataset, make_model
 from retailrec.models.bundle import ModelBundle
 from retailrec.models.two_tower import training_examples
+from retailrec.serving.service import HISTORY_LIMIT, RecommendationService
 from tests.utils.factories import Shop, events_frame, loaded_settings
 
 DAY = events.DAY_MS
@@ -54,7 +55,7 @@ def test_offline_and_serving_build_identical_history_rows(tiny_shop: Shop) -> No
             "recency_half_life_days": config.recency_half_life_days,
         },
     )
-    served = Served(bundle, "1")
+    served = RecommendationService(bundle, "1")
     conn = store.connect(":memory:")
     store.append_events(conn, log)
     busy = log.groupby("visitorid").size()
@@ -68,7 +69,7 @@ def test_offline_and_serving_build_identical_history_rows(tiny_shop: Shop) -> No
     # The two-tower weighs each context event with the same function, as of its target event.
     items, weights, _feats, _targets = training_examples(data, history_len=3)
     ordered = data.events.sort_values(["user", "timestamp"], kind="stable").reset_index(drop=True)
-    codes = fp.event_codes(ordered["event"])
+    codes = event_codes(ordered["event"])
     user = ordered["user"].to_numpy()
     targets = np.flatnonzero(np.r_[False, user[1:] == user[:-1]])  # events with a context
     for row, pos in enumerate(targets[:300]):
@@ -118,7 +119,7 @@ def test_migration_sets_the_clock_of_an_existing_log(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def old_shop(tmp_path_factory: pytest.TempPathFactory, tiny_shop: Shop) -> Settings:
     """A champion trained on a 2015 log, as a seller with an old export has it."""
-    from retailrec.training import registry
+    from retailrec import registry
     from retailrec.training.train import TrainConfig, train
 
     settings = loaded_settings(tmp_path_factory.mktemp("old"), tiny_shop)

@@ -42,4 +42,4 @@ def test_eda_notebook_reads_real_files(monkeypatch: pytest.MonkeyPatch, real_sam
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3").execute()
     first = "".join(str(o.get("text", "")) for o in nb.cells[1].outputs)
-    assert "2,771 events, 1,500 visitors, 2,127 items" in first
+    assert "2,770 events (0 rows quarantined, 1 duplicates), 1,500 visitors, 2,127 items" in first

@@ -16,8 +16,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.exceptions import TyperException
 
 from retailrec.config import get_settings
+from retailrec.errors import RetailRecError, UsageError, error_line
 
 app = typer.Typer(
     name="retailrec",
@@ -25,6 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # help texts are paragraphs, rewrapped to the terminal
 )
 
 
@@ -45,32 +48,38 @@ err_console = _console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class CommandError(Exception):
-    """A failure to report to the user as one line, exit code 1."""
+class CommandError(RetailRecError):
+    """A failure of the command line itself (a data dir it cannot write, a child run that
+    failed), reported as one line, exit code 1."""
+
+
+#: Set by ``--debug``: an unexpected exception shows its traceback.
+_debug = False
 
 
 def _one_line_errors(func: F) -> F:
-    """Turn the library's user-facing errors into a one-line message and exit code 1."""
-    from retailrec.data_pipeline.download import DownloadError
-    from retailrec.data_pipeline.readers import DataFileError
-    from retailrec.feature_store.store import StoreError
-    from retailrec.training.registry_errors import RegistryError
+    """Report the library's errors (:class:`RetailRecError`) as one line and exit code 1.
+
+    Anything else is a bug: one line that says so, or with ``--debug`` the whole traceback.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (
-            CommandError,
-            DataFileError,
-            DownloadError,
-            StoreError,
-            RegistryError,
-            ValueError,
-            OSError,
-        ) as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            typer.echo(f"error: {message}", err=True)
+        except RetailRecError as exc:
+            typer.echo(f"error: {error_line(exc)}", err=True)
+            raise typer.Exit(1) from None
+        except (typer.Exit, typer.Abort, TyperException):  # usage errors: typer reports them
+            raise
+        except Exception as exc:
+            if _debug:
+                raise
+            typer.echo(
+                f"error: unexpected {type(exc).__name__}: {error_line(exc)} (a bug in RetailRec:"
+                " run again with `retailrec --debug ...` for the traceback, and report it)",
+                err=True,
+            )
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -79,8 +88,13 @@ def _one_line_errors(func: F) -> F:
 @app.callback()
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an unexpected error.")
+    ] = False,
 ) -> None:
     """Configure logging once, at the entry point."""
+    global _debug
+    _debug = debug
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -137,17 +151,19 @@ def synth(
     drift: Annotated[bool, typer.Option("--drift", help="Shift the last three weeks.")] = False,
 ) -> None:
     """Write a synthetic shop: Retailrocket's three files, and truth/ for evaluation."""
-    from retailrec.data_pipeline import synth as synth_mod
+    from retailrec.synthetic.synth import write_shop
 
     out_dir = out if out is not None else get_settings().raw_dir
-    config = synth_mod.config_for(scale, drift=drift)
     progress, step = _stage_progress(total=5)
     with progress:
-        data = synth_mod.generate(config, random_state=seed, progress=step)
-        step("writing")
-        paths = synth_mod.write(data, out_dir)
-    stats = synth_mod.summarize(data.events)
-    table = Table(title=f"synthetic shop, scale {scale}, seed {seed}{', drift' if drift else ''}")
+        written = write_shop(scale, seed, out_dir, drift=drift, progress=step)
+    _print_synth(written)
+
+
+def _print_synth(written: Any) -> None:
+    stats = written.stats
+    drift = ", drift" if written.drift else ""
+    table = Table(title=f"synthetic shop, scale {written.scale}, seed {written.seed}{drift}")
     table.add_column("statistic")
     table.add_column("value", justify="right")
     for key in ("rows", "visitors", "items", "transactions", "duplicates"):
@@ -156,7 +172,7 @@ def synth(
         table.add_row(key, f"{stats[key]:.2%}")
     console.print(table)
     console.print(
-        f"wrote {', '.join(str(p) for p in paths.values())} and {out_dir / 'truth'}/",
+        f"wrote {', '.join(str(p) for p in written.paths.values())} and {written.truth_dir}/",
         soft_wrap=True,
     )
 
@@ -197,6 +213,10 @@ def etl(
             config=_feature_config(),
             progress=lambda stage: progress.update(task, description=stage),
         )
+    _print_etl(report)
+
+
+def _print_etl(report: Any) -> None:
     title = f"ETL of {report.source}"
     table = Table(title=title, min_width=min(len(title), console.width))
     table.add_column("rows")
@@ -249,6 +269,10 @@ def features(
     settings = get_settings()
     with open_store(settings.feature_store_path) as conn:
         snap = build_features(conn, None if as_of is None else _ms(as_of), _feature_config())
+    _print_features(snap)
+
+
+def _print_features(snap: Any) -> None:
     console.print(
         f"features as of {snap.as_of_ms}: {len(snap.users):,} visitors, {len(snap.items):,} items,"
         f" {len(snap.pairs):,} item pairs",
@@ -419,7 +443,7 @@ def train(
 
 
 def _registry() -> Any:
-    from retailrec.training import registry
+    from retailrec import registry
 
     return registry, registry.configure(get_settings())
 
@@ -434,7 +458,10 @@ def promote(
 ) -> None:
     """Move the champion alias to a version if it beats the champion on the same test window."""
     registry, client = _registry()
-    result = registry.promote(client, get_settings().model_name, version, metric)
+    _print_promotion(registry.promote(client, get_settings().model_name, version, metric))
+
+
+def _print_promotion(result: Any) -> None:
     verb = "promoted" if result.promoted else "kept the champion; not promoted"
     console.print(f"{verb}: version {result.version}: {result.reason}", soft_wrap=True)
 
@@ -462,28 +489,31 @@ def pipeline(
 ) -> None:
     """Synth when there is no raw data, then etl, features, train and promote.
 
-    Only the default raw folder gets a synthetic shop: a folder or file given with ``--raw`` is
+    Only the default raw folder gets a synthetic shop: a folder or file given with `--raw` is
     the user's data, so when it holds no event log that is an error, not a reason to write there.
     """
-    from retailrec.data_pipeline.readers import DataFileError, locate
+    from retailrec.pipeline import run_pipeline
 
-    settings = get_settings()
-    raw_dir = raw if raw is not None else settings.raw_dir
-    try:
-        locate(raw_dir)
-    except DataFileError:
-        if raw is not None:
-            raise
-        console.print(
-            f"no events.csv in {raw_dir}: generating a synthetic shop ({scale})", soft_wrap=True
+    printers: dict[str, Callable[[Any], None]] = {
+        "synth": _print_synth,
+        "etl": _print_etl,
+        "features": _print_features,
+        "train": lambda result: _print_training(result, "ndcg_at_10"),
+        "promote": _print_promotion,
+    }
+    progress, task = _spinner("pipeline")
+    with progress:
+        run_pipeline(
+            get_settings(),
+            raw=raw,
+            scale=scale,
+            seed=seed,
+            models=_model_names(models),
+            test_days=test_days,
+            val_days=val_days,
+            progress=lambda stage: progress.update(task, description=stage),
+            on_stage=lambda stage, result: printers[stage](result),
         )
-        synth(scale=scale, seed=seed, out=raw_dir, drift=False)
-    etl(raw=raw_dir)
-    features(as_of=None)
-    # The synthetic shop's truth (written by synth, never by a shop) adds the oracle's line.
-    truth = raw_dir / "truth" if raw is None and (raw_dir / "truth").is_dir() else None
-    _train(models, 0, test_days, val_days, truth)
-    promote(version=None, metric="ndcg_at_10")
 
 
 def _check_writable(data_dir: Path) -> None:
@@ -504,20 +534,14 @@ def _check_writable(data_dir: Path) -> None:
 
 
 def _bootstrap(scale: str, models: str | None) -> None:
-    """Train a first champion when there is none, in a child process so that the server does not
-    keep the training's memory."""
-    import subprocess
-    import sys
+    """Train a first champion when there is none (the orchestrator runs the pipeline in a child
+    process, so that the server does not keep the training's memory)."""
+    from retailrec.pipeline import bootstrap
 
-    registry, client = _registry()
-    if registry.champion(client, get_settings().model_name) is not None:
-        return
-    err_console.print(f"no champion yet: running the pipeline ({scale}) before serving")
-    cmd = [sys.executable, "-m", "retailrec", "pipeline", "--scale", scale]
-    if models:
-        cmd += ["--models", models]
-    if subprocess.run(cmd, check=False).returncode != 0:
-        raise CommandError("the bootstrap pipeline failed; see its output above")
+    err_console.print(f"checking for a champion (else running the pipeline, {scale}, first)")
+    version = bootstrap(get_settings(), scale, _model_names(models))
+    if version is not None:
+        err_console.print(f"the pipeline registered a first champion: version {version}")
 
 
 @app.command()
@@ -670,7 +694,7 @@ def backtest(
 ) -> None:
     """Score the champion on a held-out window through the serving path, beside popularity and
     plain BM25 item-kNN, and write the report to reports/."""
-    from retailrec.monitoring.monitor import api_base
+    from retailrec.client import api_base
     from retailrec.training.backtest import backtest as run_backtest
     from retailrec.training.backtest import write_report
 
@@ -755,7 +779,8 @@ def monitor(
         typer.Option(help="weeks: the weeks before; champion: up to the champion's data end."),
     ] = "weeks",
     online_days: Annotated[
-        float, typer.Option(min=0, help="Served answers from the last N days feed online metrics.")
+        float,
+        typer.Option(min=0, help="Served answers from the last N days feed online metrics."),
     ] = 7.0,
     attribution_hours: Annotated[
         float, typer.Option(min=0, help="An event this soon after serving counts as followed.")
@@ -771,17 +796,25 @@ def monitor(
     max_runs: Annotated[int | None, typer.Option(hidden=True, min=1)] = None,
 ) -> None:
     """Drift and online-quality report into reports/; optionally retrain through the gate."""
+    from retailrec import pipeline
+    from retailrec.client import ApiClient
     from retailrec.monitoring import monitor as mon
     from retailrec.monitoring.drift_detector import DriftConfig
 
     names = _model_names(models)
     if remote:
-        answer = mon.request_remote_retrain(get_settings(), names)
-        if answer.get("status") != 202:
-            why = answer.get("error") or answer.get("reason")
-            status = f" ({answer['status']})" if answer.get("status") else ""
+        client = ApiClient.from_settings(get_settings())
+        if client is None:
+            raise CommandError(
+                "the API did not start a retraining run: RETAILREC_API_URL is not set"
+            )
+        with client:
+            answer = client.retrain(names)
+        if answer.status != 202:
+            why = answer.error or answer.reason
+            status = f" ({answer.status})" if answer.status else ""
             raise CommandError(f"the API did not start a retraining run{status}: {why}")
-        console.print(f"the API started a retraining run at {answer['answer']['started_ms']}")
+        console.print(f"the API started a retraining run at {answer.body['started_ms']}")
         return
     if every is not None and fail_on_drift:
         raise typer.BadParameter("--fail-on-drift ends a single run; leave it out with --every")
@@ -799,14 +832,14 @@ def monitor(
     def once() -> Any:
         progress, _task = _spinner("monitoring" + (" and retraining" if retrain else ""))
         with progress:
-            result = mon.run_monitor(get_settings(), config)
+            result = pipeline.monitor(get_settings(), config)
         _print_monitor(result)
         return result
 
     if every is not None:
         try:
             interval = mon.parse_interval(every)
-        except ValueError as exc:
+        except UsageError as exc:
             raise typer.BadParameter(str(exc)) from None
         console.print(f"monitoring every {every}; Ctrl-C stops", soft_wrap=True)
         try:

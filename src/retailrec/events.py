@@ -19,10 +19,15 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 #: The event types, in code order: an event's code is its position here.
 EVENT_TYPES = ("view", "addtocart", "transaction")
 VIEW, ADDTOCART, TRANSACTION = range(len(EVENT_TYPES))
+#: The event types as an Arrow array: a code is a position in it.
+EVENT_NAMES = pa.array(EVENT_TYPES, type=pa.large_string())
 #: Every column of an event, in the log's order.
 EVENT_COLUMNS = ("timestamp", "visitorid", "event", "itemid", "transactionid")
 
@@ -42,6 +47,18 @@ DEFAULT_HALF_LIFE_DAYS = 30.0
 #: How far past the wall clock an incoming event may be dated (clocks of the shop and of the API
 #: drift apart by seconds, not days): a later one would move the shop's clock into the future.
 FUTURE_TOLERANCE_MS = 5 * MINUTE_MS
+
+
+def event_codes(event: pd.Series) -> np.ndarray:
+    """Each event's position in ``EVENT_TYPES`` (int8, -1 for anything else), found in Arrow or
+    the categorical's codes, never through one Python string per row."""
+    if isinstance(event.dtype, pd.CategoricalDtype):
+        names = [str(c) for c in event.cat.categories]
+        remap = [EVENT_TYPES.index(c) if c in EVENT_TYPES else -1 for c in names]
+        codes: np.ndarray = np.array([*remap, -1], dtype=np.int8)[event.cat.codes.to_numpy()]
+        return codes
+    found = pc.index_in(pa.array(event.astype("str")), value_set=EVENT_NAMES)
+    return np.asarray(pc.fill_null(found, -1).to_numpy(zero_copy_only=False), dtype=np.int8)
 
 
 def code_weights(event_weights: Mapping[str, float]) -> np.ndarray:

@@ -9,11 +9,11 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from retailrec import registry
 from retailrec.api.main import create_app
-from retailrec.api.state import ModelHolder
 from retailrec.cli import app as cli
 from retailrec.config import Settings, get_settings
-from retailrec.training import registry
+from retailrec.serving.holder import ModelHolder
 from retailrec.training.train import TrainConfig, train
 from tests.utils.factories import Shop, loaded_settings
 from tests.utils.server import serving

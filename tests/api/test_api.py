@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from retailrec import registry
 from retailrec.api.main import create_app
 from retailrec.config import Settings
 from retailrec.feature_store import store
-from retailrec.training import registry
 from tests.api.conftest import KEY
 from tests.utils.server import serving
 

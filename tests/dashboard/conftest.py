@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from retailrec import registry
 from retailrec.config import Settings
 from retailrec.monitoring.monitor import run_monitor
-from retailrec.training import registry
 from retailrec.training.train import TrainConfig, train
 from tests.utils.factories import Shop, loaded_settings
 

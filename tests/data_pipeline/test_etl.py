@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from retailrec.data_pipeline import etl
-from retailrec.data_pipeline.readers import DataFileError
+from retailrec.errors import DataFileError
 from retailrec.feature_store import store
 from tests.utils.factories import Shop
 

@@ -11,6 +11,8 @@ import pytest
 
 from retailrec.data_pipeline import etl
 from retailrec.data_pipeline import feature_pipeline as fp
+from retailrec.errors import NoDataError
+from retailrec.events import event_codes
 from retailrec.feature_store import store
 from tests.utils.factories import Shop, events_frame
 
@@ -47,11 +49,11 @@ def test_sessions_split_on_a_30_minute_gap() -> None:
 
 def test_event_codes_from_text_or_categories() -> None:
     text = pd.Series(["view", "click", None, "transaction", "addtocart"], dtype="str")
-    assert fp.event_codes(text).tolist() == [0, -1, -1, 2, 1]
+    assert event_codes(text).tolist() == [0, -1, -1, 2, 1]
     categories = ["transaction", "click", "view"]  # another order, and a name that is no event
     shuffled = pd.Series(pd.Categorical.from_codes([2, 1, -1, 0, -1], categories=categories))
-    assert fp.event_codes(shuffled).tolist() == [0, -1, -1, 2, -1]
-    assert fp.event_codes(text.astype(object)).tolist() == [0, -1, -1, 2, 1]
+    assert event_codes(shuffled).tolist() == [0, -1, -1, 2, -1]
+    assert event_codes(text.astype(object)).tolist() == [0, -1, -1, 2, 1]
 
 
 def test_interactions_do_not_depend_on_the_event_column_type_or_row_order() -> None:
@@ -200,5 +202,5 @@ def test_feature_snapshots_are_stored_and_replaced(loaded_shop: Path) -> None:
 
 
 def test_features_on_an_empty_store_are_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no events: run `retailrec etl` first"):
+    with pytest.raises(NoDataError, match="no events: run `retailrec etl` first"):
         fp.build_features(store.connect(tmp_path / "fs.sqlite"))

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from retailrec.data_pipeline import schema
+from retailrec.events import EVENT_COLUMNS
 
 NOW = 1_442_600_000_000
 GOOD = {
@@ -73,7 +74,7 @@ def test_each_rule_rejects_with_its_reason(changes: dict[str, str], reason: str)
     assert result.valid.empty
     assert result.rejected["reason"].tolist() == [reason]
     original = {**GOOD, **changes}
-    for col in schema.REQUIRED_COLUMNS:
+    for col in EVENT_COLUMNS:
         assert result.rejected[col].iloc[0] == original[col]  # original values are kept
 
 

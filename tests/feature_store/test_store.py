@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from retailrec.errors import StoreError
 from retailrec.feature_store import store
 from tests.utils.factories import events_frame
 
@@ -64,12 +65,12 @@ def test_migrations_run_once_and_keep_data(tmp_path: Path) -> None:
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "fs.sqlite"
     store.connect(path).execute(f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
-    with pytest.raises(store.StoreError, match="newer than this code"):
+    with pytest.raises(StoreError, match="newer than this code"):
         store.connect(path)
 
 
 def test_read_only_needs_an_existing_store(tmp_path: Path) -> None:
-    with pytest.raises(store.StoreError, match="run `retailrec etl` first"):
+    with pytest.raises(StoreError, match="run `retailrec etl` first"):
         store.connect(tmp_path / "none.sqlite", read_only=True)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from retailrec.errors import BundleError
 from retailrec.models import Dataset, make_model
 from retailrec.models.bundle import ROLES, ModelBundle
 from tests.utils.checkerboard import checkerboard_catalogue, checkerboard_events
@@ -50,15 +51,15 @@ def test_saving_twice_replaces(bundle: ModelBundle, tmp_path: Path) -> None:
 def test_a_broken_bundle_is_refused(bundle: ModelBundle, tmp_path: Path) -> None:
     path = bundle.save(tmp_path / "b")
     (path / "similar.pkl").unlink()
-    with pytest.raises(ValueError, match="not a loadable model bundle"):
+    with pytest.raises(BundleError, match="not a loadable model bundle"):
         ModelBundle.load(path)
     (path / "similar.pkl").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="not a loadable model bundle"):
+    with pytest.raises(BundleError, match="not a loadable model bundle"):
         ModelBundle.load(path)
 
 
 def test_a_bundle_needs_every_role(bundle: ModelBundle) -> None:
     models = dict(bundle.models)
     del models["session"]
-    with pytest.raises(ValueError, match="lacks model"):
+    with pytest.raises(BundleError, match="lacks model"):
         ModelBundle(models, bundle.item_ids, bundle.item_category, bundle.item_available)

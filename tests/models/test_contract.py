@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from retailrec.data_pipeline.readers import item_catalogue
+from retailrec.data_pipeline.feature_pipeline import item_catalogue
+from retailrec.errors import UsageError
 from retailrec.models import MODELS, Dataset, Recommender, make_model
 from retailrec.models.base import BaseRecommender
 from tests.utils.checkerboard import checkerboard_catalogue, checkerboard_events
@@ -138,7 +139,7 @@ def test_fresh_history_changes_the_answer(
 
 
 def test_unknown_model_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="unknown model 'nope'"):
+    with pytest.raises(UsageError, match="unknown model 'nope'"):
         make_model("nope")
 
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retailrec.data_pipeline import synth
-from retailrec.data_pipeline.feature_pipeline import FeatureConfig
-from retailrec.data_pipeline.readers import item_catalogue
+from retailrec.data_pipeline.feature_pipeline import FeatureConfig, item_catalogue
 from retailrec.models import make_model
+from retailrec.synthetic import synth
 from retailrec.training.evaluate import evaluate, popularity_ranker
 from retailrec.training.split import time_split
 from retailrec.training.train import Stage

@@ -6,9 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retailrec.data_pipeline import synth
-from retailrec.data_pipeline.readers import item_catalogue
-from retailrec.monitoring.drift_detector import DAY_MS, DriftConfig, detect, psi
+from retailrec.data_pipeline.feature_pipeline import item_catalogue
+from retailrec.errors import NoDataError
+from retailrec.events import DAY_MS
+from retailrec.monitoring.drift_detector import DriftConfig, detect, psi
+from retailrec.synthetic import synth
 
 #: What ``synth --drift`` changes: conversion, the category mix, new items taking over traffic.
 SHIFTED_BY_THE_GENERATOR = {
@@ -115,7 +117,7 @@ def test_windows_follow_the_config(steady: tuple[pd.DataFrame, pd.Series]) -> No
 
 def test_empty_log_is_a_clear_error() -> None:
     empty = pd.DataFrame({"timestamp": [], "visitorid": [], "event": [], "itemid": []})
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(NoDataError, match="empty"):
         detect(empty)
 
 

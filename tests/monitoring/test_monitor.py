@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from retailrec import registry
 from retailrec.cli import app
 from retailrec.config import Settings, get_settings
+from retailrec.errors import UsageError
 from retailrec.monitoring import monitor as mon
-from retailrec.training import registry
+from retailrec.reports import latest_path
 from retailrec.training.train import TrainConfig, train
 from tests.utils.factories import Shop, loaded_settings, make_shop
 from tests.utils.server import get_json, serving
@@ -57,7 +59,7 @@ def test_monitor_writes_reports_and_fails_on_drift(
     assert payload["drift"]["verdict"] in page
     assert '<script src="plotly.min.js"></script>' in page and "Plotly.newPlot" in page
     assert (settings.reports_dir / "plotly.min.js").stat().st_size > 1_000_000
-    assert mon.latest_report(settings.reports_dir) == reports[-1]
+    assert latest_path(settings.reports_dir, "drift") == reports[-1]
 
 
 @pytest.mark.integration
@@ -90,7 +92,7 @@ def test_parse_interval() -> None:
     assert mon.parse_interval("2d") == 172_800
     assert mon.parse_interval("30") == 30
     for bad in ("0h", "-1h", "1w", "hourly"):
-        with pytest.raises(ValueError, match="not a positive interval"):
+        with pytest.raises(UsageError, match="not a positive interval"):
             mon.parse_interval(bad)
 
 
@@ -135,7 +137,7 @@ def test_retraining_promotes_only_a_better_model_and_the_api_serves_it(
         # The reference can be what the champion was trained on (here: up to the current week).
         by_champion = runner.invoke(app, ["monitor", "--reference", "champion"])
         assert by_champion.exit_code == 0, by_champion.output
-        drift = json.loads(mon.latest_report(settings.reports_dir).read_text())["drift"]  # type: ignore[union-attr]
+        drift = json.loads(latest_path(settings.reports_dir, "drift").read_text())["drift"]  # type: ignore[union-attr]
         assert drift["reference_end_ms"] == drift["current_start_ms"]
 
         same = runner.invoke(app, ["monitor", "--retrain", "--models", "itemknn_bm25"])
@@ -151,5 +153,5 @@ def test_retraining_promotes_only_a_better_model_and_the_api_serves_it(
         )
         assert str(registry.champion(client, settings.model_name).version) == "3"
         assert get_json(f"{base}/v1/model")["version"] == "3"  # served after the reload
-        payload = json.loads(mon.latest_report(settings.reports_dir).read_text())  # type: ignore[union-attr]
+        payload = json.loads(latest_path(settings.reports_dir, "drift").read_text())  # type: ignore[union-attr]
         assert payload["retrain"]["promoted"] and payload["retrain"]["reload"]["status"] == 200

@@ -7,7 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from retailrec.monitoring.online import HOUR_MS, click_through, online_metrics
+from retailrec.events import HOUR_MS
+from retailrec.monitoring.online import click_through, online_metrics
 
 T = 1_700_000_000_000
 

@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from retailrec import registry, reports
 from retailrec.cli import app
 from retailrec.config import Settings
-from retailrec.training import registry
-from retailrec.training.backtest import BacktestError, backtest, latest_report
+from retailrec.errors import BacktestError
+from retailrec.training.backtest import backtest
 from retailrec.training.train import TrainConfig, train
 from tests.utils.factories import Shop, loaded_settings
 from tests.utils.server import serving
@@ -78,7 +79,7 @@ def test_the_cli_prints_the_table_and_writes_the_reports(
     assert result.exit_code == 0, result.output
     assert "bm25_itemknn" in result.output and "popularity" in result.output
     assert "x plain BM25 item-kNN" in result.output
-    report = latest_report(settings.reports_dir)
+    report = reports.latest(settings.reports_dir, "backtest")
     assert report is not None
     assert [r["ranker"] for r in report["rows"]] == ["champion", "popularity", "bm25_itemknn"]
     page = Path(report["_path"]).with_suffix(".html").read_text()
@@ -87,7 +88,7 @@ def test_the_cli_prints_the_table_and_writes_the_reports(
     last = runner.invoke(app, ["backtest"])
     assert last.exit_code == 0, last.output
     assert "the store's last" in " ".join(last.output.split())
-    latest = latest_report(settings.reports_dir)
+    latest = reports.latest(settings.reports_dir, "backtest")
     assert latest is not None and json.loads(Path(latest["_path"]).read_text())["source"] != str(
         week
     )

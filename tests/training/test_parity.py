@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from retailrec import registry
 from retailrec.api.main import create_app
 from retailrec.config import Settings
 from retailrec.data_pipeline.feature_pipeline import FeatureConfig
 from retailrec.feature_store import store
 from retailrec.models import make_model
-from retailrec.training import registry
 from retailrec.training.evaluate import ndcg_at_k
 from retailrec.training.train import TrainConfig, prepare, train
 from tests.utils.factories import Shop, run_etl_on

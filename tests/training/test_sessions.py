@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retailrec.data_pipeline import synth
-from retailrec.data_pipeline.feature_pipeline import FeatureConfig
-from retailrec.data_pipeline.readers import item_catalogue
+from retailrec.data_pipeline.feature_pipeline import FeatureConfig, item_catalogue
+from retailrec.errors import BundleError
 from retailrec.models import Dataset, make_model
+from retailrec.synthetic import synth
 from retailrec.training import evaluate as ev
 from retailrec.training.split import time_split
 from retailrec.training.train import SESSION_GRID, Stage, tune_session
@@ -72,7 +72,7 @@ def test_blend_needs_the_fitted_signals(tiny_shop: Shop, tmp_path) -> None:
     model = make_model("session").fit(data)
     model.save(tmp_path / "s.pkl")
     loaded = type(model).load(tmp_path / "s.pkl")
-    with pytest.raises(ValueError, match="refit"):
+    with pytest.raises(BundleError, match="refit"):
         loaded.blend(0.1, 0.0, 0.0)  # type: ignore[attr-defined]
 
 

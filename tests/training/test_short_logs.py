@@ -11,10 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from retailrec import registry
 from retailrec.api.main import create_app
 from retailrec.cli import app
 from retailrec.config import get_settings
-from retailrec.training import registry
 from retailrec.training.train import select
 from tests.utils.factories import Shop
 

@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from retailrec.errors import LogTooShortError
+from retailrec.events import DAY_MS
 from retailrec.training.evaluate import Histories, evaluate, paired_band
-from retailrec.training.split import DAY_MS, LogTooShortError, choose_windows, time_split
+from retailrec.training.split import choose_windows, time_split
 
 T = 1_433_221_332_117
 
@@ -40,7 +42,7 @@ def test_split_is_global_in_time() -> None:
 
 def test_a_log_too_short_to_split_is_a_clear_error() -> None:
     events = _events([(T, 1, "view", 1), (T + 3 * DAY_MS, 2, "view", 2)])
-    with pytest.raises(ValueError, match=r"spans 3.0 days: too short for a 7\+7-day split"):
+    with pytest.raises(LogTooShortError, match=r"spans 3.0 days: too short for a 7\+7-day split"):
         time_split(events)
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from retailrec import registry
 from retailrec.config import Settings
+from retailrec.errors import NoDataError, RegistryError
 from retailrec.feature_store import store
 from retailrec.models.bundle import ModelBundle
-from retailrec.training import registry
 from retailrec.training.evaluate import Histories, evaluate, popularity_ranker
-from retailrec.training.registry_errors import RegistryError
 from retailrec.training.train import TrainConfig, train
 from tests.utils.factories import Shop, loaded_settings, run_etl_on
 
@@ -128,7 +128,7 @@ def test_a_stale_champion_is_scored_as_deployed_on_the_new_window(
 def test_training_without_events_is_a_clear_error(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data")
     store.connect(settings.feature_store_path).close()
-    with pytest.raises(ValueError, match="no events: run `retailrec etl` first"):
+    with pytest.raises(NoDataError, match="no events: run `retailrec etl` first"):
         train(settings, TrainConfig(models=("popular",)))
 
 

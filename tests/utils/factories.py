@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 from retailrec.config import Settings
-from retailrec.data_pipeline import etl, synth
+from retailrec.data_pipeline import etl
 from retailrec.feature_store import store
+from retailrec.synthetic import synth
 
 
 @dataclass

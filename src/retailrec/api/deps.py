@@ -11,9 +11,12 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
 
-from retailrec.api.service import Served
-from retailrec.api.state import Connections, Metrics, ModelHolder
+from retailrec.api.metrics import Metrics
 from retailrec.config import Settings
+from retailrec.pipeline import BackgroundRetrain
+from retailrec.serving.holder import ModelHolder
+from retailrec.serving.service import RecommendationService
+from retailrec.serving.store_access import Connections
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -28,7 +31,7 @@ async def get_connections(request: Request) -> Connections:
     return connections
 
 
-async def get_served(request: Request) -> Served:
+async def get_recommender(request: Request) -> RecommendationService:
     """The model as of now: one reference for the whole request, whatever reloads happen."""
     holder: ModelHolder = request.app.state.holder
     served = holder.current
@@ -42,6 +45,11 @@ async def get_served(request: Request) -> Served:
 async def get_holder(request: Request) -> ModelHolder:
     holder: ModelHolder = request.app.state.holder
     return holder
+
+
+async def get_retrainer(request: Request) -> BackgroundRetrain:
+    retrainer: BackgroundRetrain = request.app.state.retrainer
+    return retrainer
 
 
 async def get_metrics(request: Request) -> Metrics:
@@ -66,6 +74,7 @@ def require_api_key(
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 StoreDep = Annotated[Connections, Depends(get_connections)]
-ServedDep = Annotated[Served, Depends(get_served)]
+RecommenderDep = Annotated[RecommendationService, Depends(get_recommender)]
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+RetrainerDep = Annotated[BackgroundRetrain, Depends(get_retrainer)]

@@ -18,10 +18,13 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from retailrec.api.metrics import Metrics
 from retailrec.api.routes import events, recommendations, system
-from retailrec.api.state import Connections, Metrics, ModelHolder, Retrainer, ServedLog
 from retailrec.config import Settings, get_settings
 from retailrec.feature_store import store
+from retailrec.pipeline import BackgroundRetrain
+from retailrec.serving.holder import ModelHolder
+from retailrec.serving.store_access import Connections, ServedLog
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,13 @@ async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
     await response(scope, receive, send)
 
 
+def _reload(app: FastAPI) -> str:
+    """Load the champion and export it; returns the version now served."""
+    served, _ = app.state.holder.load()
+    app.state.metrics.set_model(served)
+    return str(served.version)
+
+
 def create_app(
     settings: Settings | None = None, *, bundle_dir: Path | None = None, load_model: bool = True
 ) -> FastAPI:
@@ -136,7 +146,7 @@ def create_app(
     app.state.connections = Connections(settings.feature_store_path)
     app.state.served_log = ServedLog(settings.feature_store_path)
     app.state.metrics = Metrics()
-    app.state.retrainer = Retrainer(settings, app.state.holder, app.state.metrics)
+    app.state.retrainer = BackgroundRetrain(settings, on_promoted=lambda: _reload(app))
 
     app.add_middleware(LimitsAndMetrics)
     app.include_router(recommendations.router)

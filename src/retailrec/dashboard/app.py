@@ -2,8 +2,8 @@
 
 Run with ``retailrec dashboard`` (or ``streamlit run`` on this file). Pages are chosen in the
 sidebar, or with ``?page=data|models|recommendations|monitoring`` in the URL. Expensive reads are
-cached for a minute; the explorer serves answers with the API's own code (``Served``), or asks a
-running API when ``RETAILREC_API_URL`` is set.
+cached for a minute; the explorer serves answers with the API's own code (the serving package's
+``RecommendationService``), or asks a running API when ``RETAILREC_API_URL`` is set.
 """
 
 from __future__ import annotations
@@ -55,14 +55,14 @@ def _visitors(data_dir: str) -> list[int]:
 @st.cache_resource(show_spinner="Loading the champion...", max_entries=1)
 def _served(data_dir: str, version: str) -> Any:
     """The champion as the API serves it (one copy per version, shared by sessions)."""
-    from retailrec.api.state import ModelHolder
+    from retailrec.serving.holder import ModelHolder
 
     served, _ = ModelHolder(_settings()).load(version)
     return served
 
 
 def _champion_version(settings: Settings) -> str | None:
-    from retailrec.training import registry
+    from retailrec import registry
 
     current = registry.champion(registry.configure(settings), settings.model_name)
     return None if current is None else str(current.version)
@@ -296,8 +296,9 @@ def _recommend(
             st.error(f"the API at {settings.api_url} did not answer: {exc}")
             return None
         return {**answer, "via": settings.api_url}
-    from retailrec.api.service import Rules, UnknownEntityError
+    from retailrec.errors import UnknownEntityError
     from retailrec.feature_store import store
+    from retailrec.serving.rules import Rules
 
     version = _champion_version(settings)
     if version is None:

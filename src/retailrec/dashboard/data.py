@@ -6,10 +6,7 @@ loaders can be cached (``st.cache_data``) and tested on their own.
 
 from __future__ import annotations
 
-import json
 import sqlite3
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from retailrec import reports
+from retailrec.client import ApiClient
 from retailrec.config import Settings
 from retailrec.events import EVENT_TYPES
 from retailrec.feature_store import store
@@ -101,7 +100,7 @@ def long_tail(item_popularity: pd.Series) -> pd.DataFrame:
 
 def model_runs(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(every model run's metrics, the registered versions, the champion history)."""
-    from retailrec.training import registry
+    from retailrec import registry
 
     client = registry.configure(settings)
     return (
@@ -133,39 +132,26 @@ def visitor_history(settings: Settings, visitor_id: int, limit: int = 50) -> pd.
 def recommend_via_api(
     api_url: str, visitor_id: int | None, items: list[int], k: int, rules: dict[str, Any]
 ) -> dict[str, Any]:
-    """The same answer from a running API (``RETAILREC_API_URL``, a URL or ``host:port``)."""
-    from retailrec.monitoring.monitor import api_base
+    """The same answer from a running API (``RETAILREC_API_URL``, a URL or ``host:port``).
 
-    base = api_base(api_url)
-    if visitor_id is not None:
-        query = urllib.parse.urlencode(
-            {"k": k, **{key: str(v).lower() for key, v in rules.items() if v is not None}}
-        )
-        req = urllib.request.Request(f"{base}/v1/users/{visitor_id}/recommendations?{query}")
-    else:
-        req = urllib.request.Request(
-            f"{base}/v1/sessions/recommendations",
-            data=json.dumps({"item_ids": items, "k": k}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-    with urllib.request.urlopen(req, timeout=30) as resp:  # the operator's own API
-        answer: dict[str, Any] = json.loads(resp.read())
-    return answer
+    Raises:
+        OSError: the API did not answer, or answered with an error.
+    """
+    with ApiClient(api_url) as client:
+        if visitor_id is not None:
+            answer = client.for_visitor(visitor_id, k, rules)
+        else:
+            answer = client.for_session(items, k)
+    if not answer.ok:
+        raise OSError(f"{client.base} answered {answer.status}: {answer.error}")
+    return answer.body
 
 
 def latest_monitor_report(settings: Settings) -> dict[str, Any] | None:
-    from retailrec.monitoring.monitor import latest_report
-
-    path = latest_report(settings.reports_dir)
-    if path is None:
-        return None
-    payload: dict[str, Any] = json.loads(path.read_text())
-    payload["_path"] = str(path)
-    return payload
+    """The newest ``retailrec monitor`` report, or None."""
+    return reports.latest(settings.reports_dir, "drift")
 
 
 def latest_backtest(settings: Settings) -> dict[str, Any] | None:
     """The newest ``retailrec backtest`` report, or None."""
-    from retailrec.training.backtest import latest_report
-
-    return latest_report(settings.reports_dir)
+    return reports.latest(settings.reports_dir, "backtest")

@@ -10,6 +10,8 @@ import os
 import shutil
 from pathlib import Path
 
+from retailrec.errors import DownloadError
+
 log = logging.getLogger(__name__)
 
 DATASET = "retailrocket/ecommerce-dataset"
@@ -20,10 +22,6 @@ FILES = (
     "item_properties_part2.csv",
     "category_tree.csv",
 )
-
-
-class DownloadError(RuntimeError):
-    """The download cannot happen; the message is one line that says what to do instead."""
 
 
 def _by_hand(raw_dir: Path) -> str:

@@ -1,7 +1,7 @@
 """ETL: extract Retailrocket-format files, validate, quarantine, dedupe, transform, load.
 
 Extract streams ``events.csv`` in blocks with Arrow's CSV reader, after
-:func:`retailrec.data_pipeline.readers.csv_layout` has read the header: columns in any order and
+:func:`retailrec.data_pipeline.csv_input.csv_layout` has read the header: columns in any order and
 case, ``, ; tab |`` delimiters, UTF-8 (with or without a BOM, CRLF or not), UTF-16, gzip and
 bzip2 are all read. A row with the wrong number of fields, or a byte that is not UTF-8, is
 quarantined, not fatal. Every row read ends up in exactly one of three places, and the report
@@ -20,16 +20,14 @@ visitor-item confidences, the item catalogue and the category tree.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import itertools
 import json
 import logging
 import sqlite3
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,15 +35,13 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
-from retailrec.data_pipeline import feature_pipeline, readers, schema
-from retailrec.data_pipeline.readers import DataFileError
+from retailrec.data_pipeline import csv_input, feature_pipeline, schema
+from retailrec.data_pipeline import files as files_
+from retailrec.events import EVENT_COLUMNS
 from retailrec.feature_store import store
 
 log = logging.getLogger(__name__)
-
-BLOCK_SIZE = 16 << 20  # bytes of CSV per batch: bounded memory whatever the file size
 
 
 @dataclass
@@ -89,118 +85,6 @@ class EtlReport:
         return asdict(self)
 
 
-# --------------------------------------------------------------------------------------------
-# Extract
-
-
-def _text_batches(
-    layout: readers.CsvLayout,
-    columns: tuple[str, ...],
-    malformed: list[str],
-    block_size: int = BLOCK_SIZE,
-) -> Iterator[pd.DataFrame]:
-    """Stream ``columns`` of a CSV file as text, block by block; the raw lines of rows with the
-    wrong number of fields are appended to ``malformed`` instead of failing the read. A file with
-    a quote left open is read by :func:`_line_batches` instead."""
-
-    if layout.quote_spans_lines:
-        yield from _line_batches(layout, columns, malformed)
-        return
-
-    def on_invalid(row: Any) -> str:
-        if row.text.strip():  # a line of spaces is blank, as an empty one is: not a row
-            malformed.append(row.text)
-        return "skip"
-
-    try:
-        reader = pacsv.open_csv(
-            layout.path,
-            read_options=pacsv.ReadOptions(
-                block_size=block_size,
-                column_names=list(layout.names),
-                skip_rows=layout.header_lines,
-                encoding=layout.encoding,
-            ),
-            parse_options=pacsv.ParseOptions(
-                delimiter=layout.delimiter, invalid_row_handler=on_invalid
-            ),
-            convert_options=pacsv.ConvertOptions(
-                include_columns=list(columns),
-                column_types={c: pa.large_string() for c in columns},
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
-        )
-        for batch in reader:
-            yield batch.to_pandas(types_mapper=lambda _t: pd.StringDtype("pyarrow"))
-    except (pa.ArrowInvalid, OSError, EOFError, UnicodeError) as exc:
-        raise DataFileError.unreadable(layout.path, exc) from exc
-
-
-#: Lines per batch when a file is read one line per row.
-BLOCK_LINES = 200_000
-
-
-def _line_batches(
-    layout: readers.CsvLayout, columns: tuple[str, ...], malformed: list[str]
-) -> Iterator[pd.DataFrame]:
-    """:func:`_text_batches` for a file in which a quote is left open: one row per line, each line
-    split on its own (quotes still group fields within it), so that a stray quote costs its own
-    row only, not every line up to the next quote. Slower: a Python loop over the lines."""
-    keep = [layout.names.index(c) for c in columns]
-    try:
-        with readers.open_text(layout) as fh:
-            for _ in range(layout.header_lines):
-                next(fh, None)
-            while lines := list(itertools.islice(fh, BLOCK_LINES)):
-                rows = []
-                for line in lines:
-                    line = line.rstrip("\n")
-                    if not line.strip():
-                        continue
-                    values = readers.fields(line, layout.delimiter)
-                    if len(values) == len(layout.names):
-                        rows.append([values[i] for i in keep])
-                    else:
-                        malformed.append(line)
-                yield pd.DataFrame(rows, columns=list(columns), dtype=pd.StringDtype("pyarrow"))
-    except (OSError, EOFError, UnicodeError, csv.Error) as exc:
-        raise DataFileError.unreadable(layout.path, exc) from exc
-
-
-@dataclass
-class _Batch:
-    rows: pd.DataFrame  # the required columns, as text
-    malformed: list[str]  # raw lines with the wrong number of fields
-
-
-def iter_event_batches(layout: readers.CsvLayout, block_size: int = BLOCK_SIZE) -> Iterator[_Batch]:
-    """Stream an event log in blocks; rows with the wrong field count come back as raw lines."""
-    malformed: list[str] = []
-    for rows in _text_batches(layout, schema.REQUIRED_COLUMNS, malformed, block_size):
-        yield _Batch(rows, malformed.copy())
-        malformed.clear()
-    if malformed:
-        yield _Batch(
-            pd.DataFrame(columns=list(schema.REQUIRED_COLUMNS), dtype="str"), malformed.copy()
-        )
-
-
-def _malformed_rows(
-    lines: list[str], layout: readers.CsvLayout, columns: tuple[str, ...]
-) -> pd.DataFrame:
-    """Quarantine rows for lines with the wrong number of fields, keeping what values they have."""
-    records = []
-    for line in lines:
-        fields = readers.fields(line, layout.delimiter)
-        values = dict(zip(layout.names, fields, strict=False))
-        record = {c: values.get(c, "") for c in columns}
-        record["reason"] = schema.WRONG_FIELD_COUNT
-        record["detail"] = f"expected {len(layout.names)} fields, got {len(fields)}: {line[:200]}"
-        records.append(record)
-    return pd.DataFrame.from_records(records, columns=[*columns, "reason", "detail"])
-
-
 def _quarantine(frame: pd.DataFrame, target: Path) -> str:
     """Write quarantined rows (atomically: a re-run rewrites the same file) and say where."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -231,7 +115,7 @@ def load_events(
 ) -> None:
     """Validate ``path`` and append its new, valid events to the store, updating ``report``."""
     step = progress or (lambda _s: None)
-    layout = _layout(report, path, schema.REQUIRED_COLUMNS)
+    layout = _layout(report, path, EVENT_COLUMNS)
     report.extra_columns = layout.extra
     if report.extra_columns:
         _warn(report, path, f"ignored extra column(s) {', '.join(report.extra_columns)}")
@@ -239,14 +123,14 @@ def load_events(
     valid_parts: list[pd.DataFrame] = []
     rejected_parts: list[pd.DataFrame] = []
     now_ms = int(time.time() * 1000)
-    for batch in iter_event_batches(layout):
+    for batch in csv_input.iter_event_batches(layout):
         step(f"validating ({report.rows_read:,} rows)")
         if len(batch.rows):
             checked = schema.validate_events(batch.rows, now_ms=now_ms)
             valid_parts.append(checked.valid)
             rejected_parts.append(checked.rejected)
         if batch.malformed:
-            rejected_parts.append(_malformed_rows(batch.malformed, layout, schema.REQUIRED_COLUMNS))
+            rejected_parts.append(csv_input.malformed_rows(batch.malformed, layout, EVENT_COLUMNS))
         report.rows_read += len(batch.rows) + len(batch.malformed)
 
     valid = pd.concat(valid_parts, ignore_index=True) if valid_parts else _empty_events()
@@ -277,9 +161,9 @@ def load_events(
     report.duplicates = report.duplicates_in_file + report.duplicates_in_store
 
 
-def _layout(report: EtlReport, path: Path, columns: tuple[str, ...]) -> readers.CsvLayout:
+def _layout(report: EtlReport, path: Path, columns: tuple[str, ...]) -> csv_input.CsvLayout:
     """The file's layout, with a warning in the report for whatever is unusual about it."""
-    layout = readers.csv_layout(path, columns)
+    layout = csv_input.csv_layout(path, columns)
     if layout.delimiter != ",":
         _warn(report, path, f"read as {layout.delimiter!r}-separated values")
     if layout.quote_spans_lines:
@@ -309,14 +193,14 @@ def load_item_properties(
     Rows of the other (hashed) properties are counted and skipped: every row read is kept, other
     or rejected.
     """
-    columns = readers.ITEM_PROPERTIES_COLUMNS
-    wanted = pa.array(readers.READABLE_PROPERTIES, type=pa.large_string())
+    columns = csv_input.ITEM_PROPERTIES_COLUMNS
+    wanted = pa.array(csv_input.READABLE_PROPERTIES, type=pa.large_string())
     bad_parts: list[pd.DataFrame] = []
     kept: list[pd.DataFrame] = []  # about one row in nine of the real files: written at once
     for path in paths:
         layout = _layout(report, path, columns)
         malformed: list[str] = []
-        for df in _text_batches(layout, columns, malformed):
+        for df in csv_input.text_batches(layout, columns, malformed):
             report.item_properties_read += len(df)
             prop = pc.utf8_trim_whitespace(pa.array(df["property"]))
             keep = pc.is_in(prop, value_set=wanted).to_numpy(zero_copy_only=False)
@@ -347,7 +231,7 @@ def load_item_properties(
             kept.append(chunk)
         if malformed:
             report.item_properties_read += len(malformed)
-            bad_parts.append(_malformed_rows(malformed, layout, columns))
+            bad_parts.append(csv_input.malformed_rows(malformed, layout, columns))
     if kept:
         # One sorted write: appends in key order, one commit and one WAL checkpoint. A write per
         # block scattered over the whole table and checkpointed each time: about twice as slow.
@@ -366,10 +250,10 @@ def load_category_tree(
     conn: sqlite3.Connection, path: Path, rejected_dir: Path, report: EtlReport
 ) -> None:
     """Upsert the category tree; quarantine rows whose ids are not non-negative integers."""
-    columns = readers.CATEGORY_TREE_COLUMNS
+    columns = csv_input.CATEGORY_TREE_COLUMNS
     layout = _layout(report, path, columns)
     malformed: list[str] = []
-    frames = list(_text_batches(layout, columns, malformed))
+    frames = list(csv_input.text_batches(layout, columns, malformed))
     raw = (
         pd.concat(frames, ignore_index=True)
         if frames
@@ -389,7 +273,9 @@ def load_category_tree(
     report.categories_changed = store.upsert_categories(conn, tree)
     bad = raw[~ok].assign(reason=ids.reason[~ok], detail=ids.detail[~ok])
     if malformed:
-        bad = pd.concat([bad, _malformed_rows(malformed, layout, columns)], ignore_index=True)
+        bad = pd.concat(
+            [bad, csv_input.malformed_rows(malformed, layout, columns)], ignore_index=True
+        )
     report.categories_rejected = len(bad)
     if len(bad):
         report.categories_rejected_file = _quarantine(bad, rejected_dir / "category_tree.csv")
@@ -442,7 +328,7 @@ def run_etl(
     config = config or feature_pipeline.FeatureConfig()
     step = progress or (lambda _s: None)
     start = time.perf_counter()
-    files = readers.locate(raw_dir)
+    files = files_.locate(raw_dir)
     report = EtlReport(source=files.source, started_ms=int(time.time() * 1000))
     with contextlib.ExitStack() as scratch:
         if files.archive is not None:
@@ -451,14 +337,14 @@ def run_etl(
             tmp = scratch.enter_context(
                 tempfile.TemporaryDirectory(prefix=f"{files.archive.name}-", dir=processed_dir)
             )
-            files = readers.unpack(files, Path(tmp))
+            files = files_.unpack(files, Path(tmp))
         # Every file's header is checked before anything is loaded: a bad optional file fails
         # the run at once, not after the events went in.
-        readers.csv_layout(files.events, schema.REQUIRED_COLUMNS, scan=False)
+        csv_input.csv_layout(files.events, EVENT_COLUMNS, scan=False)
         for path in files.item_properties:
-            readers.csv_layout(path, readers.ITEM_PROPERTIES_COLUMNS, scan=False)
+            csv_input.csv_layout(path, csv_input.ITEM_PROPERTIES_COLUMNS, scan=False)
         if files.category_tree is not None:
-            readers.csv_layout(files.category_tree, readers.CATEGORY_TREE_COLUMNS, scan=False)
+            csv_input.csv_layout(files.category_tree, csv_input.CATEGORY_TREE_COLUMNS, scan=False)
         load_events(conn, files.events, rejected_dir, report, step)
         if files.item_properties:
             step("loading item properties")

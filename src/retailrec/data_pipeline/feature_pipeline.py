@@ -20,8 +20,7 @@ import numpy as np
 import pandas as pd
 
 from retailrec import events as ev_
-from retailrec.data_pipeline import readers
-from retailrec.data_pipeline.schema import event_codes
+from retailrec.errors import NoDataError
 from retailrec.feature_store import store
 
 if TYPE_CHECKING:
@@ -29,8 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DAY_MS = ev_.DAY_MS
-SESSION_GAP_MS = 30 * 60 * 1000
+SESSION_GAP_MS = 30 * ev_.MINUTE_MS
 POPULARITY_WINDOWS_DAYS = (1, 7, 30)
 TOP_CATEGORIES = 3
 #: Sessions or baskets with more distinct items than this are skipped when counting item pairs:
@@ -120,7 +118,7 @@ def interactions(
     """
     config = config or FeatureConfig()
     ev = _until(events, as_of_ms)
-    kind = event_codes(ev["event"])
+    kind = ev_.event_codes(ev["event"])
     ts = ev["timestamp"].to_numpy(np.int64)
     confidence = config.confidence(kind, ts, as_of_ms)
     # One stable sort by (visitor, item), then sums over each run of equal pairs; a pair's rows
@@ -226,7 +224,7 @@ def user_features(
             "last_ts": g["ts"].max(),
         }
     )
-    out["recency_days"] = (as_of_ms - out["last_ts"]) / DAY_MS
+    out["recency_days"] = (as_of_ms - out["last_ts"]) / ev_.DAY_MS
 
     # Top categories: count events per (visitor, category), most frequent first, ties by id.
     cats = item_category.reindex(base["itemid"].to_numpy()).to_numpy(
@@ -292,7 +290,7 @@ def item_features(events: pd.DataFrame, as_of_ms: int, catalogue: pd.DataFrame) 
 
     Args:
         catalogue: ``itemid, categoryid, available`` as of ``as_of_ms``
-            (see :func:`retailrec.data_pipeline.readers.item_catalogue`).
+            (see :func:`item_catalogue`).
 
     Returns:
         One row per item that has events or a catalogue entry: event counts in the last 1, 7 and
@@ -304,7 +302,7 @@ def item_features(events: pd.DataFrame, as_of_ms: int, catalogue: pd.DataFrame) 
     kind = ev["event"].astype("str").to_numpy()
     frame = pd.DataFrame({"itemid": ev["itemid"].to_numpy()})
     for days in POPULARITY_WINDOWS_DAYS:
-        frame[f"pop_{days}d"] = (ts > as_of_ms - days * DAY_MS).astype(np.int64)
+        frame[f"pop_{days}d"] = (ts > as_of_ms - days * ev_.DAY_MS).astype(np.int64)
     frame["pop_all"] = 1
     frame["n_views"] = (kind == "view").astype(np.int64)
     frame["n_carts"] = (kind == "addtocart").astype(np.int64)
@@ -366,10 +364,39 @@ def _pairs(groups: pd.DataFrame, name: str) -> pd.DataFrame:
     return counted.to_frame()
 
 
+def item_catalogue(properties: pd.DataFrame, as_of_ms: int | None = None) -> pd.DataFrame:
+    """Each item's latest ``categoryid`` and ``available`` at ``as_of_ms`` (default: the latest).
+
+    Returns:
+        One row per item: ``itemid``, ``categoryid`` (Int64) and ``available`` (boolean, NA when
+        never stated).
+    """
+    df = properties if as_of_ms is None else properties[properties["timestamp"] <= as_of_ms]
+    latest = (
+        df.sort_values("timestamp", kind="stable")
+        .drop_duplicates(["itemid", "property"], keep="last")
+        .pivot(index="itemid", columns="property", values="value")
+    )
+    out = pd.DataFrame(index=latest.index)
+    cat = (
+        latest["categoryid"]
+        if "categoryid" in latest
+        else pd.Series(index=latest.index, dtype="str")
+    )
+    out["categoryid"] = pd.to_numeric(cat, errors="coerce").astype("Int64")
+    avail = (
+        latest["available"] if "available" in latest else pd.Series(index=latest.index, dtype="str")
+    )
+    out["available"] = (
+        pd.to_numeric(avail, errors="coerce").map({1: True, 0: False}).astype("boolean")
+    )
+    return out.reset_index()
+
+
 def item_category_as_of(conn: sqlite3.Connection, as_of_ms: int | None) -> pd.DataFrame:
     """The catalogue (``itemid, categoryid, available``) as stated at ``as_of_ms``."""
     props = store.read_item_properties(conn, as_of_ms=as_of_ms, latest=True)
-    return readers.item_catalogue(props, as_of_ms)
+    return item_catalogue(props, as_of_ms)
 
 
 @dataclass
@@ -406,11 +433,11 @@ def build_features(
     """
     first_ms, last_ms = store.time_range(conn)
     if first_ms is None or last_ms is None:
-        raise ValueError("the feature store has no events: run `retailrec etl` first")
+        raise NoDataError("the feature store has no events: run `retailrec etl` first")
     if as_of_ms is None:
         as_of_ms = last_ms
     elif as_of_ms < first_ms:  # nothing is known yet: a snapshot would be empty
-        raise ValueError(
+        raise NoDataError(
             f"as of {as_of_ms} ({ev_.utc_text(as_of_ms)}) is before the first event ({first_ms},"
             f" {ev_.utc_text(first_ms)}): no features to compute (timestamps are Unix milliseconds)"
         )

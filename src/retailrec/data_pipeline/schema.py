@@ -19,20 +19,18 @@ import pyarrow.compute as pc
 from retailrec.events import (
     DAY_MS,
     EVENT_COLUMNS,
+    EVENT_NAMES,
     EVENT_TYPES,
     FUTURE_TOLERANCE_MS,
     MINUTE_MS,
     TRANSACTION,
 )
 
-REQUIRED_COLUMNS = EVENT_COLUMNS
 ID_COLUMNS = ("visitorid", "itemid")
-#: The event types as an Arrow array: a code is a position in it.
-EVENT_NAMES = pa.array(EVENT_TYPES, type=pa.large_string())
 
 #: Timestamps are Unix milliseconds between 2000-01-01 and one day after "now".
 MIN_TIMESTAMP_MS = 946_684_800_000
-FUTURE_SLACK_MS = 86_400_000
+FUTURE_SLACK_MS = DAY_MS
 #: A value in this range is a plausible Unix time in *seconds*: a common export mistake.
 SECONDS_RANGE = (946_684_800, 100_000_000_000)
 #: Values from here on are plausible Unix times in micro- or nanoseconds (what a datetime64
@@ -48,7 +46,6 @@ EVENT_DTYPES = {
 }
 
 # Reasons, as they appear in data/rejected/*.csv and in reports.
-WRONG_FIELD_COUNT = "wrong number of fields"
 MISSING = "missing {col}"
 NOT_INTEGER = "{col} is not an integer"
 NEGATIVE = "negative {col}"
@@ -209,7 +206,7 @@ RULES: tuple[Rule, ...] = tuple(_rules())
 class Validated:
     """The outcome of validating a batch: typed valid rows and quarantined rows."""
 
-    valid: pd.DataFrame  # REQUIRED_COLUMNS with EVENT_DTYPES; index = position in the batch
+    valid: pd.DataFrame  # EVENT_COLUMNS with EVENT_DTYPES; index = position in the batch
     rejected: pd.DataFrame  # original values (str) + reason + detail; index = position
 
 
@@ -320,10 +317,10 @@ def validate_events(raw: pd.DataFrame, now_ms: int | None = None) -> Validated:
     Returns:
         A :class:`Validated` in which every input row is either valid or rejected, never both.
     """
-    missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
+    missing = [c for c in EVENT_COLUMNS if c not in raw.columns]
     if missing:
         raise ValueError(f"missing required column(s): {', '.join(missing)}")
-    raw = raw[list(REQUIRED_COLUMNS)].reset_index(drop=True)
+    raw = raw[list(EVENT_COLUMNS)].reset_index(drop=True)
     values: dict[str, np.ndarray] = {}
     empty: dict[str, np.ndarray] = {}
     unparsable: dict[str, np.ndarray] = {}
@@ -371,20 +368,8 @@ def validate_events(raw: pd.DataFrame, now_ms: int | None = None) -> Validated:
     return Validated(valid=valid, rejected=rejected)
 
 
-def event_codes(event: pd.Series) -> np.ndarray:
-    """Each event's position in ``EVENT_TYPES`` (int8, -1 for anything else), found in Arrow or
-    the categorical's codes, never through one Python string per row."""
-    if isinstance(event.dtype, pd.CategoricalDtype):
-        names = [str(c) for c in event.cat.categories]
-        remap = [EVENT_TYPES.index(c) if c in EVENT_TYPES else -1 for c in names]
-        codes: np.ndarray = np.array([*remap, -1], dtype=np.int8)[event.cat.codes.to_numpy()]
-        return codes
-    found = pc.index_in(pa.array(event.astype("str")), value_set=EVENT_NAMES)
-    return np.asarray(pc.fill_null(found, -1).to_numpy(zero_copy_only=False), dtype=np.int8)
-
-
 def empty_rejected() -> pd.DataFrame:
-    return pd.DataFrame(columns=[*REQUIRED_COLUMNS, "reason", "detail"], dtype="str")
+    return pd.DataFrame(columns=[*EVENT_COLUMNS, "reason", "detail"], dtype="str")
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The SQLite feature store shared by training and serving; see :mod:`.store`."""
 
-from retailrec.feature_store.store import SCHEMA_VERSION, StoreError, connect, open_store
+from retailrec.feature_store.store import SCHEMA_VERSION, connect, open_store
 
-__all__ = ["SCHEMA_VERSION", "StoreError", "connect", "open_store"]
+__all__ = ["SCHEMA_VERSION", "connect", "open_store"]

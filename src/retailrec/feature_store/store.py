@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from retailrec.data_pipeline.schema import EVENT_NAMES, event_codes
-from retailrec.events import EVENT_TYPES
+from retailrec.errors import StoreError
+from retailrec.events import EVENT_NAMES, EVENT_TYPES, event_codes
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -146,10 +146,6 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-class StoreError(RuntimeError):
-    """The feature store is missing, newer than this code, or cannot be opened."""
 
 
 def connect(
@@ -302,7 +298,7 @@ def append_events(conn: sqlite3.Connection, events: pd.DataFrame, *, source: str
     """Append validated events; rows already in the log are ignored.
 
     Args:
-        events: Typed rows with the schema's ``REQUIRED_COLUMNS`` (``transactionid`` nullable).
+        events: Typed rows with the ``EVENT_COLUMNS`` (``transactionid`` nullable).
         source: Where the rows came from (``etl``, ``api``).
 
     Returns:
@@ -354,7 +350,7 @@ def read_events(
     """Events with ``start_ms <= timestamp < end_ms`` (either bound optional), in time order.
 
     Returns:
-        The schema's ``REQUIRED_COLUMNS``: int64 ``timestamp`` (ms), ``visitorid``, ``itemid``;
+        The ``EVENT_COLUMNS``: int64 ``timestamp`` (ms), ``visitorid``, ``itemid``;
         str ``event``; nullable Int64 ``transactionid``.
     """
     clauses, params = [], []

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from retailrec.errors import UsageError
 from retailrec.models.base import BaseRecommender, Recommender
 from retailrec.models.data import Dataset
 from retailrec.models.factors import ALSRecommender, BPRRecommender
@@ -37,7 +38,7 @@ MODELS: dict[str, Callable[..., BaseRecommender]] = {
 def make_model(name: str, **params: Any) -> BaseRecommender:
     """A fresh, unfitted model by name (see ``MODELS``)."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+        raise UsageError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     return MODELS[name](**params)
 
 

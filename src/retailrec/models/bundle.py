@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from retailrec.errors import BundleError
 from retailrec.models.base import BaseRecommender
 from retailrec.models.data import Dataset
 
@@ -44,7 +45,7 @@ class ModelBundle:
     def __post_init__(self) -> None:
         missing = [r for r in ROLES if r not in self.models]
         if missing:
-            raise ValueError(f"bundle lacks model(s) {', '.join(missing)}")
+            raise BundleError(f"bundle lacks model(s) {', '.join(missing)}")
         # A sorted copy for binary search: far cheaper per call than a hash-index lookup on the
         # few ids a request carries.
         self._sorted_pos = np.argsort(self.item_ids, kind="stable")
@@ -115,11 +116,11 @@ class ModelBundle:
                 )
             models = {role: BaseRecommender.load(path / f"{role}.pkl") for role in ROLES}
         except (OSError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as exc:
-            raise ValueError(f"{path} is not a loadable model bundle: {exc}") from exc
+            raise BundleError(f"{path} is not a loadable model bundle: {exc}") from exc
         bundle = cls(models, item_ids, category, available, metadata)
         for role, model in models.items():
             if model.n_items_ != bundle.n_items:
-                raise ValueError(
+                raise BundleError(
                     f"{path}: model {role} has {model.n_items_} items, catalogue {bundle.n_items}"
                 )
         return bundle

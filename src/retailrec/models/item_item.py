@@ -15,6 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from retailrec.errors import BundleError, UsageError
 from retailrec.models.base import TIE_BREAK, BaseRecommender, first_unblocked
 from retailrec.models.data import Dataset
 
@@ -92,7 +93,7 @@ class ItemKNNRecommender(ItemItemRecommender):
     ) -> None:
         super().__init__()
         if similarity not in ("cosine", "bm25"):
-            raise ValueError(f"unknown similarity {similarity!r}: choose cosine or bm25")
+            raise UsageError(f"unknown similarity {similarity!r}: choose cosine or bm25")
         self.similarity = similarity
         self.k, self.k1, self.b = k, k1, b
         self.name = f"itemknn_{similarity}"
@@ -181,7 +182,7 @@ class SessionRecommender(ItemItemRecommender):
     def blend(self, decay: float, cooc_weight: float, pop_weight: float) -> SessionRecommender:
         """Set the blend without refitting (the fitted signals are kept until :meth:`save`)."""
         if self._parts is None:
-            raise ValueError("the session model's signals are gone after saving: refit it")
+            raise BundleError("the session model's signals are gone after saving: refit it")
         self.decay, self.cooc_weight, self.pop_weight = decay, cooc_weight, pop_weight
         rules, co = self._parts
         self.similarity_ = _top_k_rows((rules + cooc_weight * co).tocsr(), self.k)

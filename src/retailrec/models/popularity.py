@@ -7,10 +7,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from retailrec.events import DAY_MS
 from retailrec.models.base import TIE_BREAK, BaseRecommender, first_unblocked
 from retailrec.models.data import Dataset
-
-DAY_MS = 86_400_000
 
 
 class PopularityRecommender(BaseRecommender):

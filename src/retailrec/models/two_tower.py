@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from retailrec.data_pipeline.schema import event_codes
+from retailrec.events import event_codes
 from retailrec.models.base import BaseRecommender
 from retailrec.models.data import Dataset
 

@@ -48,9 +48,9 @@ import pandas as pd
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from retailrec.events import EVENT_TYPES
+from retailrec.errors import NoDataError
+from retailrec.events import DAY_MS, EVENT_TYPES
 
-DAY_MS = 86_400_000
 _EPS = 1e-4  # share floor for empty bins in PSI: the usual smoothing
 
 
@@ -322,7 +322,7 @@ def detect(
     """
     config = config or DriftConfig()
     if events.empty:
-        raise ValueError("the event log is empty: nothing to monitor")
+        raise NoDataError("the event log is empty: nothing to monitor")
     if not events["timestamp"].is_monotonic_increasing:  # the store's reads come sorted
         events = events.sort_values("timestamp", kind="stable", ignore_index=True)
     end = int(config.end_ms if config.end_ms is not None else events["timestamp"].iloc[-1] + 1)

@@ -1,10 +1,9 @@
-"""``retailrec monitor``: drift and online quality into ``reports/``, and gated retraining.
+"""``retailrec monitor``: drift and online quality into ``reports/``.
 
 One run reads the event log and the served log from the feature store, writes
-``reports/drift-<UTC time>.json`` and ``.html`` and returns the result; with ``retrain`` it then
-trains on the latest data, promotes only through the registry's gate (the challenger must beat the
-champion on the same test window), and asks a running API (``RETAILREC_API_URL``, with
-``RETAILREC_API_KEY``) to reload the champion when it changed.
+``reports/drift-<UTC time>.json`` and ``.html`` and returns the result. Retraining after it (train
+on the latest data, promote only through the registry's gate, ask a running API to reload) is the
+orchestrator's: :func:`retailrec.pipeline.monitor` hands :func:`run_monitor` that step.
 """
 
 from __future__ import annotations
@@ -14,17 +13,17 @@ import logging
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from retailrec.config import Settings
+from retailrec.errors import NoChampionError, NoDataError, UsageError
+from retailrec.events import DAY_MS, HOUR_MS
 from retailrec.feature_store import store
-from retailrec.monitoring.drift_detector import DAY_MS, DriftConfig, DriftReport, detect
-from retailrec.monitoring.online import HOUR_MS, online_metrics
+from retailrec.monitoring.drift_detector import DriftConfig, DriftReport, detect
+from retailrec.monitoring.online import online_metrics
 from retailrec.monitoring.report import write_html
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ def parse_interval(text: str) -> float:
     """
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
     if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"not a positive interval: {text!r} (use e.g. 90s, 15m, 1h, 1d)")
+        raise UsageError(f"not a positive interval: {text!r} (use e.g. 90s, 15m, 1h, 1d)")
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
@@ -72,7 +71,7 @@ class MonitorResult:
 
 
 def _champion_data_end(settings: Settings) -> int | None:
-    from retailrec.training import registry
+    from retailrec import registry
 
     client = registry.configure(settings)
     current = registry.champion(client, settings.model_name)
@@ -81,90 +80,33 @@ def _champion_data_end(settings: Settings) -> int | None:
     return int(current.tags["data_end_ms"])
 
 
-def api_base(url: str) -> str:
-    """``host:port`` (as Render's ``fromService`` gives it) or a full URL, as a base URL."""
-    url = url.rstrip("/")
-    return url if "://" in url else f"http://{url}"
-
-
-def _admin_post(settings: Settings, path: str, timeout: float) -> dict[str, Any]:
-    """POST an admin endpoint of the API at ``settings.api_url`` with the API key."""
-    if not settings.api_url:
-        return {"asked": False, "reason": "RETAILREC_API_URL is not set"}
-    if not settings.api_key:
-        return {"asked": False, "reason": "RETAILREC_API_KEY is not set: the API would refuse"}
-    url = api_base(settings.api_url) + path
-    req = urllib.request.Request(
-        url, method="POST", headers={"X-API-Key": settings.api_key}, data=b""
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # the operator's own API
-            body = json.loads(resp.read() or b"{}")
-            return {"asked": True, "status": resp.status, "answer": body}
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")[:300]
-        return {"asked": True, "status": exc.code, "error": detail}
-    except OSError as exc:
-        return {"asked": True, "status": None, "error": f"{url}: {exc}"}
-
-
-def request_reload(settings: Settings, timeout: float = 120.0) -> dict[str, Any]:
-    """Ask the API at ``settings.api_url`` to load the current champion."""
-    return _admin_post(settings, "/v1/admin/reload", timeout)
-
-
-def request_remote_retrain(
-    settings: Settings, models: tuple[str, ...] | None, timeout: float = 30.0
-) -> dict[str, Any]:
-    """Ask the API at ``settings.api_url`` to run the monitor and retrain beside its data."""
-    query = f"?models={','.join(models)}" if models else ""
-    return _admin_post(settings, f"/v1/admin/retrain{query}", timeout)
-
-
-def retrain(settings: Settings, models: tuple[str, ...] | None) -> dict[str, Any]:
-    """Train on everything in the feature store, promote through the gate, reload the API."""
-    from retailrec.data_pipeline.feature_pipeline import FeatureConfig
-    from retailrec.training import registry
-    from retailrec.training.train import TrainConfig, default_models, train
-
-    feature_config = FeatureConfig.from_settings(settings)
-    result = train(settings, TrainConfig(models=models or default_models()), feature_config)
-    client = registry.configure(settings)
-    promotion = registry.promote(client, settings.model_name, result.version)
-    out: dict[str, Any] = {
-        "version": result.version,
-        "best_model": result.best_model,
-        "champion_score_on_window": result.champion_metric,
-        "promoted": promotion.promoted,
-        "previous_champion": promotion.previous,
-        "reason": promotion.reason,
-    }
-    out["reload"] = (
-        request_reload(settings)
-        if promotion.promoted
-        else {"asked": False, "reason": "the champion did not change"}
-    )
-    return out
-
-
 def run_monitor(
-    settings: Settings, config: MonitorConfig | None = None, now_ms: int | None = None
+    settings: Settings,
+    config: MonitorConfig | None = None,
+    now_ms: int | None = None,
+    *,
+    retrain: Callable[[], dict[str, Any]] | None = None,
 ) -> MonitorResult:
-    """One monitoring pass: drift, online metrics, reports, and optionally gated retraining."""
+    """One monitoring pass: drift, online metrics and the report.
+
+    Args:
+        retrain: Called after the drift report when given (the orchestrator's gated retraining,
+            :func:`retailrec.pipeline.monitor`); what it returns goes into the report.
+    """
     config = config or MonitorConfig()
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     drift_config = config.drift
     if config.reference == "champion":
         end = _champion_data_end(settings)
         if end is None:
-            raise ValueError("no champion with a data_end_ms tag to take the reference from")
+            raise NoChampionError("no champion with a data_end_ms tag to take the reference from")
         drift_config = replace(drift_config, reference_end_ms=end)
     elif config.reference != "weeks":
-        raise ValueError(f"reference must be 'weeks' or 'champion', not {config.reference!r}")
+        raise UsageError(f"reference must be 'weeks' or 'champion', not {config.reference!r}")
     with store.open_store(settings.feature_store_path) as conn:
         events = store.read_events(conn)
         if events.empty:
-            raise ValueError(
+            raise NoDataError(
                 f"no events in {settings.feature_store_path}: run `retailrec etl` first"
             )
         categories = store.latest_item_categories(conn)
@@ -176,7 +118,7 @@ def run_monitor(
         events["itemid"].value_counts(),
         attribution_ms=int(config.attribution_hours * HOUR_MS),
     )
-    retrained = retrain(settings, config.models) if config.retrain else None
+    retrained = retrain() if retrain is not None else None
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now_ms / 1000)) + f"{now_ms % 1000:03d}Z"
     settings.reports_dir.mkdir(parents=True, exist_ok=True)
     json_path = settings.reports_dir / f"drift-{stamp}.json"
@@ -204,12 +146,6 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def latest_report(reports_dir: Path) -> Path | None:
-    """The newest ``drift-*.json`` in ``reports_dir``, or None."""
-    found = sorted(reports_dir.glob("drift-*.json"))
-    return found[-1] if found else None
 
 
 def run_every(

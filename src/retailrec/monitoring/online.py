@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-HOUR_MS = 3_600_000
+from retailrec.events import HOUR_MS
 
 
 def _latency(values: pd.Series) -> dict[str, float]:

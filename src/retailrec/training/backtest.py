@@ -36,13 +36,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from retailrec.api.service import Served
+from retailrec.client import ApiClient
 from retailrec.config import Settings
 from retailrec.data_pipeline import etl
 from retailrec.data_pipeline import feature_pipeline as fp
+from retailrec.errors import BacktestError
 from retailrec.events import utc_text
 from retailrec.feature_store import store
 from retailrec.models.bundle import ModelBundle
+from retailrec.serving.service import RecommendationService
 from retailrec.training import evaluate as ev
 from retailrec.training.split import choose_windows, time_split
 
@@ -51,10 +53,6 @@ METRICS = ("ndcg_at_10", "recall_at_20", "hit_rate_at_10")
 RANKERS = ("champion", "popularity", "bm25_itemknn")
 #: Returning visitors ranked at most (a seeded sample beyond): +-0.014 of noise at most.
 MAX_WARM = 5_000
-
-
-class BacktestError(ValueError):
-    """What the backtest cannot do, in one line."""
 
 
 @dataclass
@@ -96,38 +94,26 @@ class BacktestReport:
         return asdict(self) | {"rows": self.rows()}
 
 
-def _api_ranker(url: str) -> ev.Ranker:
-    import httpx
-
-    client = httpx.Client(base_url=url.rstrip("/"), timeout=30)
-
+def _api_ranker(client: ApiClient) -> ev.Ranker:
     def rank(visitor_ids: np.ndarray, n: int) -> np.ndarray:
         out = np.full((len(visitor_ids), n), -1, dtype=np.int64)
         for r, v in enumerate(visitor_ids):
-            resp = client.get(
-                f"/v1/users/{int(v)}/recommendations", params={"k": n, "exclude_seen": "true"}
-            )
-            if resp.status_code != 200:
-                raise BacktestError(f"{url} answered {resp.status_code} for visitor {int(v)}")
-            items = [int(it["item_id"]) for it in resp.json()["items"]][:n]
+            answer = client.for_visitor(int(v), n, {"exclude_seen": True})
+            if not answer.ok:
+                raise BacktestError(f"{client.base} answered {answer.status} for visitor {int(v)}")
+            items = [int(it["item_id"]) for it in answer.body["items"]][:n]
             out[r, : len(items)] = items
         return out
 
     return rank
 
 
-def _api_session_ranker(url: str) -> ev.SessionRanker:
-    import httpx
-
-    client = httpx.Client(base_url=url.rstrip("/"), timeout=30)
-
+def _api_session_ranker(client: ApiClient) -> ev.SessionRanker:
     def rank(items: np.ndarray, n: int) -> np.ndarray:
-        resp = client.post(
-            "/v1/sessions/recommendations", json={"item_ids": items[-100:].tolist(), "k": n}
-        )
-        if resp.status_code != 200:
-            raise BacktestError(f"{url} answered {resp.status_code} for a session")
-        return np.array([int(it["item_id"]) for it in resp.json()["items"]], dtype=np.int64)
+        answer = client.for_session(items[-100:].tolist(), n)
+        if not answer.ok:
+            raise BacktestError(f"{client.base} answered {answer.status} for a session")
+        return np.array([int(it["item_id"]) for it in answer.body["items"]], dtype=np.int64)
 
     return rank
 
@@ -158,7 +144,7 @@ def backtest(
     progress: Callable[[str], None] | None = None,
 ) -> BacktestReport:
     """Score the champion and the baselines on a held-out window (see the module docstring)."""
-    from retailrec.training import registry
+    from retailrec import registry
     from retailrec.training.train import Stage, _fit, assemble, read_log
 
     step = progress or (lambda _s: None)
@@ -206,10 +192,11 @@ def backtest(
         start = split.test_start_ms
         source = f"the store's last {windows.test_days:g} days"
         served_note = f"champion {version}'s configuration ({model_name}) refitted before them"
+    api = ApiClient(api_url) if api_url else None
     rank = (
-        _api_ranker(api_url)
-        if api_url
-        else ev.served_ranker(Served(bundle, version), histories, clock)
+        _api_ranker(api)
+        if api is not None
+        else ev.served_ranker(RecommendationService(bundle, version), histories, clock)
     )
     report = BacktestReport(
         source=source,
@@ -236,9 +223,9 @@ def backtest(
     step("scoring anonymous sessions")
     examples = ev.next_item_examples(window)
     session_rank = (
-        _api_session_ranker(api_url)
-        if api_url
-        else ev.served_session_ranker(Served(bundle, version))
+        _api_session_ranker(api)
+        if api is not None
+        else ev.served_session_ranker(RecommendationService(bundle, version))
     )
     report.sessions = {
         "served": ev.session_hit_rate(session_rank, examples, 20),
@@ -247,6 +234,8 @@ def backtest(
         ),
         "examples": float(len(examples)),
     }
+    if api is not None:
+        api.close()
     n = int(report.results["champion"]["n_relevant"])
     if n < 1_000:
         report.warnings.append(
@@ -265,16 +254,6 @@ def write_report(report: BacktestReport, reports_dir: Path) -> tuple[Path, Path]
     page = reports_dir / f"backtest-{stamp}.html"
     page.write_text(_html(report))
     return js, page
-
-
-def latest_report(reports_dir: Path) -> dict[str, Any] | None:
-    """The newest backtest report's JSON, or None."""
-    found = sorted(reports_dir.glob("backtest-*.json")) if reports_dir.is_dir() else []
-    if not found:
-        return None
-    payload: dict[str, Any] = json.loads(found[-1].read_text())
-    payload["_path"] = str(found[-1])
-    return payload
 
 
 def _html(report: BacktestReport) -> str:

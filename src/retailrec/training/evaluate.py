@@ -20,10 +20,10 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from retailrec.api.service import HISTORY_LIMIT, Rules, Served
-from retailrec.data_pipeline.schema import event_codes
-from retailrec.events import EVENT_TYPES
+from retailrec.events import EVENT_TYPES, event_codes
 from retailrec.feature_store import store
+from retailrec.serving.rules import Rules
+from retailrec.serving.service import HISTORY_LIMIT, RecommendationService
 
 
 def _hits(
@@ -166,11 +166,11 @@ class Ranker(Protocol):
 
 
 def served_ranker(
-    served: Served, histories: Histories, now_ms: int, rules: Rules = EVAL_RULES
+    served: RecommendationService, histories: Histories, now_ms: int, rules: Rules = EVAL_RULES
 ) -> Ranker:
     """Rank as the API answers ``GET /v1/users/{id}/recommendations``: each visitor's history as
     the store held it at the split (``histories``), the shop's clock at ``now_ms``, the same
-    candidates, fallbacks and business rules (:meth:`Served.for_history`)."""
+    candidates, fallbacks and business rules (:meth:`RecommendationService.for_history`)."""
 
     def rank(visitor_ids: np.ndarray, n: int) -> np.ndarray:
         out = np.full((len(visitor_ids), n), -1, dtype=np.int64)
@@ -431,7 +431,7 @@ def session_hit_rate(rank: SessionRanker, examples: list[tuple[np.ndarray, int]]
     return float(np.mean([target in rank(prefix, k) for prefix, target in examples]))
 
 
-def served_session_ranker(served: Served) -> SessionRanker:
+def served_session_ranker(served: RecommendationService) -> SessionRanker:
     """As the API answers ``POST /v1/sessions/recommendations``."""
     rules = Rules(exclude_purchased=False)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from retailrec.errors import LogTooShortError
 from retailrec.events import DAY_MS
 
 MAX_WINDOW_DAYS = 7.0
@@ -27,10 +28,6 @@ MAX_WINDOW_DAYS = 7.0
 TARGET_VISITORS = 1_000
 #: A log shorter than this cannot be split into train, validation and test at all.
 MIN_SPLIT_SPAN_DAYS = 1.0
-
-
-class LogTooShortError(ValueError):
-    """The log is too short, or has too few returning visitors, for any split."""
 
 
 @dataclass

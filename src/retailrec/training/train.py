@@ -7,10 +7,10 @@
    on it (selection, tuning), then fitted on everything before the test window and scored on it
    (the reported numbers and the promotion gate). Each score comes from the serving path: the
    model is bundled as the API would serve it (:func:`assemble`) and every returning visitor is
-   answered by :meth:`~retailrec.api.service.Served.for_history` with the history the store
-   held at the window's start and the shop's clock then, with ``exclude_seen``; the truth is what
-   they touched in the window that they had not touched before. On synthetic data the oracle is
-   scored on the same windows.
+   answered by :meth:`~retailrec.serving.service.RecommendationService.for_history` with the
+   history the store held at the window's start and the shop's clock then, with
+   ``exclude_seen``; the truth is what they touched in the window that they had not touched
+   before. On synthetic data the oracle is scored on the same windows.
 4. Choose the best on validation; within the noise band, the simpler model (:func:`select`).
 5. Log a parent run (data fingerprint, git commit, windows, a metrics table and chart) and one
    nested run per model (params, ``val_*`` and test metrics, fit time).
@@ -34,27 +34,29 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from retailrec.api.service import Served
 from retailrec.config import Settings
 from retailrec.data_pipeline import feature_pipeline as fp
-from retailrec.data_pipeline.oracle import Oracle
+from retailrec.errors import DataFileError, LogTooShortError, NoDataError, UsageError
 from retailrec.feature_store import store
 from retailrec.models import Dataset, make_model
 from retailrec.models.base import BaseRecommender
 from retailrec.models.bundle import ModelBundle
+from retailrec.serving.service import RecommendationService
 from retailrec.training import evaluate as ev
 from retailrec.training.split import (
-    LogTooShortError,
     TimeSplit,
     Windows,
     choose_windows,
     time_split,
 )
+
+if TYPE_CHECKING:
+    from retailrec.synthetic.oracle import Oracle
 
 log = logging.getLogger(__name__)
 
@@ -272,12 +274,12 @@ class Stage:
         name: str = "popular",
         params: dict[str, Any] | None = None,
         model: BaseRecommender | None = None,
-    ) -> Served:
+    ) -> RecommendationService:
         """The bundle the API would serve, built on this stage (``model``, fitted on
         :attr:`data`, as the personalised role; popularity by default)."""
         aux = self.aux()
         bundle = assemble(self.data, name, params or {}, model or aux["popular"], aux)
-        return Served(bundle, "evaluation")
+        return RecommendationService(bundle, "evaluation")
 
     def session_hit_rates(self, k: int = 20) -> dict[str, float]:
         """Next-item HitRate@k on the window's sessions: the served answers to
@@ -299,10 +301,10 @@ class Stage:
         self, bundle: ModelBundle, per_visitor: dict[str, np.ndarray] | None = None
     ) -> dict[str, float]:
         """Metrics of a bundle served over this stage's histories at its clock."""
-        return self._evaluate(Served(bundle, "evaluation"), per_visitor)
+        return self._evaluate(RecommendationService(bundle, "evaluation"), per_visitor)
 
     def _evaluate(
-        self, served: Served, per_visitor: dict[str, np.ndarray] | None
+        self, served: RecommendationService, per_visitor: dict[str, np.ndarray] | None
     ) -> dict[str, float]:
         return ev.evaluate(
             ev.served_ranker(served, self.histories, self.clock_ms),
@@ -331,7 +333,7 @@ class _Prepared:
     val: Stage
     test: Stage
     catalogue_all: pd.DataFrame
-    oracle: Oracle | None
+    oracle: Oracle | None  # only when asked to score against a synthetic shop's truth
 
 
 def _catalogue(settings: Settings, as_of_ms: int | None) -> pd.DataFrame:
@@ -343,7 +345,7 @@ def read_log(settings: Settings) -> pd.DataFrame:
     with store.open_store(settings.feature_store_path) as conn:
         events = store.read_events(conn)
     if events.empty:
-        raise ValueError("the feature store has no events: run `retailrec etl` first")
+        raise NoDataError("the feature store has no events: run `retailrec etl` first")
     return events
 
 
@@ -368,7 +370,14 @@ def prepare(
         settings, "test", events, split.test_start_ms, split.end_ms, feature_config
     )
     oracle = None
-    if config.truth_dir is not None and (config.truth_dir / "params.json").is_file():
+    if config.truth_dir is not None:  # asked for: score against a synthetic shop's truth
+        from retailrec.synthetic.oracle import Oracle
+
+        if not (config.truth_dir / "params.json").is_file():
+            raise DataFileError(
+                f"{config.truth_dir}: no params.json (a synthetic shop's truth/ folder, written"
+                " by `retailrec synth`)"
+            )
         oracle = Oracle.load(config.truth_dir)
     return _Prepared(events, split, windows, val, test, _catalogue(settings, None), oracle)
 
@@ -450,19 +459,20 @@ def train(
     """Run the whole training procedure described in the module docstring."""
     import mlflow
 
-    from retailrec.training import registry, tune
+    from retailrec import registry
+    from retailrec.training import tune
 
     config = config or TrainConfig()
     feature_config = feature_config or fp.FeatureConfig()
     step = progress or (lambda _s: None)
     unknown = [m for m in config.models if m not in CANDIDATES]
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(CANDIDATES)}"
         )
     torchless = [m for m in config.models if m in NEEDS_TORCH]
     if torchless and not torch_installed():
-        raise ValueError(
+        raise UsageError(
             f"{', '.join(torchless)} needs PyTorch, which is not installed here "
             "(pip install torch==2.13.0, or build the image with --build-arg WITH_TORCH=1)"
         )
@@ -616,7 +626,7 @@ def _train_unsplit(
     popularity, with the item-to-item, session and bought-together models, fitted on all of it."""
     import mlflow
 
-    from retailrec.training import registry
+    from retailrec import registry
 
     client = registry.configure(settings)
     note = (
@@ -685,7 +695,7 @@ def _champion_on_window(
 ) -> tuple[float | None, str | None]:
     """The current champion's primary metric on this run's test window, through the serving
     path (None without a champion)."""
-    from retailrec.training import registry
+    from retailrec import registry
 
     current = registry.champion(client, settings.model_name)
     if current is None:

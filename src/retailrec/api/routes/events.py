@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from retailrec.api.deps import MetricsDep, SettingsDep, StoreDep
 from retailrec.api.schemas import EventsRequest, EventsResponse, RejectedEvent
 from retailrec.data_pipeline import schema
-from retailrec.events import DAY_MS
+from retailrec.events import DAY_MS, EVENT_COLUMNS
 from retailrec.feature_store import store
 
 router = APIRouter(prefix="/v1", tags=["events"])
@@ -27,8 +27,8 @@ def post_events(
     event (``RETAILREC_EVENT_PAST_MARGIN_DAYS``), are rejected: they would move the shop's clock.
     """
     frame = pd.DataFrame.from_records(
-        [{c: e.get(c) for c in schema.REQUIRED_COLUMNS} for e in body.events],
-        columns=list(schema.REQUIRED_COLUMNS),
+        [{c: e.get(c) for c in EVENT_COLUMNS} for e in body.events],
+        columns=list(EVENT_COLUMNS),
     ).astype(object)
     conn = connections.get()
     wall_ms = int(time.time() * 1000)  # only bounds the future: "now" is the shop's clock

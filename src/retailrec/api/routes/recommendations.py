@@ -1,25 +1,34 @@
 """Recommendation endpoints.
 
 The hot path is kept lean: the endpoints are ``async`` and compute inline (a recommendation takes
-well under a millisecond, less than handing it to a worker thread), they read app state from the
-request instead of one dependency per object, and they answer pre-serialised JSON in the
-:class:`~retailrec.api.schemas.Recommendations` shape that the OpenAPI schema documents.
+well under a millisecond, less than handing it to a worker thread) and read app state from the
+request instead of one dependency per object. Each returns its response model,
+:class:`~retailrec.api.schemas.Recommendations`: one definition for the answer and its schema.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 import uuid
-from typing import Annotated
+from typing import Annotated, cast
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 
-from retailrec.api.deps import ServedDep
-from retailrec.api.schemas import MAX_ID, MAX_K, Recommendations, SessionRequest
-from retailrec.api.service import Answer, Rules, UnknownEntityError
-from retailrec.api.state import Connections, Metrics, ServedLog
+from retailrec.api.deps import RecommenderDep
+from retailrec.api.metrics import Metrics
+from retailrec.api.schemas import (
+    MAX_ID,
+    MAX_K,
+    Recommendations,
+    ScoredItem,
+    SessionRequest,
+    Strategy,
+)
+from retailrec.errors import UnknownEntityError
+from retailrec.serving.rules import Rules
+from retailrec.serving.service import Answer
+from retailrec.serving.store_access import Connections, ServedLog
 
 router = APIRouter(prefix="/v1", tags=["recommendations"])
 
@@ -36,7 +45,7 @@ def _respond(
     version: str,
     endpoint: str,
     started: float,
-) -> Response:
+) -> Recommendations:
     rec_id = uuid.uuid4().hex
     state = request.app.state
     metrics: Metrics = state.metrics
@@ -51,17 +60,16 @@ def _respond(
         answer.items,
         (time.perf_counter() - started) * 1000,
     )
-    body = {
-        "visitor_id": visitor_id,
-        "items": [
-            {"item_id": int(i), "score": float(s)}
+    return Recommendations(
+        visitor_id=visitor_id,
+        items=[
+            ScoredItem(item_id=int(i), score=float(s))
             for i, s in zip(answer.items, answer.scores, strict=True)
         ],
-        "strategy": answer.strategy,
-        "model_version": version,
-        "recommendation_id": rec_id,
-    }
-    return Response(json.dumps(body), media_type="application/json")
+        strategy=cast(Strategy, answer.strategy),
+        model_version=version,
+        recommendation_id=rec_id,
+    )
 
 
 def _connection(request: Request) -> sqlite3.Connection:
@@ -73,7 +81,7 @@ def _connection(request: Request) -> sqlite3.Connection:
 async def recommend_for_visitor(
     visitor_id: VisitorId,
     request: Request,
-    served: ServedDep,
+    served: RecommenderDep,
     k: K = 10,
     exclude_purchased: bool = True,
     exclude_seen: bool = False,
@@ -82,7 +90,7 @@ async def recommend_for_visitor(
         list[Annotated[int, Query(ge=0, le=MAX_ID)]] | None,
         Query(max_length=1000, description="Item ids never to return."),
     ] = None,
-) -> Response:
+) -> Recommendations:
     """Personalised from the visitor's history as it is now (events posted a moment ago count);
     falls back to their recent session, then to popular items. Unavailable items never appear."""
     started = time.perf_counter()
@@ -96,21 +104,23 @@ async def recommend_for_visitor(
 
 @router.get("/items/{item_id}/similar", response_model=Recommendations)
 async def similar_items(
-    item_id: ItemId, request: Request, served: ServedDep, k: K = 10
-) -> Response:
+    item_id: ItemId, request: Request, served: RecommenderDep, k: K = 10
+) -> Recommendations:
     """Items like this one (item-kNN), topped up with popular items of its category."""
     return _for_item(request, item_id, k, "similar", served)
 
 
 @router.get("/items/{item_id}/bought-together", response_model=Recommendations)
 async def bought_together(
-    item_id: ItemId, request: Request, served: ServedDep, k: K = 10
-) -> Response:
+    item_id: ItemId, request: Request, served: RecommenderDep, k: K = 10
+) -> Recommendations:
     """Items bought in the same baskets or carted in the same sessions, then similar items."""
     return _for_item(request, item_id, k, "bought_together", served)
 
 
-def _for_item(request: Request, item_id: int, k: int, role: str, served: ServedDep) -> Response:
+def _for_item(
+    request: Request, item_id: int, k: int, role: str, served: RecommenderDep
+) -> Recommendations:
     started = time.perf_counter()
     try:
         answer = served.for_item(item_id, k, role)
@@ -121,8 +131,8 @@ def _for_item(request: Request, item_id: int, k: int, role: str, served: ServedD
 
 @router.post("/sessions/recommendations", response_model=Recommendations)
 async def session_recommendations(
-    body: SessionRequest, request: Request, served: ServedDep
-) -> Response:
+    body: SessionRequest, request: Request, served: RecommenderDep
+) -> Recommendations:
     """For an anonymous visitor: from the items just viewed (latest last)."""
     started = time.perf_counter()
     answer = served.for_session(body.item_ids, body.k, Rules(exclude_purchased=False))
@@ -132,13 +142,13 @@ async def session_recommendations(
 @router.get("/popular", response_model=Recommendations)
 def popular(
     request: Request,
-    served: ServedDep,
+    served: RecommenderDep,
     k: K = 10,
     category: Category = None,
     days: Annotated[
         int | None, Query(ge=1, le=3650, description="Count only the last N days of the log.")
     ] = None,
-) -> Response:
+) -> Recommendations:
     """The most popular items, overall or within a category, over all time or the last days.
     (A worker thread serves it: with ``days`` it counts a window of the event log.)"""
     started = time.perf_counter()

@@ -7,7 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from retailrec.api.deps import HolderDep, MetricsDep, ServedDep, SettingsDep, require_api_key
+from retailrec.api.deps import (
+    HolderDep,
+    MetricsDep,
+    RecommenderDep,
+    RetrainerDep,
+    SettingsDep,
+    require_api_key,
+)
 from retailrec.api.schemas import (
     Health,
     ModelInfo,
@@ -16,7 +23,7 @@ from retailrec.api.schemas import (
     RetrainStarted,
     RetrainStatus,
 )
-from retailrec.api.state import Retrainer
+from retailrec.errors import NoChampionError, RetrainRunningError
 
 router = APIRouter(tags=["system"])
 
@@ -45,7 +52,7 @@ def metrics(metrics: MetricsDep, request: Request) -> Response:
 
 
 @router.get("/v1/model", response_model=ModelInfo)
-def model_info(served: ServedDep, settings: SettingsDep) -> ModelInfo:
+def model_info(served: RecommenderDep, settings: SettingsDep) -> ModelInfo:
     """The champion being served: version, training time, metrics on its test window."""
     meta = served.bundle.metadata
     return ModelInfo(
@@ -72,7 +79,7 @@ def reload(
     A version that does not load or answer is refused (409) and the old one keeps serving."""
     try:
         served, previous = holder.load(version)
-    except LookupError as exc:
+    except NoChampionError as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from exc
     except Exception as exc:  # a broken bundle, of whatever kind: refuse it, keep serving
         raise HTTPException(
@@ -90,7 +97,7 @@ def reload(
     dependencies=[Depends(require_api_key)],
 )
 def retrain(
-    request: Request,
+    retrainer: RetrainerDep,
     models: Annotated[
         str | None,
         Query(
@@ -98,13 +105,13 @@ def retrain(
         ),
     ] = None,
 ) -> RetrainStarted:
-    """Run ``retailrec monitor --retrain`` beside the API (409 while one runs). A challenger that
-    beats the champion is promoted and served as soon as the run ends; see ``GET`` for the
-    outcome. For schedulers without access to the data disk, such as a Render cron job."""
-    retrainer: Retrainer = request.app.state.retrainer
+    """Run the monitor and a gated retraining beside the API, in a child process (409 while one
+    runs). A challenger that beats the champion is promoted and served as soon as the run ends;
+    see ``GET`` for the outcome. For schedulers without access to the data disk, such as a Render
+    cron job."""
     try:
-        started = retrainer.start(models)
-    except RuntimeError as exc:
+        started = retrainer.start(tuple(models.split(",")) if models else None)
+    except RetrainRunningError as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from exc
     return RetrainStarted(started=True, started_ms=started)
 
@@ -112,7 +119,6 @@ def retrain(
 @router.get(
     "/v1/admin/retrain", response_model=RetrainStatus, dependencies=[Depends(require_api_key)]
 )
-def retrain_status(request: Request) -> RetrainStatus:
+def retrain_status(retrainer: RetrainerDep) -> RetrainStatus:
     """Whether a retraining run is going, and what the last one did."""
-    retrainer: Retrainer = request.app.state.retrainer
     return RetrainStatus(**retrainer.status())

@@ -21,7 +21,7 @@ import pandas as pd
 
 @dataclass
 class Oracle:
-    """True-preference scorer for data made by :mod:`retailrec.data_pipeline.synth`.
+    """True-preference scorer for data made by :mod:`retailrec.synthetic.synth`.
 
     Attributes:
         item_ids: (n_items,) public item ids, the columns of every score matrix.
@@ -49,7 +49,7 @@ class Oracle:
 
     @classmethod
     def load(cls, truth_dir: Path) -> Oracle:
-        """Read ``truth/`` as written by :func:`retailrec.data_pipeline.synth.write`."""
+        """Read ``truth/`` as written by :func:`retailrec.synthetic.synth.write`."""
         truth_dir = Path(truth_dir)
         params = json.loads((truth_dir / "params.json").read_text())
         items = pd.read_parquet(truth_dir / "items.parquet")

@@ -10,8 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from retailrec.data_pipeline import readers, synth
-from retailrec.data_pipeline.readers import DataFileError
+from retailrec.data_pipeline import csv_input, feature_pipeline
+from retailrec.data_pipeline.files import locate, unpack
+from retailrec.errors import DataFileError
+from retailrec.events import EVENT_COLUMNS
+from retailrec.synthetic import synth
+from tests.utils import readers
 from tests.utils.factories import Shop
 
 
@@ -42,9 +46,9 @@ def test_real_sample_agrees_with_the_generators_targets(real_sample: Path) -> No
 
 
 def test_reads_the_synthetic_files(tiny_shop: Shop) -> None:
-    files = readers.locate(tiny_shop.dir)
+    files = locate(tiny_shop.dir)
     events = readers.read_events(files.events)
-    assert list(events.columns) == list(readers.EVENTS_COLUMNS)
+    assert list(events.columns) == list(EVENT_COLUMNS)
     assert len(events) == len(tiny_shop.data.events)
     pd.testing.assert_frame_equal(
         events.astype({"event": str}),
@@ -52,7 +56,7 @@ def test_reads_the_synthetic_files(tiny_shop: Shop) -> None:
         check_dtype=False,
     )
     props = readers.read_item_properties(files.item_properties)
-    catalogue = readers.item_catalogue(props)
+    catalogue = feature_pipeline.item_catalogue(props)
     truth = tiny_shop.data.truth_items.set_index("itemid")
     assert (
         catalogue.set_index("itemid")["categoryid"]
@@ -68,7 +72,7 @@ def test_locate_finds_the_real_file_names(tiny_shop: Shop, tmp_path: Path) -> No
     half = len(props) // 2
     props.iloc[:half].to_csv(tmp_path / "item_properties_part1.csv", index=False)
     props.iloc[half:].to_csv(tmp_path / "item_properties_part2.csv", index=False)
-    files = readers.locate(tmp_path)
+    files = locate(tmp_path)
     assert [p.name for p in files.item_properties] == [
         "item_properties_part1.csv",
         "item_properties_part2.csv",
@@ -80,7 +84,7 @@ def test_locate_finds_the_real_file_names(tiny_shop: Shop, tmp_path: Path) -> No
 def test_locate_matches_names_without_case(tmp_path: Path) -> None:
     (tmp_path / "Events.CSV").write_text("timestamp,visitorid,event,itemid,transactionid\n")
     (tmp_path / "Category_Tree.csv").write_text("categoryid,parentid\n")
-    files = readers.locate(tmp_path)
+    files = locate(tmp_path)
     assert files.events.name == "Events.CSV"
     assert files.category_tree is not None and files.category_tree.name == "Category_Tree.csv"
 
@@ -88,15 +92,15 @@ def test_locate_matches_names_without_case(tmp_path: Path) -> None:
 def test_locate_points_at_a_folder_one_level_down(tmp_path: Path) -> None:
     (tmp_path / "archive").mkdir()
     (tmp_path / "archive" / "events.csv").write_text("timestamp\n")
-    with pytest.raises(readers.DataFileError, match=r"there is one in .*archive: pass --raw"):
-        readers.locate(tmp_path)
+    with pytest.raises(DataFileError, match=r"there is one in .*archive: pass --raw"):
+        locate(tmp_path)
 
 
 def test_locate_names_a_csv_file_to_pass_when_there_is_no_events_csv(tmp_path: Path) -> None:
     (tmp_path / "events-2015-07.csv").write_text("timestamp\n")
     (tmp_path / "events-2015-06.csv").write_text("timestamp\n")
-    with pytest.raises(readers.DataFileError, match=r"name it: --raw .*events-2015-06.csv$"):
-        readers.locate(tmp_path)
+    with pytest.raises(DataFileError, match=r"name it: --raw .*events-2015-06.csv$"):
+        locate(tmp_path)
 
 
 def test_a_zip_archive_is_searched_and_unpacked(tmp_path: Path) -> None:
@@ -107,11 +111,11 @@ def test_a_zip_archive_is_searched_and_unpacked(tmp_path: Path) -> None:
         zf.writestr("archive/item_properties_part1.csv", "timestamp,itemid,property,value\n")
         zf.writestr("__MACOSX/archive/._events.csv", b"\x00\x05resource fork")
     for given in (archive, tmp_path):  # the archive, or a folder holding only it
-        files = readers.locate(given)
+        files = locate(given)
         assert files.archive == archive
         assert files.events == Path("archive/events.csv")
         assert files.source == f"{archive}:archive/events.csv"
-    out = readers.unpack(files, tmp_path / "out")
+    out = unpack(files, tmp_path / "out")
     assert out.archive is None
     assert out.events.read_text().startswith("timestamp,")
     assert [p.name for p in out.item_properties] == [
@@ -125,11 +129,11 @@ def test_a_zip_without_events_or_a_damaged_one_is_a_one_line_error(tmp_path: Pat
     archive = tmp_path / "shop.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("orders.csv", "a,b\n")
-    with pytest.raises(readers.DataFileError, match=r"no events.csv in this zip .*holds orders"):
-        readers.locate(archive)
+    with pytest.raises(DataFileError, match=r"no events.csv in this zip .*holds orders"):
+        locate(archive)
     archive.write_bytes(archive.read_bytes()[:30])  # an interrupted download
-    with pytest.raises(readers.DataFileError, match="not a whole zip archive"):
-        readers.locate(archive)
+    with pytest.raises(DataFileError, match="not a whole zip archive"):
+        locate(archive)
 
 
 def test_item_catalogue_takes_the_latest_value_as_of_a_time() -> None:
@@ -141,10 +145,10 @@ def test_item_catalogue_takes_the_latest_value_as_of_a_time() -> None:
             "value": ["3", "1", "0", "4", "1"],
         }
     )
-    now = readers.item_catalogue(props).set_index("itemid")
+    now = feature_pipeline.item_catalogue(props).set_index("itemid")
     assert now.loc[10, "categoryid"] == 4 and not now.loc[10, "available"]
     assert pd.isna(now.loc[11, "categoryid"]) and now.loc[11, "available"]
-    then = readers.item_catalogue(props, as_of_ms=4).set_index("itemid")
+    then = feature_pipeline.item_catalogue(props, as_of_ms=4).set_index("itemid")
     assert then.loc[10, "categoryid"] == 3 and then.loc[10, "available"]
     assert 11 not in then.index
 
@@ -166,9 +170,9 @@ def test_hashed_properties_are_filtered_out(tmp_path: Path) -> None:
 
 def test_missing_events_file_says_where_to_put_it(tmp_path: Path) -> None:
     with pytest.raises(DataFileError, match=r"no events.csv in .*retailrec download"):
-        readers.locate(tmp_path)
+        locate(tmp_path)
     with pytest.raises(DataFileError, match="no such folder"):
-        readers.locate(tmp_path / "nowhere")
+        locate(tmp_path / "nowhere")
 
 
 def test_locate_finds_compressed_files_and_takes_a_file_path(tmp_path: Path) -> None:
@@ -176,7 +180,7 @@ def test_locate_finds_compressed_files_and_takes_a_file_path(tmp_path: Path) -> 
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "item_properties_part1.csv.gz.bak").write_bytes(b"")
     (tmp_path / "category_tree.csv.bz2").write_bytes(b"")
-    files = readers.locate(tmp_path)
+    files = locate(tmp_path)
     assert files.events.name == "events.csv.gz"
     assert [p.name for p in files.item_properties] == [
         "item_properties_part1.csv.gz",
@@ -185,7 +189,7 @@ def test_locate_finds_compressed_files_and_takes_a_file_path(tmp_path: Path) -> 
     assert files.category_tree is not None and files.category_tree.name == "category_tree.csv.bz2"
     other = tmp_path / "export.csv"
     other.write_bytes(b"")
-    assert readers.locate(other).events == other
+    assert locate(other).events == other
 
 
 @pytest.mark.parametrize(
@@ -234,12 +238,12 @@ def test_a_file_that_is_not_csv_text_says_what_it_is(
     tmp_path: Path, head: bytes, kind: str
 ) -> None:
     (tmp_path / "events.csv").write_bytes(head + bytes(range(256)) * 4)
-    with pytest.raises(readers.DataFileError, match=re.escape(kind)) as info:
-        readers.csv_layout(tmp_path / "events.csv", readers.EVENTS_COLUMNS)
+    with pytest.raises(DataFileError, match=re.escape(kind)) as info:
+        csv_input.csv_layout(tmp_path / "events.csv", EVENT_COLUMNS)
     assert str(info.value).endswith("not CSV text: save or export it as CSV")
 
 
 def test_an_excel_workbook_given_as_raw_says_to_save_it_as_csv(tmp_path: Path) -> None:
     (tmp_path / "events.xlsx").write_bytes(b"PK\x03\x04")
-    with pytest.raises(readers.DataFileError, match="an Excel workbook, not CSV text"):
-        readers.locate(tmp_path / "events.xlsx")
+    with pytest.raises(DataFileError, match="an Excel workbook, not CSV text"):
+        locate(tmp_path / "events.xlsx")

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retailrec.data_pipeline.oracle import Oracle
-from retailrec.data_pipeline.synth import DAY_MS, FULL
+from retailrec.events import DAY_MS
+from retailrec.synthetic.oracle import Oracle
+from retailrec.synthetic.synth import FULL
 from retailrec.training.evaluate import ndcg_at_k, recall_at_k
 from tests.utils.factories import Shop
 

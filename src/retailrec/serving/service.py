@@ -1,4 +1,4 @@
-"""Recommendation logic behind the API (and the dashboard): fallbacks and business rules.
+"""The recommender service: answers from a loaded bundle, with fallbacks and business rules.
 
 Kept free of FastAPI so that any caller gets the same answers. Every function returns item ids,
 scores and the strategy that served them; the chain falls back until ``k`` items are found, so an
@@ -19,18 +19,16 @@ import pandas as pd
 import scipy.sparse as sp
 
 from retailrec.data_pipeline import feature_pipeline as fp
+from retailrec.errors import UnknownEntityError
 from retailrec.events import DAY_MS, TRANSACTION
 from retailrec.feature_store import store
 from retailrec.models.base import SIGNAL_FLOOR
 from retailrec.models.bundle import ModelBundle
+from retailrec.serving.rules import CatalogueRules, Rules
 
 HISTORY_LIMIT = 500
 #: Retrieval models that ignore the history: for them "personalized" would be a false label.
 NON_PERSONAL = ("popular", "popular_7d")
-
-
-class UnknownEntityError(LookupError):
-    """An item or category that the served catalogue does not know."""
 
 
 @dataclass
@@ -41,18 +39,10 @@ class Answer:
 
 
 @dataclass
-class Rules:
-    """Per-request business rules."""
-
-    exclude_purchased: bool = True
-    exclude_seen: bool = False
-    category: int | None = None
-    exclude: Sequence[int] = ()
-
-
-@dataclass
-class Served:
-    """A loaded bundle and what the API needs around it."""
+class RecommendationService:
+    """Answers recommendation requests from one loaded bundle: the fallback chain, the business
+    rules and the visitor's history from the store, the same for the API, the dashboard and
+    evaluation."""
 
     bundle: ModelBundle
     version: str
@@ -60,13 +50,7 @@ class Served:
 
     def __post_init__(self) -> None:
         b = self.bundle
-        self.unavailable = ~b.item_available.astype(bool)
-        self.unavailable.flags.writeable = False  # shared by requests: they copy to add items
-        self.by_category: dict[int, np.ndarray] = {
-            int(c): np.flatnonzero(b.item_category == c)
-            for c in np.unique(b.item_category)
-            if c >= 0
-        }
+        self.rules = CatalogueRules(b)
         default = fp.FeatureConfig()
         #: The weights and half-life the bundle was trained with: histories are weighed alike.
         self.config = fp.FeatureConfig(
@@ -80,30 +64,6 @@ class Served:
             model.prepare_serving()
 
     # -- building blocks ------------------------------------------------------------------------
-
-    def blocked(self, rules: Rules, seen: np.ndarray, purchased: np.ndarray) -> np.ndarray:
-        """(n_items,) bool: True for items never to return under ``rules`` (unavailable,
-        excluded, purchased or seen as asked, outside the category)."""
-        parts = [self.bundle.item_index(np.asarray(rules.exclude, dtype=np.int64))]
-        if rules.exclude_purchased:
-            parts.append(purchased)
-        if rules.exclude_seen:
-            parts.append(seen)
-        extra = np.concatenate(parts)
-        extra = extra[extra >= 0]
-        if rules.category is not None:
-            inside = self.by_category.get(int(rules.category))
-            if inside is None:
-                raise UnknownEntityError(f"unknown category {rules.category}")
-            blocked = np.ones(self.bundle.n_items, dtype=bool)
-            blocked[inside] = False
-            blocked |= self.unavailable
-        elif len(extra):
-            blocked = self.unavailable.copy()
-        else:
-            return self.unavailable  # shared and never written: callers copy before adding
-        blocked[extra] = True
-        return blocked
 
     def history_row(self, history: store.History, now_ms: int) -> sp.csr_matrix:
         """The visitor's confidences at the shop's time ``now_ms``, in the bundle's item space:
@@ -180,7 +140,7 @@ class Served:
         kinds = history.event_code
         seen = idx[idx >= 0]
         purchased = idx[(idx >= 0) & (kinds == TRANSACTION)]
-        blocked = self.blocked(rules, seen, purchased)
+        blocked = self.rules.blocked(rules, seen, purchased)
         answer = Answer([], [], "")
         row = self.history_row(history, now)
         if row.nnz and self.personal:
@@ -201,7 +161,7 @@ class Served:
         """An anonymous session: items just viewed, latest last."""
         idx = self.bundle.item_index(np.asarray(item_ids, dtype=np.int64))
         known = idx[idx >= 0]
-        blocked = self.blocked(rules, known, np.zeros(0, dtype=np.int64))
+        blocked = self.rules.blocked(rules, known, np.zeros(0, dtype=np.int64))
         answer = Answer([], [], "")
         if len(known):  # unknown items keep their place in the session (see session_row)
             row = self.bundle.models["session"].session_row(idx)  # type: ignore[attr-defined]
@@ -215,7 +175,7 @@ class Served:
         idx = self.bundle.item_index(np.asarray([item_id]))
         if idx[0] < 0:
             raise UnknownEntityError(f"unknown item {item_id}")
-        blocked = self.unavailable.copy()
+        blocked = self.rules.unavailable.copy()
         blocked[idx] = True
         one = _one_row(idx, np.ones(1), self.bundle.n_items)
         answer = Answer([], [], "")
@@ -230,12 +190,12 @@ class Served:
                 break
         # Then popular items of the same category, then anything popular.
         cat = int(self.bundle.item_category[idx[0]])
-        if len(answer.items) < k and cat in self.by_category:
+        if len(answer.items) < k and cat in self.rules.by_category:
             in_cat = Rules(category=cat)
             answer = self._fill(
                 answer,
                 k,
-                blocked | self.blocked(in_cat, np.zeros(0, np.int64), np.zeros(0, np.int64)),
+                blocked | self.rules.blocked(in_cat, np.zeros(0, np.int64), np.zeros(0, np.int64)),
             )
         return self._fill(answer, k, blocked)
 
@@ -243,7 +203,7 @@ class Served:
         self, conn: sqlite3.Connection, k: int, category: int | None, days: int | None
     ) -> Answer:
         """Most popular items overall or in the last ``days`` days of the log (not of the clock)."""
-        blocked = self.blocked(
+        blocked = self.rules.blocked(
             Rules(exclude_purchased=False, category=category),
             np.zeros(0, np.int64),
             np.zeros(0, np.int64),

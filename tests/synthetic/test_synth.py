@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retailrec.data_pipeline import synth
-from retailrec.data_pipeline.synth import DAY_MS, FULL, WEEK_MS
+from retailrec.errors import UsageError
+from retailrec.events import DAY_MS
+from retailrec.synthetic import synth
+from retailrec.synthetic.synth import FULL, WEEK_MS
 from tests.utils.factories import Shop, make_shop
 
 
@@ -224,5 +226,5 @@ def test_drift_shifts_the_last_three_weeks(tiny_shop: Shop, tiny_drift_shop: Sho
 
 
 def test_unknown_scale_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="unknown scale 'huge'"):
+    with pytest.raises(UsageError, match="unknown scale 'huge'"):
         synth.config_for("huge")

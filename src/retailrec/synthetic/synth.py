@@ -35,9 +35,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from retailrec.errors import UsageError
+from retailrec.events import DAY_MS
+
 log = logging.getLogger(__name__)
 
-DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
 
 #: Statistics of the full Retailrocket ``events.csv`` (shared/data/retailrocket-sample/README.md).
@@ -168,12 +170,12 @@ def config_for(scale: str | float, drift: bool = False) -> SynthConfig:
     """A config for a named scale (``tiny``, ``small``, ``full``) or a fraction of the full data."""
     if isinstance(scale, str):
         if scale not in SCALES:
-            raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+            raise UsageError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
         fraction = SCALES[scale]
     else:
         fraction = float(scale)
     if not 0 < fraction <= 10:
-        raise ValueError(f"scale must be in (0, 10], got {fraction}")
+        raise UsageError(f"scale must be in (0, 10], got {fraction}")
     return SynthConfig(scale=fraction, drift=drift)
 
 
@@ -261,6 +263,34 @@ def write(data: SynthData, out_dir: Path) -> dict[str, Path]:
     np.save(truth / "item_week_prob.npy", data.item_week_prob)
     (truth / "params.json").write_text(json.dumps(data.params, indent=2, sort_keys=True) + "\n")
     return paths
+
+
+@dataclass
+class WrittenShop:
+    """A synthetic shop written to disk: what was asked, its statistics and where it went."""
+
+    scale: str
+    seed: int
+    drift: bool
+    stats: dict[str, float]
+    paths: dict[str, Path]
+    truth_dir: Path
+
+
+def write_shop(
+    scale: str,
+    seed: int,
+    out_dir: Path,
+    *,
+    drift: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> WrittenShop:
+    """Generate a shop at ``scale`` with ``seed`` and write it (and ``truth/``) to ``out_dir``."""
+    step = progress or (lambda _s: None)
+    data = generate(config_for(scale, drift=drift), random_state=seed, progress=step)
+    step("writing")
+    paths = write(data, out_dir)
+    return WrittenShop(scale, seed, drift, summarize(data.events), paths, out_dir / "truth")
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,8 +31,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc.model import PythonModel
 
 from retailrec.config import Settings
+from retailrec.errors import RegistryError
 from retailrec.models.bundle import ModelBundle
-from retailrec.training.registry_errors import RegistryError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,72 @@
+"""Prometheus metrics of the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from retailrec.serving.service import RecommendationService
+
+
+class Metrics:
+    """Prometheus metrics, on a registry of the app's own (so tests can build many apps)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._route_cache: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self.requests = Counter(
+            "retailrec_requests_total",
+            "HTTP requests",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "retailrec_request_latency_seconds",
+            "Request latency",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self.strategy = Counter(
+            "retailrec_recommendations_total",
+            "Answers per strategy",
+            ["strategy"],
+            registry=self.registry,
+        )
+        self.model = Gauge(
+            "retailrec_model_info",
+            "The served model version (value 1)",
+            ["version", "model"],
+            registry=self.registry,
+        )
+        self.log_dropped = Gauge(
+            "retailrec_served_log_dropped",
+            "Served answers not logged because the log's queue was full",
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "retailrec_events_total",
+            "Posted events by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+    def for_route(self, route: str, method: str, status: int) -> tuple[Any, Any]:
+        """The request counter and latency histogram of one route, looked up once per label set
+        (``labels()`` takes a lock and builds a key on every call)."""
+        key = (route, method, status)
+        found = self._route_cache.get(key)
+        if found is None:
+            found = (
+                self.requests.labels(route=route, method=method, status=str(status)),
+                self.latency.labels(route=route),
+            )
+            self._route_cache[key] = found
+        return found
+
+    def set_model(self, served: RecommendationService) -> None:
+        """Export which model version is being served."""
+        self.model.clear()
+        model = str(served.bundle.metadata.get("model", "unknown"))
+        self.model.labels(version=served.version, model=model).set(1)

@@ -1,0 +1,126 @@
+"""What serving keeps open on the feature store: a connection per worker thread, and the log of
+served answers written from a background thread."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from retailrec.feature_store import store
+
+log = logging.getLogger(__name__)
+
+
+class Connections:
+    """One SQLite connection per worker thread (sqlite3 connections are not shared)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._generation = 0
+
+    def get(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "generation", -1) != self._generation:
+            conn = store.connect(self.path)
+            self._local.conn, self._local.generation = conn, self._generation
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every connection; threads open fresh ones if the app starts again."""
+        with self._lock:
+            self._generation += 1
+            for conn in self._all:
+                # One created in another thread refuses: it is closed when collected.
+                with contextlib.suppress(sqlite3.ProgrammingError):
+                    conn.close()
+            self._all.clear()
+
+
+class ServedLog:
+    """Writes served recommendations to the store from a background thread, in batches.
+
+    The request path appends a tuple to a deque (atomic, no lock, no wake-up); the writer thread
+    wakes every ``flush_s`` and writes whatever has gathered, so serving never waits on SQLite and
+    never trades the GIL with the writer on every request. At most ``max_pending`` rows wait;
+    beyond that rows are dropped and counted (``dropped``), never blocking an answer.
+    """
+
+    def __init__(self, path: Path, flush_s: float = 0.5, max_pending: int = 100_000) -> None:
+        self.path = path
+        self.flush_s = flush_s
+        self.pending: collections.deque[tuple[Any, ...]] = collections.deque()
+        self.max_pending = max_pending
+        self.dropped = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="served-log", daemon=True)
+            self._thread.start()
+
+    def put(
+        self,
+        rec_id: str,
+        endpoint: str,
+        visitor: int | None,
+        strategy: str,
+        version: str,
+        items: list[int],
+        latency_ms: float,
+    ) -> None:
+        if len(self.pending) >= self.max_pending:  # never block serving; exported as a metric
+            self.dropped += 1
+            return
+        self.pending.append(
+            (
+                rec_id,
+                int(time.time() * 1000),
+                endpoint,
+                visitor,
+                strategy,
+                version,
+                items,
+                latency_ms,
+            )
+        )
+
+    def flush(self, conn: sqlite3.Connection) -> int:
+        """Write what has gathered; returns the number of rows."""
+        batch = []
+        while self.pending:
+            row = self.pending.popleft()
+            batch.append((*row[:6], json.dumps(row[6]), row[7]))
+        if batch:
+            try:
+                store.log_served(conn, batch)
+            except sqlite3.Error:
+                log.exception("could not log %d served recommendations", len(batch))
+        return len(batch)
+
+    def _run(self) -> None:
+        conn = store.connect(self.path)
+        try:
+            while not self._stop.wait(self.flush_s):
+                self.flush(conn)
+            self.flush(conn)
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._stop.set()
+            self._thread.join(timeout=10)
