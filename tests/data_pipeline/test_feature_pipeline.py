@@ -204,3 +204,19 @@ def test_feature_snapshots_are_stored_and_replaced(loaded_shop: Path) -> None:
 def test_features_on_an_empty_store_are_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(NoDataError, match="no events: run `retailrec etl` first"):
         fp.build_features(store.connect(tmp_path / "fs.sqlite"))
+
+
+def test_item_categories_take_the_last_numeric_value(tmp_path: Path) -> None:
+    conn = store.connect(tmp_path / "fs.sqlite")
+    props = pd.DataFrame(
+        {
+            "timestamp": [T, T + 5, T, T, T + 1],
+            "itemid": [10, 10, 11, 12, 12],
+            "property": ["categoryid", "categoryid", "available", "categoryid", "categoryid"],
+            "value": ["3", "4", "1", "7", "n/a"],
+        }
+    )
+    store.upsert_item_properties(conn, props)
+    latest = fp.item_categories(conn)
+    assert latest.to_dict() == {10: 4}  # 11 has no category; 12's latest is not a number
+    assert latest.dtype == "int64"

@@ -214,21 +214,6 @@ def test_etl_runs_are_recorded(conn: sqlite3.Connection) -> None:
     assert store.last_etl_report(conn) == report
 
 
-def test_latest_item_categories_take_the_last_numeric_value(conn: sqlite3.Connection) -> None:
-    props = pd.DataFrame(
-        {
-            "timestamp": [T, T + 5, T, T, T + 1],
-            "itemid": [10, 10, 11, 12, 12],
-            "property": ["categoryid", "categoryid", "available", "categoryid", "categoryid"],
-            "value": ["3", "4", "1", "7", "n/a"],
-        }
-    )
-    store.upsert_item_properties(conn, props)
-    latest = store.latest_item_categories(conn)
-    assert latest.to_dict() == {10: 4}  # 11 has no category; 12's latest is not a number
-    assert latest.dtype == "int64"
-
-
 def test_dashboard_summaries(conn: sqlite3.Connection) -> None:
     day = 86_400_000
     start = T - T % day

@@ -138,6 +138,22 @@ def test_fresh_history_changes_the_answer(
     assert ((after[0] % 2) == 1).mean() > ((before[0] % 2) == 1).mean()
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_params_are_the_constructors_arguments(name: str) -> None:
+    """params() is read from the constructor: every argument but the seed and the device, and
+    a model built from its own params() reports the same ones."""
+    import inspect
+
+    model = make_model(name)
+    params = model.params()
+    args = set(inspect.signature(type(model).__init__).parameters) - {"self"}
+    assert set(params) == args - set(BaseRecommender.NOT_PARAMS)
+    assert make_model(name, **params).params() == params
+    changed = {key: value for key, value in params.items() if isinstance(value, int)}
+    changed = {key: value + 1 for key, value in changed.items() if not isinstance(value, bool)}
+    assert make_model(name, **{**params, **changed}).params() == {**params, **changed}
+
+
 def test_unknown_model_is_a_clear_error() -> None:
     with pytest.raises(UsageError, match="unknown model 'nope'"):
         make_model("nope")

@@ -19,6 +19,7 @@ import pandas as pd
 from retailrec import reports
 from retailrec.client import ApiClient
 from retailrec.config import Settings
+from retailrec.data_pipeline.feature_pipeline import item_categories
 from retailrec.events import EVENT_TYPES
 from retailrec.feature_store import store
 
@@ -49,7 +50,7 @@ def data_overview(settings: Settings, top: int = 15) -> DataOverview:
         "items": lambda conn: store.item_counts_since(conn, 0),
         "activity": store.visitor_activity,
         "report": store.last_etl_report,
-        "categories": store.latest_item_categories,
+        "categories": item_categories,
     }
     with ThreadPoolExecutor(max_workers=3) as pool:
         futures = {name: pool.submit(run, q) for name, q in queries.items()}
@@ -113,7 +114,7 @@ def model_runs(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, list[str
 def catalogue(settings: Settings) -> pd.DataFrame:
     """Item id -> its latest category (``categoryid`` column)."""
     with store.open_store(settings.feature_store_path) as conn:
-        return store.latest_item_categories(conn).to_frame()
+        return item_categories(conn).to_frame()
 
 
 def sample_visitors(settings: Settings, n: int = 50) -> list[int]:

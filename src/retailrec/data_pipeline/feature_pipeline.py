@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from retailrec import events as ev_
 from retailrec.errors import NoDataError
@@ -353,15 +354,40 @@ def item_pairs(
     return out[["itemid", "other_itemid", "n_baskets", "n_carts"]].reset_index(drop=True)
 
 
+def cooccurrence(
+    groups: np.ndarray, items: np.ndarray, n_items: int, max_group: int = MAX_ITEMS_FOR_PAIRS
+) -> sp.csr_matrix:
+    """(n_items, n_items) number of groups (baskets, sessions) in which two distinct items occur
+    together; a group of more than ``max_group`` distinct items (a bot, a bulk order) counts for
+    nothing. The one co-occurrence counter: the item-pair features and the bought-together and
+    session models all count with it.
+
+    Args:
+        groups: (n,) a group id per row.
+        items: (n,) an item index in ``[0, n_items)`` per row.
+    """
+    frame = pd.DataFrame({"g": groups, "i": items}).drop_duplicates()
+    size = frame.groupby("g")["i"].transform("size").to_numpy()
+    frame = frame[(size > 1) & (size <= max_group)]
+    if frame.empty:
+        return sp.csr_matrix((n_items, n_items), dtype=np.float32)
+    g_codes, g_index = np.unique(frame["g"].to_numpy(), return_inverse=True)
+    incidence = sp.csr_matrix(
+        (np.ones(len(frame), dtype=np.float32), (g_index, frame["i"].to_numpy())),
+        shape=(len(g_codes), n_items),
+    )
+    co = (incidence.T @ incidence).tocsr()
+    co.setdiag(0)
+    co.eliminate_zeros()
+    return co
+
+
 def _pairs(groups: pd.DataFrame, name: str) -> pd.DataFrame:
     """Ordered pairs of distinct items sharing a ``group``, counted over groups."""
-    size = groups.groupby("group")["itemid"].transform("size")
-    groups = groups[(size > 1) & (size <= MAX_ITEMS_FOR_PAIRS)]
-    merged = groups.merge(groups, on="group", suffixes=("", "_other"))
-    merged = merged[merged["itemid"] != merged["itemid_other"]]
-    counted = merged.groupby(["itemid", "itemid_other"]).size().rename(name)
-    counted.index = counted.index.set_names(["itemid", "other_itemid"])
-    return counted.to_frame()
+    ids, index = np.unique(groups["itemid"].to_numpy(np.int64), return_inverse=True)
+    co = cooccurrence(groups["group"].to_numpy(np.int64), index, len(ids)).tocoo()
+    pairs = pd.MultiIndex.from_arrays([ids[co.row], ids[co.col]], names=["itemid", "other_itemid"])
+    return pd.DataFrame({name: co.data.astype(np.int64)}, index=pairs)
 
 
 def item_catalogue(properties: pd.DataFrame, as_of_ms: int | None = None) -> pd.DataFrame:
@@ -397,6 +423,13 @@ def item_category_as_of(conn: sqlite3.Connection, as_of_ms: int | None) -> pd.Da
     """The catalogue (``itemid, categoryid, available``) as stated at ``as_of_ms``."""
     props = store.read_item_properties(conn, as_of_ms=as_of_ms, latest=True)
     return item_catalogue(props, as_of_ms)
+
+
+def item_categories(conn: sqlite3.Connection, as_of_ms: int | None = None) -> pd.Series:
+    """Each item's category as stated at ``as_of_ms`` (default: the latest): int64, indexed by
+    ``itemid``; items without a numeric one are left out."""
+    catalogue = item_category_as_of(conn, as_of_ms).set_index("itemid")["categoryid"]
+    return catalogue.dropna().astype("int64")
 
 
 @dataclass

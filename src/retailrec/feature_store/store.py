@@ -763,15 +763,3 @@ def sample_visitors(conn: sqlite3.Connection, n: int = 50, min_events: int = 5) 
         (int(min_events), int(n)),
     ).fetchall()
     return [int(r[0]) for r in rows]
-
-
-def latest_item_categories(conn: sqlite3.Connection) -> pd.Series:
-    """Each item's latest ``categoryid`` (int64, indexed by ``itemid``), in one grouped read of
-    the properties' key; non-numeric values are left out."""
-    rows = conn.execute(
-        "SELECT itemid, value, max(timestamp) FROM item_properties"
-        " WHERE property = 'categoryid' GROUP BY itemid"
-    ).fetchall()
-    values = pd.to_numeric(pd.Series([r[1] for r in rows], dtype="str"), errors="coerce")
-    out = pd.Series(values.to_numpy(), index=pd.Index([r[0] for r in rows], dtype="int64"))
-    return out.dropna().astype("int64").rename_axis("itemid").rename("categoryid")

@@ -11,9 +11,10 @@ history (a cold visitor) gets the popular items, whatever the model.
 
 from __future__ import annotations
 
+import inspect
 import pickle
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
@@ -75,9 +76,15 @@ class BaseRecommender:
     def _fit(self, data: Dataset) -> None:
         raise NotImplementedError
 
+    #: Constructor arguments that do not change what the model learns: not logged.
+    NOT_PARAMS: ClassVar[tuple[str, ...]] = ("random_state", "device")
+
     def params(self) -> dict[str, Any]:
-        """The hyper-parameters, as logged to MLflow."""
-        return {}
+        """The hyper-parameters, as logged to MLflow: the constructor's arguments (less
+        :data:`NOT_PARAMS`), read back from the attributes of the same names, so that a new
+        argument is logged without a second list to keep in step."""
+        names = inspect.signature(type(self).__init__).parameters
+        return {n: getattr(self, n) for n in names if n != "self" and n not in self.NOT_PARAMS}
 
     # -- scoring ------------------------------------------------------------------------------
 

@@ -110,14 +110,6 @@ class ALSRecommender(FactorRecommender):
         self.iterations, self.random_state = iterations, random_state
         self.model_: Any = None
 
-    def params(self) -> dict[str, Any]:
-        return {
-            "factors": self.factors,
-            "regularization": self.regularization,
-            "alpha": self.alpha,
-            "iterations": self.iterations,
-        }
-
     def _fit(self, data: Dataset) -> None:
         from implicit.cpu.als import AlternatingLeastSquares
 
@@ -164,14 +156,6 @@ class BPRRecommender(FactorRecommender):
             regularization,
         )
         self.iterations, self.random_state = iterations, random_state
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "factors": self.factors,
-            "learning_rate": self.learning_rate,
-            "regularization": self.regularization,
-            "iterations": self.iterations,
-        }
 
     def _fit(self, data: Dataset) -> None:
         from implicit.cpu.bpr import BayesianPersonalizedRanking

@@ -11,10 +11,10 @@ import warnings
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from retailrec.data_pipeline import feature_pipeline as fp
 from retailrec.errors import BundleError, UsageError
 from retailrec.models.base import TIE_BREAK, BaseRecommender, first_unblocked
 from retailrec.models.data import Dataset
@@ -60,26 +60,6 @@ def _top_k_rows(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
     )
 
 
-def _cooccurrence(
-    groups: np.ndarray, items: np.ndarray, n_items: int, max_group: int = 50
-) -> sp.csr_matrix:
-    """(n_items, n_items) number of groups in which two distinct items occur together."""
-    frame = pd.DataFrame({"g": groups, "i": items}).drop_duplicates()
-    size = frame.groupby("g")["i"].transform("size").to_numpy()
-    frame = frame[(size > 1) & (size <= max_group)]
-    if frame.empty:
-        return sp.csr_matrix((n_items, n_items), dtype=np.float32)
-    g_codes, g_index = np.unique(frame["g"].to_numpy(), return_inverse=True)
-    incidence = sp.csr_matrix(
-        (np.ones(len(frame), dtype=np.float32), (g_index, frame["i"].to_numpy())),
-        shape=(len(g_codes), n_items),
-    )
-    co = (incidence.T @ incidence).tocsr()
-    co.setdiag(0)
-    co.eliminate_zeros()
-    return co
-
-
 class ItemKNNRecommender(ItemItemRecommender):
     """implicit's item-kNN (``cosine`` or ``bm25``) on the visitor x item confidences.
 
@@ -97,12 +77,6 @@ class ItemKNNRecommender(ItemItemRecommender):
         self.similarity = similarity
         self.k, self.k1, self.b = k, k1, b
         self.name = f"itemknn_{similarity}"
-
-    def params(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"similarity": self.similarity, "k": self.k}
-        if self.similarity == "bm25":
-            out |= {"k1": self.k1, "b": self.b}
-        return out
 
     def _fit(self, data: Dataset) -> None:
         from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
@@ -155,15 +129,6 @@ class SessionRecommender(ItemItemRecommender):
         self.decay, self.cooc_weight, self.pop_weight = decay, cooc_weight, pop_weight
         self._parts: tuple[sp.csr_matrix, sp.csr_matrix] | None = None
 
-    def params(self) -> dict[str, Any]:
-        return {
-            "k": self.k,
-            "max_steps": self.max_steps,
-            "decay": self.decay,
-            "cooc_weight": self.cooc_weight,
-            "pop_weight": self.pop_weight,
-        }
-
     def _fit(self, data: Dataset) -> None:
         ev = data.events.sort_values(["user", "session", "timestamp"], kind="stable")
         groups = ev["user"].to_numpy(np.int64) * 100_000 + ev["session"].to_numpy(np.int64)
@@ -171,7 +136,7 @@ class SessionRecommender(ItemItemRecommender):
         n = data.n_items
         rules = sequential_rules(groups, items, n, self.max_steps)
         rules = _scale_rows(rules, np.asarray(rules.sum(axis=1)).ravel())
-        co = _cooccurrence(groups, items, n)
+        co = fp.cooccurrence(groups, items, n)
         counts = np.bincount(items, minlength=n).astype(np.float32)
         norm = 1.0 / np.sqrt(np.maximum(counts, 1.0))
         co = (sp.diags(norm) @ co @ sp.diags(norm)).tocsr()
@@ -265,19 +230,16 @@ class BoughtTogetherRecommender(ItemItemRecommender):
         self.cart_weight = cart_weight
         self.k = k
 
-    def params(self) -> dict[str, Any]:
-        return {"cart_weight": self.cart_weight, "k": self.k}
-
     def _fit(self, data: Dataset) -> None:
         ev = data.events
         kind = ev["event"].astype("str").to_numpy()
         tx = ev[kind == "transaction"]
-        baskets = _cooccurrence(
+        baskets = fp.cooccurrence(
             tx["transactionid"].to_numpy(np.int64), tx["item"].to_numpy(), data.n_items
         )
         carts = ev[kind == "addtocart"]
         cart_groups = carts["user"].to_numpy(np.int64) * 100_000 + carts["session"].to_numpy(
             np.int64
         )
-        carted = _cooccurrence(cart_groups, carts["item"].to_numpy(), data.n_items)
+        carted = fp.cooccurrence(cart_groups, carts["item"].to_numpy(), data.n_items)
         self.similarity_ = _top_k_rows((baskets + self.cart_weight * carted).tocsr(), self.k)

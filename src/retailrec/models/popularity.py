@@ -38,9 +38,6 @@ class PopularityRecommender(BaseRecommender):
         self.cat_index_ = np.zeros(0, dtype=np.int64)
         self.item_to_cat_ = sp.csr_matrix((0, 0), dtype=np.float32)
 
-    def params(self) -> dict[str, Any]:
-        return {"window_days": self.window_days, "by_category": self.by_category}
-
     def _fit(self, data: Dataset) -> None:
         ev = data.events
         if self.window_days:

@@ -117,16 +117,6 @@ class TwoTowerRecommender(BaseRecommender):
         self.user_b_ = np.zeros(dim, dtype=np.float32)
         self.train_stats_: dict[str, float] = {}
 
-    def params(self) -> dict[str, Any]:
-        return {
-            "dim": self.dim,
-            "history_len": self.history_len,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            "temperature": self.temperature,
-        }
-
     def _fit(self, data: Dataset) -> None:
         import torch
         from torch import nn

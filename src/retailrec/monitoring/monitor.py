@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from retailrec.config import Settings
+from retailrec.data_pipeline.feature_pipeline import item_categories
 from retailrec.errors import NoChampionError, NoDataError, UsageError
 from retailrec.events import DAY_MS, HOUR_MS
 from retailrec.feature_store import store
@@ -109,7 +110,7 @@ def run_monitor(
             raise NoDataError(
                 f"no events in {settings.feature_store_path}: run `retailrec etl` first"
             )
-        categories = store.latest_item_categories(conn)
+        categories = item_categories(conn)
         served = store.read_served(conn, since_ms=now_ms - int(config.online_days * DAY_MS))
     report = detect(events, categories, drift_config)
     online = online_metrics(
