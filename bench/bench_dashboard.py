@@ -33,7 +33,7 @@ PAGES = {
     "models": "data.model_runs(settings)",
     "recommendations": (
         "from retailrec.serving.holder import ModelHolder\n"
-        "from retailrec.serving.service import Rules\n"
+        "from retailrec.serving.rules import Rules\n"
         "from retailrec.feature_store import store\n"
         "cat = data.catalogue(settings)\n"
         "visitors = data.sample_visitors(settings)\n"

@@ -288,3 +288,33 @@ def test_serve_refuses_a_data_dir_it_cannot_write(
     assert result.exit_code == 1
     assert "is not writable by uid" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_retailrec_error_is_one_line_and_a_bug_is_shown_with_debug(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CLI catches RetailRecError alone: anything else is a bug, whose traceback --debug
+    shows (a ValueError from a bug is not dressed up as a user's mistake)."""
+    from retailrec.data_pipeline import feature_pipeline
+    from retailrec.errors import NoDataError, RetailRecError
+
+    assert issubclass(NoDataError, RetailRecError)
+    user = runner.invoke(app, ["features"])  # an empty store: the user's to fix
+    assert user.exit_code == 1
+    assert user.output.strip().splitlines() == [
+        "error: the feature store has no events: run `retailrec etl` first"
+    ]
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise ValueError("index 7 is out of bounds\nsecond line")
+
+    monkeypatch.setattr(feature_pipeline, "build_features", broken)
+    bug = runner.invoke(app, ["features"])
+    assert bug.exit_code == 1
+    (line,) = bug.output.strip().splitlines()
+    assert line.startswith("error: unexpected ValueError: index 7 is out of bounds")
+    assert "--debug" in line and "a bug in RetailRec" in line
+    shown = runner.invoke(app, ["--debug", "features"])
+    assert isinstance(shown.exception, ValueError)  # raised through: the traceback is shown
+    assert "out of bounds" in str(shown.exception)
+    assert runner.invoke(app, ["features"]).exit_code == 1  # --debug lasts one invocation
