@@ -160,6 +160,16 @@ def synth(
     _print_synth(written)
 
 
+def _print_generated(written: Any) -> None:
+    """The pipeline's synth stage: why a synthetic shop was written, then what it holds."""
+    console.print(
+        f"no events.csv in {written.paths['events'].parent}: generated a synthetic shop"
+        f" ({written.scale})",
+        soft_wrap=True,
+    )
+    _print_synth(written)
+
+
 def _print_synth(written: Any) -> None:
     stats = written.stats
     drift = ", drift" if written.drift else ""
@@ -495,7 +505,7 @@ def pipeline(
     from retailrec.pipeline import run_pipeline
 
     printers: dict[str, Callable[[Any], None]] = {
-        "synth": _print_synth,
+        "synth": _print_generated,
         "etl": _print_etl,
         "features": _print_features,
         "train": lambda result: _print_training(result, "ndcg_at_10"),

@@ -239,6 +239,9 @@ def bootstrap(settings: Settings, scale: str, models: tuple[str, ...] | None) ->
 def _pipeline_summary(
     settings: Settings, scale: str, models: tuple[str, ...] | None
 ) -> dict[str, Any]:
+    logging.basicConfig(  # this child's own output: each stage as it starts
+        level=logging.INFO, format="%(asctime)s bootstrap: %(message)s", stream=sys.stderr
+    )
     result = run_pipeline(settings, scale=scale, models=models, progress=log.info)
     return {"version": result.training.version, "promoted": result.promotion.promoted}
 
@@ -305,10 +308,10 @@ class BackgroundRetrain:
 
     settings: Settings
     on_promoted: Callable[[], str]  # loads the champion; returns the version now served
-    last: dict[str, Any] | None = None
-    _started_ms: int | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _idle: threading.Event = field(default_factory=threading.Event)
+    last: dict[str, Any] | None = field(default=None, init=False)
+    _started_ms: int | None = field(default=None, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _idle: threading.Event = field(default_factory=threading.Event, init=False)
 
     def __post_init__(self) -> None:
         self._idle.set()
