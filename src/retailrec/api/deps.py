@@ -68,7 +68,9 @@ def require_api_key(
         )
     if x_api_key is None:
         raise HTTPException(status_code=401, detail="missing X-API-Key header")
-    if not secrets.compare_digest(x_api_key, settings.api_key):
+    # Bytes, not str: compare_digest refuses a str with a character outside ASCII (a header is
+    # read as Latin-1, so anything can arrive), and the refusal must be a 403, not a 500.
+    if not secrets.compare_digest(x_api_key.encode(), settings.api_key.encode()):
         raise HTTPException(status_code=403, detail="wrong API key")
 
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -94,6 +98,24 @@ async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
     await response(scope, receive, send)
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every float that JSON cannot hold (NaN, +-Infinity) written as text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, rendered whatever the input held: Python's JSON parser reads ``NaN`` and
+    ``Infinity``, and echoing them back in the error would fail to render (a 500)."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    return JSONResponse(status_code=422, content={"detail": _finite(jsonable_encoder(errors))})
+
+
 def _reload(app: FastAPI) -> str:
     """Load the champion and export it; returns the version now served."""
     served, _ = app.state.holder.load()
@@ -148,6 +170,7 @@ def create_app(
     app.state.metrics = Metrics()
     app.state.retrainer = BackgroundRetrain(settings, on_promoted=lambda: _reload(app))
 
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(LimitsAndMetrics)
     app.include_router(recommendations.router)
     app.include_router(events.router)

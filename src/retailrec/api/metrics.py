@@ -8,6 +8,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from retailrec.serving.service import RecommendationService
 
+#: The HTTP methods counted by name; any other is counted as "other".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 class Metrics:
     """Prometheus metrics, on a registry of the app's own (so tests can build many apps)."""
@@ -54,7 +57,13 @@ class Metrics:
 
     def for_route(self, route: str, method: str, status: int) -> tuple[Any, Any]:
         """The request counter and latency histogram of one route, looked up once per label set
-        (``labels()`` takes a lock and builds a key on every call)."""
+        (``labels()`` takes a lock and builds a key on every call).
+
+        Every label is bounded: the route is a declared path (or "unmatched"), a method outside
+        :data:`METHODS` is "other", and a status is one of HTTP's few hundred codes. A made-up
+        method or path can never add a series.
+        """
+        method = method if method in METHODS else "other"
         key = (route, method, status)
         found = self._route_cache.get(key)
         if found is None:

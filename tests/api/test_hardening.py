@@ -1,0 +1,76 @@
+"""Input that once gave a 5xx or grew the server's state: each answers a 4xx and stays bounded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from retailrec.api.main import create_app
+from retailrec.config import Settings
+from tests.api.conftest import KEY
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def client(trained: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(trained), raise_server_exceptions=False) as c:
+        yield c
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/sessions/recommendations", '{"item_ids": [NaN]}'),
+        ("/v1/sessions/recommendations", '{"item_ids": [1], "k": Infinity}'),
+        ("/v1/sessions/recommendations", '{"item_ids": [-Infinity]}'),
+        ("/v1/events", '{"events": NaN}'),
+        ("/v1/sessions/recommendations", '{"item_ids": [1e999]}'),
+    ],
+)
+def test_non_finite_numbers_in_a_body_are_a_422(client: TestClient, path: str, body: str) -> None:
+    """JSON has no NaN or Infinity, but Python's parser reads them: the 422 must still render."""
+    answer = client.post(path, content=body, headers=JSON)
+    assert answer.status_code == 422, answer.text
+    detail = answer.json()["detail"]
+    assert isinstance(detail, list) and detail
+    assert all("msg" in error for error in detail)
+
+
+def test_a_non_finite_timestamp_in_an_event_is_a_rejected_row(client: TestClient) -> None:
+    body = '{"events": [{"timestamp": NaN, "visitorid": 1, "event": "view", "itemid": 1}]}'
+    answer = client.post("/v1/events", content=body, headers=JSON)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {
+        "accepted": 0,
+        "duplicates": 0,
+        "rejected": [{"index": 0, "reason": "missing timestamp"}],
+    }
+
+
+def test_a_non_ascii_api_key_is_refused_not_a_crash(client: TestClient) -> None:
+    for key in ("kéy", "\u00ff" * 40, KEY + "\u00e9"):
+        answer = client.post("/v1/admin/reload", headers={"X-API-Key": key.encode("latin-1")})
+        assert answer.status_code == 403, (key, answer.text)
+    assert client.post("/v1/admin/reload", headers={"X-API-Key": KEY}).status_code == 200
+
+
+def test_made_up_http_methods_do_not_grow_the_metrics(client: TestClient) -> None:
+    def series() -> int:
+        text = client.get("/metrics").text
+        return sum(1 for line in text.splitlines() if line.startswith("retailrec_requests_total"))
+
+    client.request("FOO0", "/health")  # the "other" method's label set, seen once
+    series()  # and /metrics' own
+    before = series()
+    for i in range(200):
+        assert client.request(f"FOO{i}", "/health").status_code == 405
+        client.request(f"BAR{i}", f"/nowhere/{i}")
+    assert series() == before + 1  # "/nowhere" is unmatched: one new label set, not 400
+    text = client.get("/metrics").text
+    assert 'method="other"' in text and "FOO1" not in text
