@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,15 +134,11 @@ def latest_version(client: MlflowClient, name: str) -> ModelVersion | None:
     return max(versions, key=lambda v: int(v.version)) if versions else None
 
 
-def download_bundle(
-    client: MlflowClient, name: str, version: str, dest: Path | None = None
-) -> Path:
-    """Copy a version's bundle folder locally and return its path (the folder with bundle.json)."""
+def download_bundle(client: MlflowClient, name: str, version: str, dest: Path) -> Path:
+    """Copy a version's bundle folder into ``dest`` and return its path (the folder with
+    bundle.json)."""
     mv = client.get_model_version(name, version)
-    target = (
-        Path(dest) if dest is not None else Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-"))
-    )
-    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(target)))
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dest)))
     found = next((p.parent for p in root.rglob("bundle.json")), None)
     if found is None:
         raise RegistryError(f"version {version} of {name} holds no bundle")
@@ -255,9 +250,12 @@ def rollback(client: MlflowClient, name: str) -> PromotionResult:
     return PromotionResult(True, previous, version, f"champion back to version {previous}")
 
 
-def clear_download_cache(path: Path) -> None:
-    if path.exists() and str(path).startswith(tempfile.gettempdir() + os.sep):
-        shutil.rmtree(path, ignore_errors=True)
+def load_bundle(client: MlflowClient, name: str, version: str) -> ModelBundle:
+    """A version's bundle, loaded into memory. The download goes to a temporary folder that is
+    removed before this returns, whether the bundle loads or not: reloads, training and the
+    dashboard leave nothing behind."""
+    with tempfile.TemporaryDirectory(prefix=f"{name}-v{version}-") as tmp:
+        return ModelBundle.load(download_bundle(client, name, version, Path(tmp)))
 
 
 # -- read-only views for the dashboard ------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -74,3 +76,16 @@ def test_made_up_http_methods_do_not_grow_the_metrics(client: TestClient) -> Non
     assert series() == before + 1  # "/nowhere" is unmatched: one new label set, not 400
     text = client.get("/metrics").text
     assert 'method="other"' in text and "FOO1" not in text
+
+
+def test_reloads_leave_no_temporary_folder(
+    client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each load of a version downloads its bundle: the download is gone once it is loaded."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    for _ in range(3):
+        assert client.post("/v1/admin/reload", headers={"X-API-Key": KEY}).status_code == 200
+    assert client.post("/v1/admin/reload?version=99", headers={"X-API-Key": KEY}).status_code == 409
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("retailrec-v")] == []

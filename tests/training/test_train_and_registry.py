@@ -11,7 +11,6 @@ from retailrec import registry
 from retailrec.config import Settings
 from retailrec.errors import NoDataError, RegistryError
 from retailrec.feature_store import store
-from retailrec.models.bundle import ModelBundle
 from retailrec.training.evaluate import Histories, evaluate, popularity_ranker
 from retailrec.training.train import TrainConfig, train
 from tests.utils.factories import Shop, loaded_settings, run_etl_on
@@ -63,8 +62,7 @@ def test_train_promote_gate_rollback(tmp_path: Path, tiny_shop: Shop) -> None:
         registry.rollback(client, name)
 
     # The champion's bundle loads without the training data.
-    path = registry.download_bundle(client, name, "1")
-    bundle = ModelBundle.load(path)
+    bundle = registry.load_bundle(client, name, "1")
     assert bundle.metadata["model"] == "popular"
     assert bundle.n_items >= tiny_shop.data.events["itemid"].nunique()
 
@@ -100,7 +98,7 @@ def test_a_crash_while_promoting_keeps_the_old_champion(
     monkeypatch.undo()
     current = registry.champion(client, settings.model_name)
     assert str(current.version) == "1"
-    ModelBundle.load(registry.download_bundle(client, settings.model_name, "1"))
+    registry.load_bundle(client, settings.model_name, "1")
 
 
 def test_a_stale_champion_is_scored_as_deployed_on_the_new_window(

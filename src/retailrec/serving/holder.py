@@ -38,12 +38,9 @@ class ModelHolder:
                         f"no champion for {self.settings.model_name}: run `retailrec pipeline`"
                     )
                 version = str(champion.version)
-            path = registry.download_bundle(client, self.settings.model_name, version)
-            try:
-                served = RecommendationService(ModelBundle.load(path), version)
-                _smoke_test(served)
-            finally:
-                registry.clear_download_cache(path)
+            bundle = registry.load_bundle(client, self.settings.model_name, version)
+            served = RecommendationService(bundle, version)
+            _smoke_test(served)
             previous = None if self.current is None else self.current.version
             self.current = served
             return served, previous

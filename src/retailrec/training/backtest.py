@@ -43,7 +43,6 @@ from retailrec.data_pipeline import feature_pipeline as fp
 from retailrec.errors import BacktestError
 from retailrec.events import utc_text
 from retailrec.feature_store import store
-from retailrec.models.bundle import ModelBundle
 from retailrec.serving.service import RecommendationService
 from retailrec.training import evaluate as ev
 from retailrec.training.split import choose_windows, time_split
@@ -173,9 +172,7 @@ def backtest(
                 " scores are optimistic"
             )
         histories, clock = ev.Histories(before), int(before["timestamp"].max())
-        path = registry.download_bundle(client, settings.model_name, version)
-        bundle = ModelBundle.load(path)
-        registry.clear_download_cache(path)
+        bundle = registry.load_bundle(client, settings.model_name, version)
         source, served_note = str(test_file), f"champion version {version} as deployed"
     else:
         windows = choose_windows(log)

@@ -709,9 +709,7 @@ def _champion_on_window(
         return float(current.tags[key]), version
     if int(current.tags.get("data_end_ms", split.end_ms)) < split.test_start_ms:
         # The deployed champion never saw this test window: serve it as it is.
-        path = registry.download_bundle(client, settings.model_name, version)
-        metrics = prep.test.score_bundle(ModelBundle.load(path))
-        registry.clear_download_cache(path)
+        metrics = prep.test.score_bundle(registry.load_bundle(client, settings.model_name, version))
         return metrics[config.primary_metric], version
     # It saw part of this window: score its configuration refitted before the window instead.
     name, params = (
