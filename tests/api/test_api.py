@@ -54,7 +54,12 @@ def _check_answer(body: dict[str, object], k: int) -> list[int]:
 
 def test_health_ready_and_model(client: TestClient) -> None:
     assert client.get("/health").json() == {"status": "ok"}
-    assert client.get("/ready").json() == {"ready": True, "model_version": "1"}
+    assert client.get("/ready").json() == {
+        "ready": True,
+        "model_version": "1",
+        "store_writable": True,
+        "store_error": None,
+    }
     info = client.get("/v1/model").json()
     assert info["version"] == "1"
     assert info["model"] == "als"
@@ -329,7 +334,12 @@ def test_not_ready_without_a_model(tmp_path: Path) -> None:
         assert c.get("/health").status_code == 200
         ready = c.get("/ready")
         assert ready.status_code == 503
-        assert ready.json() == {"ready": False, "model_version": None}
+        assert ready.json() == {
+            "ready": False,
+            "model_version": None,
+            "store_writable": True,
+            "store_error": None,
+        }
         answer = c.get("/v1/users/1/recommendations")
         assert answer.status_code == 503
         assert "no model loaded" in answer.json()["detail"]

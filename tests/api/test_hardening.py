@@ -89,3 +89,46 @@ def test_reloads_leave_no_temporary_folder(
         assert client.post("/v1/admin/reload", headers={"X-API-Key": KEY}).status_code == 200
     assert client.post("/v1/admin/reload?version=99", headers={"X-API-Key": KEY}).status_code == 409
     assert [p.name for p in scratch.iterdir() if p.name.startswith("retailrec-v")] == []
+
+
+def test_a_store_that_takes_no_writes_is_a_503_and_not_ready(
+    trained: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only store (as a full or read-only disk would be): writes answer 503 with the
+    reason, /ready says so, the served log counts what it could not write; all recover."""
+    from retailrec.serving import store_access
+
+    connect = store_access.store.connect
+    event = {"timestamp": 0, "visitorid": 7, "event": "view", "itemid": 1}
+    with TestClient(create_app(trained)) as c:
+        event["timestamp"] = int(c.get("/v1/model").json()["data_end_ms"])
+        app = c.app.state  # type: ignore[attr-defined]
+        app.store_health.probe_s = 0.0
+        assert c.get("/ready").status_code == 200
+        monkeypatch.setattr(
+            store_access.store, "connect", lambda path, **kw: connect(path, read_only=True)
+        )
+        app.connections.close()  # worker threads reopen: read-only now
+        answer = c.post("/v1/events", json={"events": [event]})
+        assert answer.status_code == 503
+        assert (
+            "readonly" in answer.json()["detail"]
+            and "nothing of this batch" in answer.json()["detail"]
+        )
+        ready = c.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json()["store_writable"] is False and "readonly" in ready.json()["store_error"]
+        assert c.get("/v1/users/7/recommendations").status_code == 200  # reads still serve
+        log = app.served_log
+        before = log.dropped
+        log.put("r1", "user", 7, "popular", "1", [1, 2], 1.0)
+        flushed = log.flush(app.connections.get())  # ours, and the answer served just above
+        assert flushed >= 1 and log.dropped == before + flushed
+        assert f"retailrec_served_log_dropped {before + flushed}.0" in c.get("/metrics").text
+        monkeypatch.undo()
+        app.connections.close()
+        assert c.get("/ready").status_code == 200  # the probe write succeeds again
+        again = c.post("/v1/events", json={"events": [event]})
+        assert (
+            again.status_code == 200 and again.json()["accepted"] + again.json()["duplicates"] == 1
+        )

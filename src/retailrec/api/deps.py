@@ -16,7 +16,7 @@ from retailrec.config import Settings
 from retailrec.pipeline import BackgroundRetrain
 from retailrec.serving.holder import ModelHolder
 from retailrec.serving.service import RecommendationService
-from retailrec.serving.store_access import Connections
+from retailrec.serving.store_access import Connections, StoreHealth
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -52,6 +52,11 @@ async def get_retrainer(request: Request) -> BackgroundRetrain:
     return retrainer
 
 
+async def get_store_health(request: Request) -> StoreHealth:
+    health: StoreHealth = request.app.state.store_health
+    return health
+
+
 async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
@@ -79,4 +84,5 @@ StoreDep = Annotated[Connections, Depends(get_connections)]
 RecommenderDep = Annotated[RecommendationService, Depends(get_recommender)]
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+StoreHealthDep = Annotated[StoreHealth, Depends(get_store_health)]
 RetrainerDep = Annotated[BackgroundRetrain, Depends(get_retrainer)]

@@ -28,7 +28,7 @@ from retailrec.config import Settings, get_settings
 from retailrec.feature_store import store
 from retailrec.pipeline import BackgroundRetrain
 from retailrec.serving.holder import ModelHolder
-from retailrec.serving.store_access import Connections, ServedLog
+from retailrec.serving.store_access import Connections, ServedLog, StoreHealth
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,8 @@ def create_app(
     app.state.settings = settings
     app.state.holder = ModelHolder(settings)
     app.state.connections = Connections(settings.feature_store_path)
-    app.state.served_log = ServedLog(settings.feature_store_path)
+    app.state.store_health = StoreHealth()
+    app.state.served_log = ServedLog(settings.feature_store_path, health=app.state.store_health)
     app.state.metrics = Metrics()
     app.state.retrainer = BackgroundRetrain(settings, on_promoted=lambda: _reload(app))
 

@@ -118,8 +118,12 @@ class Health(BaseModel):
 
 
 class Ready(BaseModel):
+    """Ready only with a model loaded and a feature store that takes writes."""
+
     ready: bool
     model_version: str | None
+    store_writable: bool
+    store_error: str | None = None
 
 
 class ReloadResponse(BaseModel):

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from retailrec.errors import StoreError
+from retailrec.errors import StoreError, error_line
 from retailrec.events import EVENT_NAMES, EVENT_TYPES, event_codes
 
 BUSY_TIMEOUT_MS = 10_000
@@ -143,6 +143,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     INSERT INTO shop_clock (id, first_ms, newest_ms)
         SELECT 1, min(timestamp), max(timestamp) FROM events HAVING count(*) > 0;
+    """,
+    # 5: one row that a readiness probe rewrites: proof that the store takes a write now.
+    """
+    CREATE TABLE write_probe (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        at_ms INTEGER NOT NULL
+    );
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -487,6 +494,22 @@ def time_range(conn: sqlite3.Connection) -> tuple[int | None, int | None]:
     empty. The newest is the shop's clock (see :func:`shop_clock`)."""
     row = conn.execute("SELECT first_ms, newest_ms FROM shop_clock WHERE id = 1").fetchone()
     return (None, None) if row is None else (int(row[0]), int(row[1]))
+
+
+def probe_write(conn: sqlite3.Connection) -> str | None:
+    """None when the store takes a committed write now, else why not (one line): a read-only
+    file or folder, a full disk or a lock held too long all show here, as they would on an
+    append. The write is one row of its own table, rewritten in place."""
+    try:
+        with conn:
+            conn.execute(
+                "INSERT INTO write_probe (id, at_ms) VALUES (1, ?)"
+                " ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms",
+                (int(time.time() * 1000),),
+            )
+    except sqlite3.Error as exc:
+        return error_line(exc)
+    return None
 
 
 def shop_clock(conn: sqlite3.Connection) -> int | None:

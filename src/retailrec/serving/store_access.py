@@ -1,5 +1,5 @@
-"""What serving keeps open on the feature store: a connection per worker thread, and the log of
-served answers written from a background thread."""
+"""What serving keeps open on the feature store: a connection per worker thread, the log of
+served answers written from a background thread, and whether the store takes writes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from retailrec.errors import error_line
 from retailrec.feature_store import store
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,35 @@ class Connections:
             self._all.clear()
 
 
+class StoreHealth:
+    """Whether the feature store takes writes, as serving last saw it.
+
+    A failed write (an event batch, the served log) marks it unhealthy at once; :meth:`check`
+    (for ``/ready``) then proves or disproves it with a probe write, at most every ``probe_s``
+    seconds, so that a store that recovers is ready again without waiting for traffic.
+    """
+
+    def __init__(self, probe_s: float = 5.0) -> None:
+        self.probe_s = probe_s
+        self.reason: str | None = None
+        self._probed = -float("inf")
+        self._lock = threading.Lock()
+
+    def failed(self, exc: BaseException) -> str:
+        """Record a failed write; returns its reason."""
+        self.reason = error_line(exc)
+        self._probed = -float("inf")  # the next check probes at once
+        return self.reason
+
+    def check(self, conn: sqlite3.Connection) -> str | None:
+        """None when the store takes writes, else why not."""
+        with self._lock:
+            if time.monotonic() - self._probed >= self.probe_s:
+                self._probed = time.monotonic()
+                self.reason = store.probe_write(conn)
+            return self.reason
+
+
 class ServedLog:
     """Writes served recommendations to the store from a background thread, in batches.
 
@@ -57,8 +87,15 @@ class ServedLog:
     beyond that rows are dropped and counted (``dropped``), never blocking an answer.
     """
 
-    def __init__(self, path: Path, flush_s: float = 0.5, max_pending: int = 100_000) -> None:
+    def __init__(
+        self,
+        path: Path,
+        flush_s: float = 0.5,
+        max_pending: int = 100_000,
+        health: StoreHealth | None = None,
+    ) -> None:
         self.path = path
+        self.health = health or StoreHealth()
         self.flush_s = flush_s
         self.pending: collections.deque[tuple[Any, ...]] = collections.deque()
         self.max_pending = max_pending
@@ -107,8 +144,13 @@ class ServedLog:
         if batch:
             try:
                 store.log_served(conn, batch)
-            except sqlite3.Error:
-                log.exception("could not log %d served recommendations", len(batch))
+            except sqlite3.Error as exc:  # counted as dropped: the metric says what was lost
+                self.dropped += len(batch)
+                log.error(
+                    "could not log %d served recommendations: %s",
+                    len(batch),
+                    self.health.failed(exc),
+                )
         return len(batch)
 
     def _run(self) -> None:

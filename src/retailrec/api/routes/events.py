@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import pandas as pd
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 
-from retailrec.api.deps import MetricsDep, SettingsDep, StoreDep
+from retailrec.api.deps import MetricsDep, SettingsDep, StoreDep, StoreHealthDep
 from retailrec.api.schemas import EventsRequest, EventsResponse, RejectedEvent
 from retailrec.data_pipeline import schema
 from retailrec.events import DAY_MS, EVENT_COLUMNS
@@ -18,7 +19,11 @@ router = APIRouter(prefix="/v1", tags=["events"])
 
 @router.post("/events", response_model=EventsResponse)
 def post_events(
-    body: EventsRequest, connections: StoreDep, metrics: MetricsDep, settings: SettingsDep
+    body: EventsRequest,
+    connections: StoreDep,
+    metrics: MetricsDep,
+    settings: SettingsDep,
+    health: StoreHealthDep,
 ) -> EventsResponse:
     """Up to 1,000 events. Each is accepted, a duplicate of one already stored (re-sending a batch
     is safe), or rejected with its index and reason; the three always add up to the batch.
@@ -42,7 +47,16 @@ def post_events(
         RejectedEvent(index=int(i), reason=str(r)) for i, r in checked.rejected["reason"].items()
     ]
     unique = checked.valid.drop_duplicates()
-    accepted = store.append_events(conn, unique, source="api")
+    try:
+        accepted = store.append_events(conn, unique, source="api")
+    except sqlite3.Error as exc:  # one transaction: none of the batch was stored
+        reason = health.failed(exc)
+        metrics.events.labels(outcome="failed").inc(len(body.events))
+        raise HTTPException(
+            status_code=503,
+            detail=f"the feature store takes no writes now ({reason}): nothing of this batch was"
+            " stored; send it again later",
+        ) from exc
     duplicates = len(checked.valid) - accepted
     metrics.events.labels(outcome="accepted").inc(accepted)
     metrics.events.labels(outcome="duplicate").inc(duplicates)

@@ -13,6 +13,8 @@ from retailrec.api.deps import (
     RecommenderDep,
     RetrainerDep,
     SettingsDep,
+    StoreDep,
+    StoreHealthDep,
     require_api_key,
 )
 from retailrec.api.schemas import (
@@ -35,12 +37,21 @@ def health() -> Health:
 
 
 @router.get("/ready", response_model=Ready)
-def ready(holder: HolderDep, response: Response) -> Ready:
-    """Readiness: a model is loaded (503 until then)."""
+def ready(
+    holder: HolderDep, connections: StoreDep, health: StoreHealthDep, response: Response
+) -> Ready:
+    """Readiness: a model is loaded and the feature store takes writes (503 otherwise, with the
+    store's error): a store on a full or read-only disk takes the instance out of rotation."""
     served = holder.current
-    if served is None:
+    problem = health.check(connections.get())
+    if served is None or problem is not None:
         response.status_code = 503
-    return Ready(ready=served is not None, model_version=None if served is None else served.version)
+    return Ready(
+        ready=served is not None and problem is None,
+        model_version=None if served is None else served.version,
+        store_writable=problem is None,
+        store_error=problem,
+    )
 
 
 @router.get("/metrics", response_class=Response)
