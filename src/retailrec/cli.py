@@ -765,7 +765,11 @@ def backtest(
 @_one_line_errors
 def monitor(
     fail_on_drift: Annotated[
-        bool, typer.Option("--fail-on-drift", help="Exit 3 when drift is detected.")
+        bool,
+        typer.Option(
+            "--fail-on-drift",
+            help="Exit 3 when drift is detected, 4 when the log cannot say (too little history).",
+        ),
     ] = False,
     retrain: Annotated[
         bool,
@@ -860,3 +864,11 @@ def monitor(
     result = once()
     if fail_on_drift and result.drifted:
         raise typer.Exit(mon.EXIT_DRIFT)
+    if fail_on_drift and not result.drift.judged:
+        err_console.print(
+            f"error: drift cannot be judged: {result.drift.verdict}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(mon.EXIT_UNJUDGED)

@@ -98,6 +98,7 @@ def test_a_short_history_says_so_instead_of_guessing(
     assert not report.drifted
     assert report.reference_weeks == 1
     assert report.verdict.startswith("history too short")
+    assert not report.judged
     assert all(s.noise_floor is None for s in report.signals)
 
 

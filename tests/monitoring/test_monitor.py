@@ -155,3 +155,26 @@ def test_retraining_promotes_only_a_better_model_and_the_api_serves_it(
         assert get_json(f"{base}/v1/model")["version"] == "3"  # served after the reload
         payload = json.loads(latest_path(settings.reports_dir, "drift").read_text())  # type: ignore[union-attr]
         assert payload["retrain"]["promoted"] and payload["retrain"]["reload"]["status"] == 200
+
+
+@pytest.mark.integration
+def test_fail_on_drift_fails_when_it_cannot_judge(
+    tmp_path: Path, tiny_shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One event dated two months past the log leaves the current week with one event and no
+    reference week: the gate says it cannot judge, and exits 4, not 0."""
+    from retailrec.feature_store import store
+    from tests.utils.factories import events_frame
+
+    settings = loaded_settings(tmp_path, tiny_shop)
+    _use(settings, monkeypatch)
+    judged = runner.invoke(app, ["monitor", "--fail-on-drift"])
+    assert judged.exit_code in (0, mon.EXIT_DRIFT), judged.output  # a real verdict either way
+    with store.open_store(settings.feature_store_path) as conn:
+        end = store.shop_clock(conn)
+        assert end is not None
+        store.append_events(conn, events_frame([(end + 60 * 86_400_000, 10**12, "view", 1, None)]))
+    blind = runner.invoke(app, ["monitor", "--fail-on-drift"])
+    assert blind.exit_code == mon.EXIT_UNJUDGED, blind.output
+    assert "drift cannot be judged: history too short" in " ".join(blind.output.split())
+    assert runner.invoke(app, ["monitor"]).exit_code == 0  # a report alone is not a gate

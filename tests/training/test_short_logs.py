@@ -101,3 +101,35 @@ def test_close_models_go_to_the_simpler_one() -> None:
     table["val_ndcg_at_10"] = {m: float(np.mean(v)) for m, v in per_visitor.items()}
     chosen, reasons = select(table, per_visitor, "ndcg_at_10")
     assert chosen == "als" and reasons["als"].startswith("best on validation")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("returning", [False, True])
+def test_an_event_dated_far_past_the_log_does_not_retrain_an_evaluated_champion(
+    tmp_path: Path, tiny_shop: Shop, returning: bool
+) -> None:
+    """One event dated past a log whose champion was evaluated moves the shop's clock: two
+    months on, no split has a returning visitor in both windows; ten days on (a known visitor),
+    the test window holds that one visitor alone. Training refuses, registers nothing, and says
+    why, instead of registering a version scored on nobody."""
+    from retailrec.errors import LogTooShortError
+    from retailrec.feature_store import store
+    from retailrec.training.train import TrainConfig, train
+    from tests.utils.factories import events_frame, loaded_settings
+
+    settings = loaded_settings(tmp_path, tiny_shop)
+    first = train(settings, TrainConfig(models=("popular",)))
+    client = registry.configure(settings)
+    assert registry.promote(client, settings.model_name, first.version).promoted
+    with store.open_store(settings.feature_store_path) as conn:
+        end = store.shop_clock(conn)
+        assert end is not None
+        visitor = int(tiny_shop.data.events["visitorid"].iloc[0]) if returning else 10**12
+        gap = 10 if returning else 60
+        store.append_events(conn, events_frame([(end + gap * DAY, visitor, "view", 1, None)]))
+    with pytest.raises(LogTooShortError, match="nothing is registered") as refused:
+        train(settings, TrainConfig(models=("popular",)))
+    assert f"{gap:.1f} days after the event before it" in str(refused.value)
+    if returning:
+        assert "holds 1 returning visitor(s), fewer than 10" in str(refused.value)
+    assert str(registry.latest_version(client, settings.model_name).version) == first.version

@@ -143,6 +143,9 @@ class DriftReport:
     drifted_signals: list[str]
     verdict: str
     config: dict[str, Any]
+    #: False when the windows could not be compared (no current events, too little history):
+    #: then "no drift" means nothing, and ``retailrec monitor --fail-on-drift`` exits non-zero.
+    judged: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -406,6 +409,7 @@ def detect(
         drifted_names,
         verdict,
         asdict(config),
+        judged=current.n_events > 0 and len(weeks) >= 2,
     )
 
 

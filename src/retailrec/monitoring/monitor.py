@@ -30,6 +30,8 @@ from retailrec.monitoring.report import write_html
 log = logging.getLogger(__name__)
 
 EXIT_DRIFT = 3
+#: ``--fail-on-drift`` when the windows could not be compared: a gate that cannot judge fails.
+EXIT_UNJUDGED = 4
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 

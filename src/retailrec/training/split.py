@@ -28,6 +28,9 @@ MAX_WINDOW_DAYS = 7.0
 TARGET_VISITORS = 1_000
 #: A log shorter than this cannot be split into train, validation and test at all.
 MIN_SPLIT_SPAN_DAYS = 1.0
+#: Fewer returning visitors than this in a test window judge nothing (the noise band is wider
+#: than +-0.3): a shop whose champion was evaluated does not retrain on such a window.
+MIN_TEST_VISITORS = 10
 
 
 @dataclass

@@ -42,6 +42,7 @@ import pandas as pd
 from retailrec.config import Settings
 from retailrec.data_pipeline import feature_pipeline as fp
 from retailrec.errors import DataFileError, LogTooShortError, NoDataError, UsageError
+from retailrec.events import DAY_MS, utc_text
 from retailrec.feature_store import store
 from retailrec.models import Dataset, make_model
 from retailrec.models.base import BaseRecommender
@@ -49,6 +50,7 @@ from retailrec.models.bundle import ModelBundle
 from retailrec.serving.service import RecommendationService
 from retailrec.training import evaluate as ev
 from retailrec.training.split import (
+    MIN_TEST_VISITORS,
     TimeSplit,
     Windows,
     choose_windows,
@@ -478,12 +480,24 @@ def train(
         )
     step("reading the feature store")
     events = read_log(settings)
+    client = registry.configure(settings)
+    champion = registry.champion(client, settings.model_name)
+    if champion is not None and registry.UNEVALUATED_TAG in champion.tags:
+        champion = None  # a short log's champion: it was never judged on a window either
     try:
         prep = prepare(settings, config, feature_config, events)
     except LogTooShortError as exc:
+        if champion is not None:
+            raise _refusal(str(exc), str(champion.version), events) from exc
         return _train_unsplit(settings, events, feature_config, str(exc), step)
     split, windows = prep.split, prep.windows
-    client = registry.configure(settings)
+    if champion is not None and windows.test_visitors < MIN_TEST_VISITORS:
+        raise _refusal(
+            f"the {windows.test_days:g}-day test window holds {windows.test_visitors} returning"
+            f" visitor(s), fewer than {MIN_TEST_VISITORS}",
+            str(champion.version),
+            events,
+        )
     rows: list[dict[str, Any]] = []
     chosen_params: dict[str, dict[str, Any]] = {}
     val_per_visitor: dict[str, np.ndarray] = {}
@@ -612,6 +626,20 @@ def train(
         champion_metric,
         windows=windows,
         sessions=sessions,
+    )
+
+
+def _refusal(why: str, champion: str, events: pd.DataFrame) -> LogTooShortError:
+    """Training on a log whose newest window cannot judge, where an evaluated champion exists:
+    a shop that had enough data does not lose it overnight, so the likelier cause is an event
+    dated far past the rest of the log, which moved the shop's clock."""
+    ts = np.sort(events["timestamp"].to_numpy())
+    gap = (ts[-1] - ts[-2]) / DAY_MS if len(ts) > 1 else 0.0
+    return LogTooShortError(
+        f"{why}: champion version {champion} was chosen on a window that could judge, so nothing"
+        f" is registered; the shop's clock is {utc_text(int(ts[-1]))}, {gap:.1f} days after the"
+        " event before it (an event dated far past the log moves the clock: check the newest"
+        " events)"
     )
 
 
