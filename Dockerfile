@@ -53,4 +53,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=900s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8000'), timeout=4)"]
 # With no champion yet, `--bootstrap` runs the pipeline on the embedded synthetic shop first
 # (RETAILREC_BOOTSTRAP_SCALE, RETAILREC_BOOTSTRAP_MODELS), or on raw files put in /data/raw.
-CMD ["retailrec", "serve", "--bootstrap"]
+CMD ["retailrec", "serve", "--bootstrap", "--host", "0.0.0.0"]

@@ -318,3 +318,29 @@ def test_a_retailrec_error_is_one_line_and_a_bug_is_shown_with_debug(
     assert isinstance(shown.exception, ValueError)  # raised through: the traceback is shown
     assert "out of bounds" in str(shown.exception)
     assert runner.invoke(app, ["features"]).exit_code == 1  # --debug lasts one invocation
+
+
+def test_serve_and_the_dashboard_bind_this_machine_only_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reachable by others only when asked (`--host 0.0.0.0`, as the container does); the
+    dashboard shows no traceback, with its source paths, in the browser."""
+    import uvicorn
+
+    from retailrec.config import get_settings
+
+    monkeypatch.setenv("RETAILREC_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    served: list[dict[str, object]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: served.append(kw))
+    assert runner.invoke(app, ["serve"]).exit_code == 0
+    assert runner.invoke(app, ["serve", "--host", "0.0.0.0"]).exit_code == 0
+    assert [s["host"] for s in served] == ["127.0.0.1", "0.0.0.0"]
+    started: list[list[str]] = []
+    monkeypatch.setattr(os, "execv", lambda _exe, cmd: started.append(cmd))
+    assert runner.invoke(app, ["dashboard"]).exit_code == 0
+    (cmd,) = started
+    assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--client.showErrorDetails") + 1] == "none"
+    dockerfile = (Path(__file__).resolve().parents[1] / "Dockerfile").read_text()
+    assert 'CMD ["retailrec", "serve", "--bootstrap", "--host", "0.0.0.0"]' in dockerfile

@@ -557,7 +557,13 @@ def _bootstrap(scale: str, models: str | None) -> None:
 @app.command()
 @_one_line_errors
 def serve(
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "0.0.0.0",
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Interface to bind: this machine only by default; 0.0.0.0 to serve other"
+            " machines (the container does)."
+        ),
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="PORT", help="Port (Render sets $PORT).")] = 8000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
     bootstrap: Annotated[
@@ -598,7 +604,13 @@ def serve(
 @_one_line_errors
 def dashboard(
     port: Annotated[int, typer.Option(help="Port of the Streamlit server.")] = 8501,
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "0.0.0.0",
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Interface to bind: this machine only by default. Its actions need"
+            " RETAILREC_API_KEY; bind 0.0.0.0 only behind a proxy that authenticates."
+        ),
+    ] = "127.0.0.1",
 ) -> None:
     """The Streamlit dashboard: data, models, a recommendations explorer and monitoring."""
     import os
@@ -621,6 +633,8 @@ def dashboard(
         "false",
         "--client.toolbarMode",
         "minimal",
+        "--client.showErrorDetails",
+        "none",  # a traceback shows source paths: the page says what went wrong, the log the rest
     ]
     os.execv(sys.executable, cmd)  # become Streamlit: signals reach it, no orphan is left
 

@@ -28,6 +28,8 @@ EVENT_TYPES = ("view", "addtocart", "transaction")
 VIEW, ADDTOCART, TRANSACTION = range(len(EVENT_TYPES))
 #: The event types as an Arrow array: a code is a position in it.
 EVENT_NAMES = pa.array(EVENT_TYPES, type=pa.large_string())
+#: The largest visitor, item or category id: ids are SQLite integers (signed 64-bit).
+MAX_ID = 2**63 - 1
 #: Every column of an event, in the log's order.
 EVENT_COLUMNS = ("timestamp", "visitorid", "event", "itemid", "transactionid")
 

@@ -162,9 +162,16 @@ def test_explorer_says_so_for_a_bad_visitor_id(use: Settings) -> None:
     at = _open("recommendations")
     at.text_input(key="visitor_typed").input("not-a-number").run()
     assert at.error and "not a visitor id" in at.error[0].value
+    # Past SQLite's integers: one line, not an OverflowError with source paths.
+    at.text_input(key="visitor_typed").input("99999999999999999999").run()
+    assert not at.exception
+    assert at.error and "not a visitor id: '99999999999999999999'" in at.error[0].value
+    at.radio(key="mode").set_value("a session").run()
+    at.text_input(key="session_items").input("1 99999999999999999999").run()
+    assert not at.exception and "is not one" in at.error[0].value
 
 
-def test_monitoring_page_and_its_button(use: Settings) -> None:
+def test_monitoring_page_and_its_button(use: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     at = _open("monitoring")
     assert at.header[0].value == "Monitoring"
     before = len(list(use.reports_dir.glob("drift-*.json")))
@@ -172,6 +179,17 @@ def test_monitoring_page_and_its_button(use: Settings) -> None:
     assert "drift" in verdict
     assert set(_table(at, "noise_floor")["name"]) >= {"event_mix", "cart_rate"}
     assert "Signals" in _titles(at)
+    # Without RETAILREC_API_KEY the action is off for everyone.
+    assert at.button(key="run_monitor").disabled
+    assert "Actions are off" in " ".join(c.value for c in at.caption)
+    monkeypatch.setenv("RETAILREC_API_KEY", "dash-key")
+    get_settings.cache_clear()
+    at = _open("monitoring")
+    at.text_input(key="action_key").input("guess").run()
+    at.button(key="run_monitor").click().run()
+    assert at.error and at.error[-1].value == "wrong API key"
+    assert len(list(use.reports_dir.glob("drift-*.json"))) == before  # nothing ran
+    at.text_input(key="action_key").input("dash-key").run()
     at.button(key="run_monitor").click().run()
     assert not at.exception
     assert len(list(use.reports_dir.glob("drift-*.json"))) == before + 1

@@ -124,6 +124,11 @@ def test_compose_file_validates_and_shares_the_data_volume() -> None:
         if service["command"][0] == "retailrec":
             _cli_accepts(" ".join(service["command"]))
     assert "--retrain" in services["worker"]["command"]
+    # Only the API is published to other machines; the dashboard and the MLflow UI (which can
+    # move the champion alias) are published on this machine's loopback alone.
+    assert services["api"]["ports"] == ["8000:8000"]
+    assert services["dashboard"]["ports"] == ["127.0.0.1:8501:8501"]
+    assert services["mlflow"]["ports"] == ["127.0.0.1:5000:5000"]
 
 
 #: What Render needs per service type (https://render.com/docs/blueprint-spec).

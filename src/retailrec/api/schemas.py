@@ -6,8 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from retailrec.events import MAX_ID
+
 MAX_K = 100
-MAX_ID = 2**63 - 1  # ids are SQLite integers
 
 Id = Annotated[int, Field(ge=0, le=MAX_ID)]
 MAX_SESSION_ITEMS = 100

@@ -18,6 +18,7 @@ import streamlit as st
 
 from retailrec.config import Settings, get_settings
 from retailrec.dashboard import data
+from retailrec.errors import RetailRecError, UsageError
 
 PAGES = {
     "data": "Data",
@@ -231,9 +232,9 @@ def page_recommendations(settings: Settings) -> None:
         typed = st.text_input("Visitor id (empty: pick one below)", key="visitor_typed")
         picked = st.selectbox("Active visitors", known, key="visitor_pick") if known else None
         try:
-            visitor = int(typed) if typed.strip() else picked
-        except ValueError:
-            st.error(f"not a visitor id: {typed!r}")
+            visitor = data.parse_id(typed, "visitor") if typed.strip() else picked
+        except UsageError as exc:
+            st.error(str(exc))
             return
         c1, c2 = st.columns(2)
         exclude_purchased = c1.checkbox("Exclude purchased", True, key="ex_purchased")
@@ -241,9 +242,9 @@ def page_recommendations(settings: Settings) -> None:
     else:
         text = st.text_input("Item ids just viewed, latest last", key="session_items")
         try:
-            items = [int(t) for t in text.replace(",", " ").split()]
-        except ValueError:
-            st.error("item ids are integers, separated by spaces or commas")
+            items = data.parse_ids(text, "item")
+        except UsageError as exc:
+            st.error(str(exc))
             return
     if visitor is None and not items:
         st.info("Choose a visitor or type some item ids.")
@@ -324,14 +325,24 @@ def _recommend(
 
 def page_monitoring(settings: Settings) -> None:
     st.header("Monitoring")
-    if st.button("Run the monitor now", key="run_monitor"):
-        from retailrec.monitoring.monitor import run_monitor
+    off = not settings.api_key
+    typed = st.text_input(
+        "API key (actions need it)", type="password", key="action_key", disabled=off
+    )
+    if off:
+        st.caption("Actions are off: set RETAILREC_API_KEY where the dashboard runs.")
+    if st.button("Run the monitor now", key="run_monitor", disabled=off):
+        refusal = data.action_refusal(settings, typed)
+        if refusal is not None:
+            st.error(refusal)
+        else:
+            from retailrec.monitoring.monitor import run_monitor
 
-        with st.spinner("Checking drift and online metrics..."):
-            try:
-                run_monitor(settings)
-            except ValueError as exc:
-                st.error(str(exc))
+            with st.spinner("Checking drift and online metrics..."):
+                try:
+                    run_monitor(settings)
+                except RetailRecError as exc:
+                    st.error(str(exc))
     payload = data.latest_monitor_report(settings)
     if payload is None:
         st.info("No monitoring report yet: run `retailrec monitor` or press the button.")

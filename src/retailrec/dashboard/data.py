@@ -6,6 +6,7 @@ loaders can be cached (``st.cache_data``) and tested on their own.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,8 @@ from retailrec import reports
 from retailrec.client import ApiClient
 from retailrec.config import Settings
 from retailrec.data_pipeline.feature_pipeline import item_categories
-from retailrec.events import EVENT_TYPES
+from retailrec.errors import UsageError
+from retailrec.events import EVENT_TYPES, MAX_ID
 from retailrec.feature_store import store
 
 
@@ -156,3 +158,40 @@ def latest_monitor_report(settings: Settings) -> dict[str, Any] | None:
 def latest_backtest(settings: Settings) -> dict[str, Any] | None:
     """The newest ``retailrec backtest`` report, or None."""
     return reports.latest(settings.reports_dir, "backtest")
+
+
+def parse_id(text: str, what: str) -> int:
+    """A typed id as the API accepts it: a whole number from 0 to :data:`MAX_ID`.
+
+    Raises:
+        UsageError: anything else, in one line (never an overflow further down).
+    """
+    word = text.strip()
+    if not word.isdigit() or int(word) > MAX_ID:
+        raise UsageError(
+            f"not a {what} id: {text.strip()[:40]!r} (ids are whole numbers from 0 to {MAX_ID:,})"
+        )
+    return int(word)
+
+
+def parse_ids(text: str, what: str) -> list[int]:
+    """Ids separated by spaces or commas (see :func:`parse_id`)."""
+    words = text.replace(",", " ").split()
+    bad = next((w for w in words if not w.isdigit() or int(w) > MAX_ID), None)
+    if bad is not None:
+        raise UsageError(
+            f"{what} ids are integers from 0 to {MAX_ID:,}, separated by spaces or commas:"
+            f" {bad[:40]!r} is not one"
+        )
+    return [int(w) for w in words]
+
+
+def action_refusal(settings: Settings, typed_key: str) -> str | None:
+    """Why an action (running the monitor) is refused, or None when the typed key is the API
+    key. Without ``RETAILREC_API_KEY`` actions are off: a dashboard reachable by others must not
+    run anything for anyone."""
+    if not settings.api_key:
+        return "actions are off: set RETAILREC_API_KEY where the dashboard runs"
+    if not secrets.compare_digest(typed_key.encode(), settings.api_key.encode()):
+        return "wrong API key"
+    return None

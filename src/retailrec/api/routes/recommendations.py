@@ -18,7 +18,6 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from retailrec.api.deps import RecommenderDep
 from retailrec.api.metrics import Metrics
 from retailrec.api.schemas import (
-    MAX_ID,
     MAX_K,
     Recommendations,
     ScoredItem,
@@ -26,6 +25,7 @@ from retailrec.api.schemas import (
     Strategy,
 )
 from retailrec.errors import UnknownEntityError
+from retailrec.events import MAX_ID
 from retailrec.serving.rules import Rules
 from retailrec.serving.service import Answer
 from retailrec.serving.store_access import Connections, ServedLog
