@@ -48,6 +48,22 @@ class Settings(BaseSettings):
         gt=0,
         description="An interaction this old counts half as much.",
     )
+    events_key: str | None = Field(
+        default=None,
+        description="When set, POST /v1/events needs it in X-Events-Key (or the API key): the"
+        " shop's own servers send events, nobody else.",
+    )
+    events_rate_per_s: float = Field(
+        default=1000.0,
+        gt=0,
+        description="Events a second that one client (its address) may post to /v1/events.",
+    )
+    events_burst: int = Field(
+        default=5000,
+        ge=1000,
+        description="Events one client may post at once before the rate applies (at least one"
+        " full batch of 1,000).",
+    )
     event_past_margin_days: float = Field(
         default=30.0,
         ge=0,

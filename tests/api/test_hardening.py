@@ -132,3 +132,33 @@ def test_a_store_that_takes_no_writes_is_a_503_and_not_ready(
         assert (
             again.status_code == 200 and again.json()["accepted"] + again.json()["duplicates"] == 1
         )
+
+
+def test_an_events_key_and_a_rate_guard_the_writes(trained: Settings) -> None:
+    """With RETAILREC_EVENTS_KEY set only the shop's servers post events (the API key works
+    too); past RETAILREC_EVENTS_RATE_PER_S a client waits (429, Retry-After), and nothing of
+    a refused batch is stored."""
+    guarded = trained.model_copy(
+        update={"events_key": "ev-key", "events_rate_per_s": 100.0, "events_burst": 1000}
+    )
+    with TestClient(create_app(guarded)) as c:
+        end = int(c.get("/v1/model").json()["data_end_ms"])
+        batch = [
+            {"timestamp": end - i, "visitorid": 424242, "event": "view", "itemid": 1}
+            for i in range(600)
+        ]
+        assert c.post("/v1/events", json={"events": batch[:1]}).status_code == 401
+        wrong = c.post("/v1/events", json={"events": batch[:1]}, headers={"X-Events-Key": "no"})
+        assert wrong.status_code == 403
+        first = c.post("/v1/events", json={"events": batch}, headers={"X-Events-Key": "ev-key"})
+        assert first.status_code == 200 and first.json()["accepted"] == 600
+        again = c.post("/v1/events", json={"events": batch}, headers={"X-API-Key": "x"})
+        assert again.status_code == 401  # the API key opens it only in X-Events-Key
+        over = c.post("/v1/events", json={"events": batch}, headers={"X-Events-Key": KEY})
+        assert over.status_code == 429, over.text  # 600 + 600 > a burst of 1,000
+        assert int(over.headers["Retry-After"]) >= 2
+        assert "RETAILREC_EVENTS_RATE_PER_S" in over.json()["detail"]
+        assert 'retailrec_events_total{outcome="limited"} 600.0' in c.get("/metrics").text
+    with TestClient(create_app(trained)) as open_api:  # no key set: local use stays easy
+        one = open_api.post("/v1/events", json={"events": batch[:1]})
+        assert one.status_code == 200 and one.json()["duplicates"] == 1  # stored above

@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from retailrec.api.deps import RateLimiter
 from retailrec.api.metrics import Metrics
 from retailrec.api.routes import events, recommendations, system
 from retailrec.config import Settings, get_settings
@@ -169,6 +170,7 @@ def create_app(
     app.state.store_health = StoreHealth()
     app.state.served_log = ServedLog(settings.feature_store_path, health=app.state.store_health)
     app.state.metrics = Metrics()
+    app.state.events_limiter = RateLimiter(settings.events_rate_per_s, settings.events_burst)
     app.state.retrainer = BackgroundRetrain(settings, on_promoted=lambda: _reload(app))
 
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -6,9 +6,16 @@ import sqlite3
 import time
 
 import pandas as pd
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 
-from retailrec.api.deps import MetricsDep, SettingsDep, StoreDep, StoreHealthDep
+from retailrec.api.deps import (
+    MetricsDep,
+    SettingsDep,
+    StoreDep,
+    StoreHealthDep,
+    charge_events,
+    require_events_key,
+)
 from retailrec.api.schemas import EventsRequest, EventsResponse, RejectedEvent
 from retailrec.data_pipeline import schema
 from retailrec.events import DAY_MS, EVENT_COLUMNS
@@ -17,9 +24,10 @@ from retailrec.feature_store import store
 router = APIRouter(prefix="/v1", tags=["events"])
 
 
-@router.post("/events", response_model=EventsResponse)
+@router.post("/events", response_model=EventsResponse, dependencies=[Depends(require_events_key)])
 def post_events(
     body: EventsRequest,
+    request: Request,
     connections: StoreDep,
     metrics: MetricsDep,
     settings: SettingsDep,
@@ -30,7 +38,14 @@ def post_events(
 
     Events dated more than a few minutes past the server's clock, or long before the log's first
     event (``RETAILREC_EVENT_PAST_MARGIN_DAYS``), are rejected: they would move the shop's clock.
+    With ``RETAILREC_EVENTS_KEY`` set, the header ``X-Events-Key`` must carry it; each client may
+    post ``RETAILREC_EVENTS_RATE_PER_S`` events a second (429 with ``Retry-After`` beyond).
     """
+    try:
+        charge_events(request, len(body.events))
+    except HTTPException:
+        metrics.events.labels(outcome="limited").inc(len(body.events))
+        raise
     frame = pd.DataFrame.from_records(
         [{c: e.get(c) for c in EVENT_COLUMNS} for e in body.events],
         columns=list(EVENT_COLUMNS),
