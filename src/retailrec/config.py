@@ -33,6 +33,11 @@ class Settings(BaseSettings):
         description="A running API that `retailrec monitor --retrain` asks to reload the champion.",
     )
     model_name: str = Field(default="retailrec", description="Registered model name in MLflow.")
+    registry_key: str | None = Field(
+        default=None,
+        description="Signs the gate's approvals in the registry (default: a key made once in"
+        " <data_dir>/registry.key); set the same value wherever one registry is shared.",
+    )
     mlflow_tracking_uri: str | None = Field(
         default=None,
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "RETAILREC_MLFLOW_TRACKING_URI"),

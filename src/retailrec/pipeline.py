@@ -225,13 +225,15 @@ def request_reload(settings: Settings) -> Any:
 
 
 def bootstrap(settings: Settings, scale: str, models: tuple[str, ...] | None) -> str | None:
-    """Run the pipeline when there is no champion yet, in a child process (so that the server
-    that starts next does not keep the training's memory). Returns the new champion's version,
-    or None when there already was one."""
+    """Run the pipeline when there is no champion the API would serve yet (none, or one the gate
+    never approved), in a child process, so that the server that starts next does not keep the
+    training's memory. Returns the new champion's version, or None when there already was one."""
     from retailrec import registry
 
-    if registry.champion(registry.configure(settings), settings.model_name) is not None:
-        return None
+    client = registry.configure(settings)
+    current = registry.champion(client, settings.model_name)
+    if current is not None and registry.approved(client, current):
+        return None  # (a champion the gate never approved is not served: train a fresh one)
     summary: dict[str, Any] = in_child(_pipeline_summary, settings, scale, models)
     return str(summary["version"])
 

@@ -13,9 +13,12 @@ still the champion.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import os
+import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +33,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc.model import PythonModel
 
 from retailrec.config import Settings
-from retailrec.errors import RegistryError
+from retailrec.errors import BundleError, RegistryError
 from retailrec.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
@@ -40,9 +43,65 @@ CHAMPION = "champion"
 HISTORY_TAG = "champion_history"
 #: Tag of a version trained on a log too short to evaluate (its value says why).
 UNEVALUATED_TAG = "unevaluated"
+#: Tag of a version: the SHA-256 of its bundle's files, recorded when it is registered.
+DIGEST_TAG = "bundle_sha256"
+#: Tag of a version the gate promoted: an HMAC of (name, version, digest) under the registry
+#: key, which lives beside the data (never among MLflow's artifacts). Anyone can edit tags or
+#: move the alias in MLflow's UI; nobody without the key can make a version look approved.
+APPROVAL_TAG = "gate_approval"
 
 
-def configure(settings: Settings) -> MlflowClient:
+class GatedClient(MlflowClient):
+    """MLflow's client, holding the key that signs and checks the gate's approvals."""
+
+    def __init__(self, uri: str, gate_key: bytes) -> None:
+        super().__init__(tracking_uri=uri, registry_uri=uri)
+        self.gate_key = gate_key
+
+
+def _gate_key(settings: Settings) -> bytes:
+    """``RETAILREC_REGISTRY_KEY``, else ``<data dir>/registry.key``, made once (owner-only)."""
+    if settings.registry_key:
+        return settings.registry_key.encode()
+    path = settings.data_dir / "registry.key"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: use theirs
+            pass
+        else:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32) + "\n")
+    return path.read_bytes().strip()
+
+
+def bundle_digest(bundle_dir: Path) -> str:
+    """SHA-256 over a bundle folder's files: each relative path, then its bytes, in path order."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(bundle_dir).rglob("*") if p.is_file()):
+        h.update(path.relative_to(bundle_dir).as_posix().encode() + b"\0")
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _approval(client: MlflowClient, name: str, version: str, digest: str) -> str:
+    key = client.gate_key if isinstance(client, GatedClient) else b""
+    return hmac.new(key, f"{name}\n{version}\n{digest}".encode(), hashlib.sha256).hexdigest()
+
+
+def approved(client: MlflowClient, mv: ModelVersion) -> bool:
+    """Whether the gate promoted this version (its approval checks out under the key)."""
+    digest, given = mv.tags.get(DIGEST_TAG), mv.tags.get(APPROVAL_TAG)
+    if not digest or not given:
+        return False
+    return hmac.compare_digest(given, _approval(client, mv.name, str(mv.version), digest))
+
+
+def configure(settings: Settings) -> GatedClient:
     """Point MLflow at the settings' store and make sure the experiment exists."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow sets its logger to INFO when imported; a quiet caller stays quiet.
@@ -67,7 +126,7 @@ def configure(settings: Settings) -> MlflowClient:
             EXPERIMENT, artifact_location=settings.mlartifacts_dir.resolve().as_uri()
         )
     mlflow.set_experiment(EXPERIMENT)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return GatedClient(uri, _gate_key(settings))
 
 
 class BundleModel(PythonModel):
@@ -102,6 +161,7 @@ def register_bundle(
         registered_model_name=settings.model_name,
     )
     version = str(info.registered_model_version)
+    tags = {**tags, DIGEST_TAG: bundle_digest(bundle_dir)}
     for key, value in tags.items():
         client.set_model_version_tag(settings.model_name, version, key, value)
     return version
@@ -229,6 +289,15 @@ def _history(client: MlflowClient, name: str) -> list[str]:
 
 
 def _set_champion(client: MlflowClient, name: str, version: str) -> None:
+    digest = client.get_model_version(name, version).tags.get(DIGEST_TAG)
+    if not digest:
+        raise RegistryError(
+            f"version {version} of {name} has no {DIGEST_TAG} tag (registered before bundles were"
+            " checksummed): retrain to register a version that can be promoted"
+        )
+    client.set_model_version_tag(
+        name, version, APPROVAL_TAG, _approval(client, name, version, digest)
+    )
     history = [v for v in _history(client, name) if v != version] + [version]
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
     client.set_registered_model_alias(name, CHAMPION, version)  # the single, atomic switch
@@ -250,12 +319,43 @@ def rollback(client: MlflowClient, name: str) -> PromotionResult:
     return PromotionResult(True, previous, version, f"champion back to version {previous}")
 
 
-def load_bundle(client: MlflowClient, name: str, version: str) -> ModelBundle:
-    """A version's bundle, loaded into memory. The download goes to a temporary folder that is
-    removed before this returns, whether the bundle loads or not: reloads, training and the
-    dashboard leave nothing behind."""
+def load_bundle(
+    client: MlflowClient, name: str, version: str, *, require_approval: bool = False
+) -> ModelBundle:
+    """A version's bundle, loaded into memory, once its files match the checksum recorded at
+    registration (and, with ``require_approval``, once the gate's approval checks out): nothing
+    is unpickled before that. The download goes to a temporary folder that is removed before
+    this returns, whether the bundle loads or not.
+
+    Raises:
+        RegistryError: not approved by the gate; BundleError: changed since registration.
+    """
+    mv = client.get_model_version(name, version)
+    if require_approval and not approved(client, mv):
+        log.error(
+            "refused version %s of %s: it carries no valid approval of the gate", version, name
+        )
+        raise RegistryError(
+            f"version {version} of {name} carries no valid approval of the gate (was the champion"
+            " alias moved, or a tag edited, by hand?): refused; promote it with `retailrec"
+            " promote`"
+        )
     with tempfile.TemporaryDirectory(prefix=f"{name}-v{version}-") as tmp:
-        return ModelBundle.load(download_bundle(client, name, version, Path(tmp)))
+        path = download_bundle(client, name, version, Path(tmp))
+        expected, found = mv.tags.get(DIGEST_TAG), bundle_digest(path)
+        if expected != found:
+            log.error(
+                "refused version %s of %s: its bundle's checksum %s is not the registered %s",
+                version,
+                name,
+                found[:12],
+                (expected or "(none)")[:12],
+            )
+            raise BundleError(
+                f"version {version} of {name}: the bundle's files are not those registered"
+                " (checksum mismatch): refused"
+            )
+        return ModelBundle.load(path)
 
 
 # -- read-only views for the dashboard ------------------------------------------------------------

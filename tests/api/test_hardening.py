@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from retailrec.api.main import create_app
 from retailrec.config import Settings
 from tests.api.conftest import KEY
+from tests.utils.factories import Shop, loaded_settings
 
 pytestmark = pytest.mark.integration
 
@@ -162,3 +163,36 @@ def test_an_events_key_and_a_rate_guard_the_writes(trained: Settings) -> None:
     with TestClient(create_app(trained)) as open_api:  # no key set: local use stays easy
         one = open_api.post("/v1/events", json={"events": batch[:1]})
         assert one.status_code == 200 and one.json()["duplicates"] == 1  # stored above
+
+
+def test_the_api_serves_only_what_the_gate_approved(tmp_path: Path, tiny_shop: Shop) -> None:
+    """MLflow's UI can move the champion alias and edit tags: the API still serves only a
+    version whose approval checks out under the registry key, with the files it registered."""
+    from retailrec import registry
+    from retailrec.training.train import TrainConfig, train
+
+    settings = loaded_settings(tmp_path, tiny_shop, api_key=KEY)
+    train(settings, TrainConfig(models=("popular",)))
+    client = registry.configure(settings)
+    name = settings.model_name
+    assert registry.promote(client, name).promoted
+    second = train(settings, TrainConfig(models=("itemknn_bm25",)))
+    one, two = client.get_model_version(name, "1"), client.get_model_version(name, second.version)
+    assert registry.approved(client, one) and not registry.approved(client, two)
+    assert (tmp_path / "data" / "registry.key").stat().st_mode & 0o077 == 0  # owner-only
+    admin = {"X-API-Key": KEY}
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/v1/model").json()["version"] == "1"
+        client.set_registered_model_alias(name, registry.CHAMPION, second.version)  # by hand
+        moved = c.post("/v1/admin/reload", headers=admin)
+        assert moved.status_code == 409 and "no valid approval" in moved.json()["detail"]
+        for forged in ("0" * 64, one.tags[registry.APPROVAL_TAG]):  # made up; another version's
+            client.set_model_version_tag(name, second.version, registry.APPROVAL_TAG, forged)
+            assert c.post("/v1/admin/reload", headers=admin).status_code == 409
+        assert c.get("/v1/model").json()["version"] == "1"  # the old champion kept serving
+        client.set_registered_model_alias(name, registry.CHAMPION, "1")
+        for path in settings.mlartifacts_dir.rglob("bundle.json"):  # files changed on disk
+            path.write_bytes(path.read_bytes() + b" ")
+        changed = c.post("/v1/admin/reload", headers=admin)
+        assert changed.status_code == 409 and "checksum mismatch" in changed.json()["detail"]
+        assert c.get("/v1/model").json()["version"] == "1"

@@ -38,7 +38,9 @@ class ModelHolder:
                         f"no champion for {self.settings.model_name}: run `retailrec pipeline`"
                     )
                 version = str(champion.version)
-            bundle = registry.load_bundle(client, self.settings.model_name, version)
+            bundle = registry.load_bundle(
+                client, self.settings.model_name, version, require_approval=True
+            )
             served = RecommendationService(bundle, version)
             _smoke_test(served)
             previous = None if self.current is None else self.current.version
