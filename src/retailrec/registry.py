@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ CHAMPION = "champion"
 HISTORY_TAG = "champion_history"
 #: Tag of a version trained on a log too short to evaluate (its value says why).
 UNEVALUATED_TAG = "unevaluated"
+#: Tags of a run: the process and host that run it (to find runs whose process was killed).
+PID_TAG, HOST_TAG = "retailrec.pid", "retailrec.host"
 #: Tag of a version: the SHA-256 of its bundle's files, recorded when it is registered.
 DIGEST_TAG = "bundle_sha256"
 #: Tag of a version the gate promoted: an HMAC of (name, version, digest) under the registry
@@ -148,23 +151,54 @@ class BundleModel(PythonModel):
         return out
 
 
+def process_tags(pid: int | None = None) -> dict[str, str]:
+    """Tags that say which process a run belongs to (see :func:`mark_killed_runs`)."""
+    return {PID_TAG: str(os.getpid() if pid is None else pid), HOST_TAG: socket.gethostname()}
+
+
+def mark_killed_runs(client: MlflowClient) -> list[str]:
+    """Mark KILLED the runs left RUNNING by processes of this host that are gone (a training
+    killed mid-run never ends its runs); returns their ids. Runs of live processes, or of
+    other hosts, are left alone."""
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return []
+    host, marked = socket.gethostname(), []
+    for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if tags.get(HOST_TAG) != host or not tags.get(PID_TAG, "").isdigit():
+            continue
+        try:
+            os.kill(int(tags[PID_TAG]), 0)
+        except ProcessLookupError:
+            client.set_terminated(run.info.run_id, status="KILLED")
+            marked.append(run.info.run_id)
+        except PermissionError:  # alive, another user's
+            continue
+    if marked:
+        log.warning("marked %d run(s) of killed processes as KILLED", len(marked))
+    return marked
+
+
 def register_bundle(
     client: MlflowClient, settings: Settings, bundle_dir: Path, tags: dict[str, str]
 ) -> str:
-    """Log ``bundle_dir`` as a pyfunc model in the active run, register it, return the version."""
+    """Log ``bundle_dir`` as a pyfunc model in the active run, register it with ``tags`` (and the
+    bundle's checksum), return the version.
+
+    The version is created with its tags in one registry write: a process killed at any point
+    leaves either no version or one that carries everything the gate reads.
+    """
     info = mlflow.pyfunc.log_model(
         name="bundle",
         python_model=BundleModel(),
         artifacts={"bundle": str(bundle_dir)},
         pip_requirements=_requirements(),
         input_example=pd.DataFrame({"item_ids": [[0]]}),
-        registered_model_name=settings.model_name,
     )
-    version = str(info.registered_model_version)
     tags = {**tags, DIGEST_TAG: bundle_digest(bundle_dir)}
-    for key, value in tags.items():
-        client.set_model_version_tag(settings.model_name, version, key, value)
-    return version
+    mv = mlflow.register_model(info.model_uri, settings.model_name, tags=tags)
+    return str(mv.version)
 
 
 def _requirements() -> list[str]:

@@ -493,3 +493,45 @@ def test_a_stray_quote_costs_its_own_row_not_the_lines_after_it(
     assert sorted(rejected.index) == ["unknown event type", "wrong number of fields"]
     assert rejected.loc["wrong number of fields", "detail"].endswith(f'{T},7,"view,11,,x')
     assert rejected.loc["unknown event type", "event"] == 'view"'
+
+
+def test_a_run_killed_after_its_events_committed_is_still_counted(
+    tmp_path: Path, tiny_shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's record is written in the transaction that appends its events: a run killed
+    any time after that (here, while loading item properties) leaves the events *and* their
+    count, so the ETL runs' counts always add up to the store's events."""
+    conn = store.connect(tmp_path / "fs.sqlite")
+
+    def killed(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt  # what SIGINT does; SIGKILL stops sooner still, with less done
+
+    def etl_counts() -> tuple[int, int]:
+        (loaded,) = conn.execute("SELECT coalesce(sum(loaded), 0) FROM etl_runs").fetchone()
+        (stored,) = conn.execute("SELECT count(*) FROM events WHERE source = 'etl'").fetchone()
+        return int(loaded), int(stored)
+
+    monkeypatch.setattr(etl, "load_item_properties", killed)
+    with pytest.raises(KeyboardInterrupt):
+        etl.run_etl(
+            tiny_shop.dir,
+            conn=conn,
+            rejected_dir=tmp_path / "rejected",
+            processed_dir=tmp_path / "processed",
+        )
+    loaded, stored = etl_counts()
+    assert stored > 0 and loaded == stored
+    report = store.last_etl_report(conn)
+    assert report is not None and report["finished"] is False
+    monkeypatch.undo()
+    again = etl.run_etl(
+        tiny_shop.dir,
+        conn=conn,
+        rejected_dir=tmp_path / "rejected",
+        processed_dir=tmp_path / "processed",
+    )
+    assert again.loaded == 0 and again.duplicates == again.rows_read - again.rejected
+    assert etl_counts() == (stored, stored)
+    finished = store.last_etl_report(conn)
+    assert finished is not None and finished["finished"] is True
+    assert finished["item_properties_read"] > 0

@@ -148,3 +148,56 @@ def test_configure_leaves_the_environment_as_the_user_set_it(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///" + str(tmp_path / "user.db"))
     registry.configure(Settings(data_dir=tmp_path / "c"))
     assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///" + str(tmp_path / "user.db")
+
+
+def test_a_run_killed_while_registering_leaves_no_version_without_its_tags(
+    tmp_path: Path, tiny_shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version is created with its gate tags in one registry write: a training killed just
+    after it (here, at the first separate tag write) cannot leave a version that promote
+    refuses for lacking them."""
+    from mlflow import MlflowClient
+
+    settings = loaded_settings(tmp_path, tiny_shop)
+
+    def killed(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(MlflowClient, "set_model_version_tag", killed)
+    result = train(settings, TrainConfig(models=("popular",)))
+    monkeypatch.undo()
+    client = registry.configure(settings)
+    tags = client.get_model_version(settings.model_name, result.version).tags
+    assert {"test_ndcg_at_10", "model", "data_end_ms", registry.DIGEST_TAG} <= set(tags)
+    assert registry.promote(client, settings.model_name).promoted
+
+
+def test_runs_left_running_by_a_killed_training_are_marked_killed(
+    tmp_path: Path, tiny_shop: Shop
+) -> None:
+    """A training killed mid-run leaves its MLflow runs RUNNING for ever; the next training
+    marks those of processes that are gone as KILLED (a live one's are left alone)."""
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+
+    settings = loaded_settings(tmp_path, tiny_shop)
+    client = registry.configure(settings)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(gone.stdout)
+    experiment = client.get_experiment_by_name(registry.EXPERIMENT)
+    assert experiment is not None
+    stuck = client.create_run(experiment.experiment_id, tags=registry.process_tags(dead_pid))
+    alive = client.create_run(experiment.experiment_id, tags=registry.process_tags(os.getpid()))
+    train(settings, TrainConfig(models=("popular",)))
+    assert client.get_run(stuck.info.run_id).info.status == "KILLED"
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+    finished = mlflow.search_runs([experiment.experiment_id], filter_string="status = 'RUNNING'")
+    assert list(finished["run_id"]) == [alive.info.run_id]

@@ -72,6 +72,10 @@ class EtlReport:
     categories_changed: int = 0
     categories_rejected_file: str | None = None
     seconds: float = 0.0
+    #: The run's row in ``etl_runs``, written with its events; ``finished`` once all is loaded
+    #: (a run killed after its events were appended keeps its row, unfinished).
+    run_id: int | None = None
+    finished: bool = False
 
     def check(self) -> None:
         props = self.item_properties_kept + self.item_properties_other
@@ -156,9 +160,16 @@ def load_events(
     if report.duplicates_in_file:
         valid = valid[~in_file]
     step(f"loading {len(valid):,} events")
-    report.loaded = store.append_events(conn, valid, source="etl")
-    report.duplicates_in_store = len(valid) - report.loaded
-    report.duplicates = report.duplicates_in_file + report.duplicates_in_store
+
+    def counted(txn: sqlite3.Connection, loaded: int) -> None:
+        """In the append's transaction: the run is recorded with its events, never without."""
+        report.loaded = loaded
+        report.duplicates_in_store = len(valid) - loaded
+        report.duplicates = report.duplicates_in_file + report.duplicates_in_store
+        report.run_id = store.insert_etl_run(txn, report.to_dict())
+
+    report.duplicates = report.duplicates_in_file  # the store's are counted by the append
+    store.append_events(conn, valid, source="etl", then=counted)
 
 
 def _layout(report: EtlReport, path: Path, columns: tuple[str, ...]) -> csv_input.CsvLayout:
@@ -356,7 +367,8 @@ def run_etl(
     report.events_in_store = store.event_count(conn)
     report.seconds = round(time.perf_counter() - start, 3)
     report.check()
-    store.record_etl_run(conn, report.to_dict())
+    report.finished = True
+    report.run_id = store.record_etl_run(conn, report.to_dict(), report.run_id)
     if reports_dir is not None:
         reports_dir.mkdir(parents=True, exist_ok=True)
         (reports_dir / "etl-latest.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")

@@ -14,7 +14,7 @@ import itertools
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,10 +285,12 @@ def _write(
     staged: str,
     per_row: str,
     also: tuple[str, tuple[Any, ...]] | None = None,
+    then: Callable[[sqlite3.Connection, int], None] | None = None,
 ) -> int:
     """Write a batch in one transaction: ``staged`` (an INSERT ... SELECT ... FROM temp.stage)
     for :data:`STAGE_MIN_ROWS` rows or more, else ``per_row`` once a row; then ``also`` (one
-    statement and its parameters) in the same transaction. Returns rows changed by the batch."""
+    statement and its parameters) and ``then(conn, changed)`` (which must not commit) in the
+    same transaction. Returns rows changed by the batch."""
     with conn:
         if len(next(iter(columns.values()))) >= STAGE_MIN_ROWS:
             changed = _insert_select(conn, columns, staged)
@@ -298,15 +300,25 @@ def _write(
             changed = conn.total_changes - before
         if also is not None:
             conn.execute(*also)
+        if then is not None:
+            then(conn, changed)
         return changed
 
 
-def append_events(conn: sqlite3.Connection, events: pd.DataFrame, *, source: str = "etl") -> int:
+def append_events(
+    conn: sqlite3.Connection,
+    events: pd.DataFrame,
+    *,
+    source: str = "etl",
+    then: Callable[[sqlite3.Connection, int], None] | None = None,
+) -> int:
     """Append validated events; rows already in the log are ignored.
 
     Args:
         events: Typed rows with the ``EVENT_COLUMNS`` (``transactionid`` nullable).
         source: Where the rows came from (``etl``, ``api``).
+        then: Called with the connection and the number of new rows inside the append's
+            transaction (it must not commit): what it writes stands or falls with the events.
 
     Returns:
         How many rows were new. ``len(events)`` minus this is the number of duplicates.
@@ -338,6 +350,7 @@ def append_events(conn: sqlite3.Connection, events: pd.DataFrame, *, source: str
             " newest_ms = max(newest_ms, excluded.newest_ms)",
             (int(columns["timestamp"].min()), int(columns["timestamp"].max())),
         ),
+        then=then,
     )
 
 
@@ -687,22 +700,42 @@ def read_item_pairs(conn: sqlite3.Connection, as_of_ms: int) -> pd.DataFrame:
 # ETL runs
 
 
-def record_etl_run(conn: sqlite3.Connection, report: dict[str, Any]) -> int:
-    with conn:
-        cur = conn.execute(
-            "INSERT INTO etl_runs (started_ms, source, rows_read, loaded, duplicates, rejected,"
-            " report_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                int(report["started_ms"]),
-                str(report["source"]),
-                int(report["rows_read"]),
-                int(report["loaded"]),
-                int(report["duplicates"]),
-                int(report["rejected"]),
-                json.dumps(report, sort_keys=True),
-            ),
-        )
+def _etl_run_values(report: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        int(report["started_ms"]),
+        str(report["source"]),
+        int(report["rows_read"]),
+        int(report["loaded"]),
+        int(report["duplicates"]),
+        int(report["rejected"]),
+        json.dumps(report, sort_keys=True),
+    )
+
+
+def insert_etl_run(conn: sqlite3.Connection, report: dict[str, Any]) -> int:
+    """Record an ETL run without committing: called inside the transaction that appends the
+    run's events (:func:`append_events`' ``then``), so that its count stands with them."""
+    cur = conn.execute(
+        "INSERT INTO etl_runs (started_ms, source, rows_read, loaded, duplicates, rejected,"
+        " report_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        _etl_run_values(report),
+    )
     return int(cur.lastrowid or 0)
+
+
+def record_etl_run(
+    conn: sqlite3.Connection, report: dict[str, Any], run_id: int | None = None
+) -> int:
+    """Record an ETL run's report (committed): a new row, or the final report of ``run_id``."""
+    with conn:
+        if run_id is None:
+            return insert_etl_run(conn, report)
+        conn.execute(
+            "UPDATE etl_runs SET started_ms = ?, source = ?, rows_read = ?, loaded = ?,"
+            " duplicates = ?, rejected = ?, report_json = ? WHERE run_id = ?",
+            (*_etl_run_values(report), int(run_id)),
+        )
+    return int(run_id)
 
 
 def last_etl_report(conn: sqlite3.Connection) -> dict[str, Any] | None:

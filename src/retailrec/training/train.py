@@ -503,7 +503,10 @@ def train(
     val_per_visitor: dict[str, np.ndarray] = {}
     data_fp, commit = fingerprint(prep.events), git_commit()
 
-    with mlflow.start_run(run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
+    registry.mark_killed_runs(client)
+    with mlflow.start_run(
+        run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}", tags=registry.process_tags()
+    ) as parent:
         mlflow.set_tags({"git_commit": commit, "data_fingerprint": data_fp, "role": "training"})
         mlflow.log_params(
             {
@@ -539,7 +542,7 @@ def train(
                 for stage in (prep.val, prep.test)
             ]
             rows.append(_row("oracle", {}, scores[0], scores[1], 0.0))
-            with mlflow.start_run(run_name="oracle", nested=True):
+            with mlflow.start_run(run_name="oracle", nested=True, tags=registry.process_tags()):
                 mlflow.set_tag("role", "oracle")
                 mlflow.log_metrics({**scores[1], **{f"val_{k}": v for k, v in scores[0].items()}})
 
@@ -563,7 +566,7 @@ def train(
             test = prep.test.score(name, params, test_model)
             chosen_params[name] = {**model.params(), **params}
             rows.append(_row(name, chosen_params[name], val, test, seconds))
-            with mlflow.start_run(run_name=name, nested=True):
+            with mlflow.start_run(run_name=name, nested=True, tags=registry.process_tags()):
                 mlflow.set_tags({"role": "candidate", "model": name})
                 mlflow.log_params(chosen_params[name])
                 mlflow.log_metrics(
@@ -665,7 +668,10 @@ def _train_unsplit(
     data = Dataset.from_events(events, _catalogue(settings, None), config=feature_config)
     bundle = assemble(data, "popular", {}, make_model("popular").fit(data), aux_models(data))
     data_fp = fingerprint(events)
-    with mlflow.start_run(run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}") as run:
+    registry.mark_killed_runs(client)
+    with mlflow.start_run(
+        run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}", tags=registry.process_tags()
+    ) as run:
         mlflow.set_tags({"role": "training", "data_fingerprint": data_fp, "unevaluated": note})
         mlflow.log_params({"n_events": len(events), "models": "popular"})
         bundle.metadata |= {"run_id": run.info.run_id, "data_fingerprint": data_fp, "note": note}
