@@ -57,6 +57,17 @@ def _wait(url: str, timeout: float = 300) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
+#: Programs that print the visitor ids wrk asks for.
+VISITORS = {
+    "random": "import sys, sqlite3, random; c = sqlite3.connect(sys.argv[1]);"
+    " v = [r[0] for r in c.execute('SELECT DISTINCT visitorid FROM events')];"
+    " random.seed(0); print('\\n'.join(map(str, random.sample(v, min(20000, len(v))))))",
+    "active": "import sys, sqlite3; c = sqlite3.connect(sys.argv[1]);"
+    " v = [r[0] for r in c.execute('SELECT visitorid FROM events GROUP BY visitorid"
+    " ORDER BY count(*) DESC LIMIT 200')]; print('\\n'.join(map(str, v)))",
+}
+
+
 def _wrk(
     url: str, script: Path | None, seconds: int, connections: int, threads: int
 ) -> dict[str, float]:
@@ -94,6 +105,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument(
+        "--visitors",
+        choices=("random", "active"),
+        default="random",
+        help="random known visitors, or the 200 most active ones (the longest histories)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -112,9 +129,7 @@ def main() -> None:
         [
             sys.executable,
             "-c",
-            "import sys, sqlite3, random; c = sqlite3.connect(sys.argv[1]);"
-            " v = [r[0] for r in c.execute('SELECT DISTINCT visitorid FROM events')];"
-            " random.seed(0); print('\\n'.join(map(str, random.sample(v, min(20000, len(v))))))",
+            VISITORS[args.visitors],
             str(data / "feature_store.sqlite"),
         ],
         stdout=ids.open("w"),
@@ -161,9 +176,10 @@ def main() -> None:
             proc.wait(timeout=20)
         shutil.rmtree(tmp, ignore_errors=True)
     report(
-        f"api-{args.scale}",
+        f"api-{args.scale}" + ("-active" if args.visitors == "active" else ""),
         {
             "scale": args.scale,
+            "visitors": args.visitors,
             "models": args.models,
             "connections": args.connections,
             "wrk_threads": args.threads,

@@ -7,6 +7,7 @@ import collections
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -49,6 +50,24 @@ class Connections:
             self._all.clear()
 
 
+#: Free space below which the store's disk counts as full (a batch of 1,000 events, its WAL
+#: frames and the served log's rows need a few hundred KiB).
+MIN_FREE_BYTES = 1 << 20
+
+
+def _disk_full(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        fs = os.statvfs(path.parent)
+    except OSError as exc:
+        return error_line(exc)
+    free = fs.f_bavail * fs.f_frsize
+    if free < MIN_FREE_BYTES:
+        return f"the store's disk is full ({free // 1024} KiB free)"
+    return None
+
+
 class StoreHealth:
     """Whether the feature store takes writes, as serving last saw it.
 
@@ -69,12 +88,14 @@ class StoreHealth:
         self._probed = -float("inf")  # the next check probes at once
         return self.reason
 
-    def check(self, conn: sqlite3.Connection) -> str | None:
-        """None when the store takes writes, else why not."""
+    def check(self, conn: sqlite3.Connection, path: Path | None = None) -> str | None:
+        """None when the store takes writes, else why not. With the store's ``path``, a disk
+        with less than :data:`MIN_FREE_BYTES` free counts as full: a probe's one small row may
+        still fit where a batch of events no longer does."""
         with self._lock:
             if time.monotonic() - self._probed >= self.probe_s:
                 self._probed = time.monotonic()
-                self.reason = store.probe_write(conn)
+                self.reason = store.probe_write(conn) or _disk_full(path)
             return self.reason
 
 

@@ -43,7 +43,7 @@ def ready(
     """Readiness: a model is loaded and the feature store takes writes (503 otherwise, with the
     store's error): a store on a full or read-only disk takes the instance out of rotation."""
     served = holder.current
-    problem = health.check(connections.get())
+    problem = health.check(connections.get(), connections.path)
     if served is None or problem is not None:
         response.status_code = 503
     return Ready(
