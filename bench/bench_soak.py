@@ -20,6 +20,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -60,6 +61,8 @@ def _call(url: str, body: Any = None, headers: dict[str, str] | None = None) -> 
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
+    except OSError:  # refused, reset or timed out: counted as status 0, an error
+        return 0
 
 
 def main() -> None:
@@ -86,15 +89,19 @@ def main() -> None:
         "RETAILREC_API_KEY": KEY,
         "OPENBLAS_NUM_THREADS": "1",
     }
+    with socket.socket() as sock:  # a free port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "retailrec", "serve", "--port", "8711"],
+        [sys.executable, "-m", "retailrec", "serve", "--port", str(port)],
         env=env,
         start_new_session=True,
     )
-    base = "http://127.0.0.1:8711"
+    base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while _call(f"{base}/ready") != 200:
         if time.time() > deadline or server.poll() is not None:
+            os.killpg(server.pid, signal.SIGTERM)
             raise SystemExit("the server did not come up")
         time.sleep(0.5)
 

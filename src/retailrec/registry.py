@@ -142,10 +142,10 @@ class BundleModel(PythonModel):
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> list[list[int]]:
         k = int((params or {}).get("k", 10))
-        session = self.bundle.models["session"]
+        session = self.bundle.session
         out = []
         for items in model_input["item_ids"]:
-            row = session.session_row(self.bundle.item_index(np.asarray(items)))  # type: ignore[attr-defined]
+            row = session.session_row(self.bundle.item_index(np.asarray(items)))
             idx, _ = session.recommend(row, k)
             out.append([int(self.bundle.item_ids[i]) for i in idx[0] if i >= 0])
         return out

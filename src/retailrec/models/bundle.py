@@ -26,6 +26,7 @@ import numpy as np
 from retailrec.errors import BundleError
 from retailrec.models.base import BaseRecommender
 from retailrec.models.data import Dataset
+from retailrec.models.item_item import SessionRecommender
 
 ROLES = ("retrieval", "similar", "session", "bought_together", "popular", "popular_7d")
 
@@ -62,6 +63,16 @@ class ModelBundle:
             data.item_available.copy(),
             metadata,
         )
+
+    @property
+    def session(self) -> SessionRecommender:
+        """The session role's model, typed: it also turns items in viewing order into a row."""
+        model = self.models["session"]
+        if not isinstance(model, SessionRecommender):
+            raise BundleError(
+                f"the session role holds a {type(model).__name__}, not a session model"
+            )
+        return model
 
     @property
     def n_items(self) -> int:

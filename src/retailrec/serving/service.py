@@ -149,7 +149,7 @@ class RecommendationService:
                 answer = Answer(self._ids(items), scores, "personalized")
         if len(answer.items) < k and row.nnz:
             recent = idx[-20:]  # the latest items, in viewing order (-1: unknown to the model)
-            session_row = self.bundle.models["session"].session_row(recent)  # type: ignore[attr-defined]
+            session_row = self.bundle.session.session_row(recent)
             have = self.bundle.item_index(np.asarray(answer.items, dtype=np.int64)).tolist()
             items, scores = self._take("session", session_row, k - len(answer.items), blocked, have)
             answer.items += self._ids(items)
@@ -164,7 +164,7 @@ class RecommendationService:
         blocked = self.rules.blocked(rules, known, np.zeros(0, dtype=np.int64))
         answer = Answer([], [], "")
         if len(known):  # unknown items keep their place in the session (see session_row)
-            row = self.bundle.models["session"].session_row(idx)  # type: ignore[attr-defined]
+            row = self.bundle.session.session_row(idx)
             items, scores = self._take("session", row, k, blocked, known.tolist())
             if items:
                 answer = Answer(self._ids(items), scores, "session")

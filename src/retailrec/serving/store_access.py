@@ -4,7 +4,6 @@ served answers written from a background thread, and whether the store takes wri
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import logging
 import os
@@ -21,33 +20,45 @@ log = logging.getLogger(__name__)
 
 
 class Connections:
-    """One SQLite connection per worker thread (sqlite3 connections are not shared)."""
+    """One SQLite connection per worker thread (a connection serves one thread at a time).
+
+    Worker threads come and go (AnyIO retires one idle for 10 s and starts another later): a
+    connection whose thread has ended is closed as soon as the next one is opened, so that open
+    files and memory stay bounded by the live threads however long the server runs.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._open: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
         self._generation = 0
 
     def get(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "generation", -1) != self._generation:
-            conn = store.connect(self.path)
+            # Opened for any thread to close: the reaper and close() run on other threads.
+            conn = store.connect(self.path, check_same_thread=False)
             self._local.conn, self._local.generation = conn, self._generation
             with self._lock:
-                self._all.append(conn)
+                for thread, ended in [(t, c) for t, c in self._open if not t.is_alive()]:
+                    ended.close()
+                    self._open.remove((thread, ended))
+                self._open.append((threading.current_thread(), conn))
         return conn
+
+    @property
+    def count(self) -> int:
+        """Connections open now."""
+        return len(self._open)
 
     def close(self) -> None:
         """Close every connection; threads open fresh ones if the app starts again."""
         with self._lock:
             self._generation += 1
-            for conn in self._all:
-                # One created in another thread refuses: it is closed when collected.
-                with contextlib.suppress(sqlite3.ProgrammingError):
-                    conn.close()
-            self._all.clear()
+            for _thread, conn in self._open:
+                conn.close()
+            self._open.clear()
 
 
 #: Free space below which the store's disk counts as full (a batch of 1,000 events, its WAL
