@@ -107,7 +107,7 @@ def test_a_store_that_takes_no_writes_is_a_503_and_not_ready(
         app.store_health.probe_s = 0.0
         assert c.get("/ready").status_code == 200
         monkeypatch.setattr(
-            store_access.store, "connect", lambda path, **kw: connect(path, read_only=True)
+            store_access.store, "connect", lambda path, **kw: connect(path, **kw, read_only=True)
         )
         app.connections.close()  # worker threads reopen: read-only now
         answer = c.post("/v1/events", json={"events": [event]})
