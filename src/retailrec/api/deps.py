@@ -88,7 +88,7 @@ def _key_matches(given: str, expected: str | None) -> bool:
 
 class RateLimiter:
     """A token bucket per client: ``rate`` tokens a second, at most ``burst`` saved up. Clients
-    are few and their buckets small; past ``max_clients`` the fullest (idle) ones are forgotten,
+    are few and their buckets small; past ``max_clients`` the least recently seen are forgotten,
     so that made-up addresses cannot grow it without bound."""
 
     def __init__(self, rate: float, burst: int, max_clients: int = 10_000) -> None:
