@@ -483,18 +483,26 @@ def visitor_history(
         where += " AND timestamp <= ?"
         params.append(int(as_of_ms))
     # The key's order, ties included, so that a history is the same list whoever reads it
-    # (evaluation rebuilds it from the log in this order: see training.evaluate.Histories).
-    rows_sql = f"SELECT * FROM events WHERE {where}"
-    if limit is not None:
-        rows_sql += " ORDER BY timestamp DESC, itemid DESC, event DESC, tx_key DESC LIMIT ?"
-        params.append(int(limit))
+    # (evaluation rebuilds it from the log in this order: see training.evaluate.Histories). With
+    # a limit the key is walked backwards from the newest event and the rows reversed here: no
+    # sort at all, as the key orders every row (about a third of an active visitor's read).
+    newest_first = limit is not None
+    order = (
+        "timestamp DESC, itemid DESC, event DESC, tx_key DESC"
+        if newest_first
+        else "timestamp, itemid, event, tx_key"
+    )
     sql = (
         "SELECT timestamp, CASE event WHEN 'view' THEN 0 WHEN 'addtocart' THEN 1 ELSE 2 END,"
-        f" itemid, ifnull(transactionid, -1) FROM ({rows_sql})"
-        " ORDER BY timestamp, itemid, event, tx_key"
+        f" itemid, ifnull(transactionid, -1) FROM events WHERE {where} ORDER BY {order}"
     )
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(int(limit))
     rows = conn.execute(sql, params).fetchall()
     a = np.array(rows, dtype=np.int64).reshape(len(rows), 4)  # integers only: one conversion
+    if newest_first:
+        a = a[::-1].copy()
     return History(a[:, 0], a[:, 1], a[:, 2], a[:, 3])
 
 

@@ -65,10 +65,13 @@ class RecommendationService:
 
     # -- building blocks ------------------------------------------------------------------------
 
-    def history_row(self, history: store.History, now_ms: int) -> sp.csr_matrix:
+    def history_row(
+        self, history: store.History, now_ms: int, idx: np.ndarray | None = None
+    ) -> sp.csr_matrix:
         """The visitor's confidences at the shop's time ``now_ms``, in the bundle's item space:
-        the same confidence function, weights and half-life that built the training matrix."""
-        idx = self.bundle.item_index(history.itemid)
+        the same confidence function, weights and half-life that built the training matrix.
+        ``idx``: the history's item indices, when the caller has them already."""
+        idx = self.bundle.item_index(history.itemid) if idx is None else idx
         known = idx >= 0
         conf = self.config.confidence(history.event_code, history.timestamp, now_ms)
         return _one_row(idx[known], conf[known], self.bundle.n_items)
@@ -142,7 +145,7 @@ class RecommendationService:
         purchased = idx[(idx >= 0) & (kinds == TRANSACTION)]
         blocked = self.rules.blocked(rules, seen, purchased)
         answer = Answer([], [], "")
-        row = self.history_row(history, now)
+        row = self.history_row(history, now, idx)
         if row.nnz and self.personal:
             items, scores = self._take("retrieval", row, k, blocked, [])
             if items:
