@@ -50,6 +50,10 @@ def _quiet(_: str) -> None:
     return None
 
 
+def _unheard(_stage: str, _result: Any) -> None:
+    return None
+
+
 @dataclass
 class PipelineResult:
     """What each stage of one pipeline run did."""
@@ -89,7 +93,7 @@ def run_pipeline(
     from retailrec.feature_store import open_store
 
     step = progress or _quiet
-    hook = on_stage or (lambda _name, _result: None)
+    hook = on_stage or _unheard
     feature_config = FeatureConfig.from_settings(settings)
     raw_dir = raw if raw is not None else settings.raw_dir
     written = None
@@ -162,7 +166,6 @@ def retrain_and_promote(
     val_days: float | None = None,
     truth_dir: Path | None = None,
     feature_config: FeatureConfig | None = None,
-    trials: int = 0,
     progress: Progress | None = None,
     on_stage: StageHook | None = None,
 ) -> Retrained:
@@ -172,11 +175,10 @@ def retrain_and_promote(
     from retailrec.data_pipeline.feature_pipeline import FeatureConfig
     from retailrec.training.train import TrainConfig, default_models, train
 
-    hook = on_stage or (lambda _name, _result: None)
+    hook = on_stage or _unheard
     step = progress or _quiet
     config = TrainConfig(
         models=models or default_models(),
-        trials=trials,
         test_days=test_days,
         val_days=val_days,
         truth_dir=truth_dir,

@@ -481,6 +481,7 @@ def train(
     step("reading the feature store")
     events = read_log(settings)
     client = registry.configure(settings)
+    registry.mark_killed_runs(client)  # before this run starts one of its own
     champion = registry.champion(client, settings.model_name)
     if champion is not None and registry.UNEVALUATED_TAG in champion.tags:
         champion = None  # a short log's champion: it was never judged on a window either
@@ -503,7 +504,6 @@ def train(
     val_per_visitor: dict[str, np.ndarray] = {}
     data_fp, commit = fingerprint(prep.events), git_commit()
 
-    registry.mark_killed_runs(client)
     with mlflow.start_run(
         run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}", tags=registry.process_tags()
     ) as parent:
@@ -636,11 +636,12 @@ def _refusal(why: str, champion: str, events: pd.DataFrame) -> LogTooShortError:
     """Training on a log whose newest window cannot judge, where an evaluated champion exists:
     a shop that had enough data does not lose it overnight, so the likelier cause is an event
     dated far past the rest of the log, which moved the shop's clock."""
-    ts = np.sort(events["timestamp"].to_numpy())
-    gap = (ts[-1] - ts[-2]) / DAY_MS if len(ts) > 1 else 0.0
+    ts = events["timestamp"].to_numpy()
+    ts = np.partition(ts, len(ts) - 2)[-2:] if len(ts) > 1 else ts  # the two newest, unsorted
+    gap = (ts.max() - ts.min()) / DAY_MS
     return LogTooShortError(
         f"{why}: champion version {champion} was chosen on a window that could judge, so nothing"
-        f" is registered; the shop's clock is {utc_text(int(ts[-1]))}, {gap:.1f} days after the"
+        f" is registered; the shop's clock is {utc_text(int(ts.max()))}, {gap:.1f} days after the"
         " event before it (an event dated far past the log moves the clock: check the newest"
         " events)"
     )
@@ -668,7 +669,6 @@ def _train_unsplit(
     data = Dataset.from_events(events, _catalogue(settings, None), config=feature_config)
     bundle = assemble(data, "popular", {}, make_model("popular").fit(data), aux_models(data))
     data_fp = fingerprint(events)
-    registry.mark_killed_runs(client)
     with mlflow.start_run(
         run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}", tags=registry.process_tags()
     ) as run:
