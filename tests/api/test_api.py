@@ -18,6 +18,7 @@ from retailrec import registry
 from retailrec.api.main import create_app
 from retailrec.config import Settings
 from retailrec.feature_store import store
+from retailrec.serving import history_cache
 from tests.api.conftest import KEY
 from tests.utils.server import serving
 
@@ -148,6 +149,38 @@ def test_fresh_events_change_the_next_answer(client: TestClient, known: pd.DataF
     after = client.get(f"/v1/users/{visitor}/recommendations?k=10").json()
     assert after["strategy"] == "personalized"
     assert [it["item_id"] for it in after["items"]] != [it["item_id"] for it in before["items"]]
+
+
+def _gauge(text: str, name: str) -> float:
+    return float(next(line for line in text.splitlines() if line.startswith(name)).split()[-1])
+
+
+def test_an_active_visitors_kept_history_follows_late_events(
+    client: TestClient, known: pd.DataFrame
+) -> None:
+    """An active visitor's history is kept between requests (a hit in /metrics), and an event
+    posted with a time before their newest one still changes the next answer."""
+    busy = known.groupby("visitorid").size()
+    visitor = int(busy[busy >= history_cache.MIN_EVENTS].index[0])
+    url = f"/v1/users/{visitor}/recommendations?k=10"
+    first = client.get(url).json()
+    hits = _gauge(client.get("/metrics").text, 'retailrec_history_cache{measure="hits"}')
+    assert client.get(url).json()["items"] == first["items"]
+    text = client.get("/metrics").text
+    assert _gauge(text, 'retailrec_history_cache{measure="hits"}') == hits + 1
+    assert _gauge(text, 'retailrec_history_cache{measure="kept"}') >= 1
+    top = first["items"][0]["item_id"]
+    newest = int(known.loc[known["visitorid"] == visitor, "timestamp"].max())
+    late = {
+        "timestamp": newest - 1,
+        "visitorid": visitor,
+        "event": "transaction",
+        "itemid": top,
+        "transactionid": 990_000_001,
+    }
+    assert client.post("/v1/events", json={"events": [late]}).json()["accepted"] == 1
+    after = client.get(url).json()
+    assert top not in [it["item_id"] for it in after["items"]]  # bought: excluded by default
 
 
 def test_session_similar_bought_together_popular(client: TestClient, known: pd.DataFrame) -> None:

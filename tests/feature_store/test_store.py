@@ -54,6 +54,9 @@ def test_migrations_run_once_and_keep_data(tmp_path: Path) -> None:
     store.append_events(first, events_frame(ROWS))
     first.execute("DROP TABLE shop_clock")  # as version 1 had it (migration 4 adds the clock)
     first.execute("DROP TABLE write_probe")  # and migration 5 the write probe
+    first.executescript(  # and 6 the visitors' change counters
+        "DROP TABLE visitor_versions; DROP TRIGGER events_deleted; DROP TRIGGER events_updated;"
+    )
     first.close()
     again = store.connect(path)  # upgrades from version 1 to the latest, keeping the events
     assert store.schema_version(again) == store.SCHEMA_VERSION

@@ -251,3 +251,38 @@ def test_a_blended_session_model_serves_as_it_recommends(
     for r in rng.choice(data.n_users, 20, replace=False):
         row = data.matrix[int(r)]
         _same_ranking(model, row, 10, rng.random(data.n_items) < 0.3)
+
+
+def test_the_als_fold_in_is_implicits_user_step(tiny_shop: Shop) -> None:
+    """Serving folds a history into a visitor vector with its own solve; it must be the vector
+    implicit's least squares gives, for real histories of every length."""
+    from retailrec.models import factors
+
+    data = Dataset.from_events(tiny_shop.data.events)
+    model = make_model("als", iterations=3).fit(data)
+    assert isinstance(model, factors.ALSRecommender)
+    rows = data.matrix[np.argsort(-np.diff(data.matrix.indptr))[:40:4]]  # the longest histories
+    rows = sp.vstack([rows, data.matrix[:30]]).tocsr()
+    ours = model.user_vectors(rows)
+    theirs = model.model_.recalculate_user(np.arange(rows.shape[0]), rows)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-4 * np.abs(theirs).max())
+
+
+def test_the_serving_path_past_the_ordered_head(
+    tiny_shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the factors serving keeps in scoring order, chunks are gathered: the ranking is the
+    same on either side."""
+    from retailrec.models import factors
+
+    monkeypatch.setattr(factors, "SCORING_CHUNK", 256)
+    monkeypatch.setattr(factors, "ORDERED_HEAD", 512)
+    data = Dataset.from_events(tiny_shop.data.events)
+    assert data.n_items > 4 * 512
+    model = make_model("als", iterations=3).fit(data)
+    model.prepare_serving()
+    assert len(model._serving("ordered_factors")[0]) == 512
+    rng = np.random.default_rng(2)
+    for r in rng.choice(data.n_users, 20, replace=False):
+        blocked = rng.random(data.n_items) < 0.99  # so that the top 10 lies deep in the order
+        _same_ranking(model, data.matrix[int(r)], 10, blocked)

@@ -18,6 +18,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._route_cache: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._strategy_cache: dict[str, Any] = {}
         self.requests = Counter(
             "retailrec_requests_total",
             "HTTP requests",
@@ -48,6 +49,13 @@ class Metrics:
             "Served answers not logged because the log's queue was full",
             registry=self.registry,
         )
+        self.history_cache = Gauge(
+            "retailrec_history_cache",
+            "Active visitors' kept histories, for the served model: entries kept now, and"
+            " lookups that found a current entry (hits) or read the store (misses)",
+            ["measure"],
+            registry=self.registry,
+        )
         self.events = Counter(
             "retailrec_events_total",
             "Posted events by outcome",
@@ -73,6 +81,22 @@ class Metrics:
             )
             self._route_cache[key] = found
         return found
+
+    def count_strategy(self, strategy: str) -> None:
+        """One answer served by ``strategy`` (one of the few the service names)."""
+        counter = self._strategy_cache.get(strategy)
+        if counter is None:
+            counter = self._strategy_cache[strategy] = self.strategy.labels(strategy=strategy)
+        counter.inc()
+
+    def set_history_cache(self, served: RecommendationService | None) -> None:
+        cache = None if served is None else served.histories
+        for measure, value in (
+            ("kept", 0 if cache is None else len(cache)),
+            ("hits", 0 if cache is None else cache.hits),
+            ("misses", 0 if cache is None else cache.misses),
+        ):
+            self.history_cache.labels(measure=measure).set(value)
 
     def set_model(self, served: RecommendationService) -> None:
         """Export which model version is being served."""

@@ -151,6 +151,26 @@ MIGRATIONS: tuple[str, ...] = (
         at_ms INTEGER NOT NULL
     );
     """,
+    # 6: a change counter per visitor, so that a process may keep a history it read and know,
+    # with one key lookup, whether it still holds (see visitor_version). Appends bump it for
+    # visitors who had events before the batch (no one keeps the history of a visitor who had
+    # none); the triggers cover rows changed or removed by hand, which no code of ours does.
+    """
+    CREATE TABLE visitor_versions (
+        visitorid INTEGER PRIMARY KEY,
+        version   INTEGER NOT NULL
+    );
+    CREATE TRIGGER events_deleted AFTER DELETE ON events BEGIN
+        INSERT INTO visitor_versions (visitorid, version) VALUES (OLD.visitorid, 1)
+            ON CONFLICT (visitorid) DO UPDATE SET version = version + 1;
+    END;
+    CREATE TRIGGER events_updated AFTER UPDATE ON events BEGIN
+        INSERT INTO visitor_versions (visitorid, version) VALUES (OLD.visitorid, 1)
+            ON CONFLICT (visitorid) DO UPDATE SET version = version + 1;
+        INSERT INTO visitor_versions (visitorid, version) VALUES (NEW.visitorid, 1)
+            ON CONFLICT (visitorid) DO UPDATE SET version = version + 1;
+    END;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -255,8 +275,11 @@ def _rows(columns: Columns, start: int = 0, stop: int | None = None) -> Iterator
     return zip(*(values[start:stop].tolist() for values in columns.values()), strict=True)
 
 
-def _insert_select(conn: sqlite3.Connection, columns: Columns, insert: str) -> int:
-    """Run ``insert`` (an ``INSERT ... SELECT ... FROM temp.stage``) over ``columns``' rows.
+def _insert_select(
+    conn: sqlite3.Connection, columns: Columns, insert: str, before: str | None = None
+) -> int:
+    """Run ``insert`` (an ``INSERT ... SELECT ... FROM temp.stage``) over ``columns``' rows, after
+    ``before`` (a statement over ``temp.stage`` too), if given.
 
     One INSERT ... SELECT writes rows in key order without re-seeking the B-tree from its root
     for each, which a statement per row must: about twice as fast for millions of sorted rows.
@@ -273,6 +296,8 @@ def _insert_select(conn: sqlite3.Connection, columns: Columns, insert: str) -> i
                 f"INSERT INTO temp.stage VALUES ({', '.join('?' * len(names))})",
                 _rows(columns, start, start + BIND_ROWS),
             )
+        if before is not None:
+            conn.execute(before)
         return conn.execute(insert).rowcount
     finally:
         conn.execute("DROP TABLE temp.stage")
@@ -284,20 +309,25 @@ def _write(
     *,
     staged: str,
     per_row: str,
+    before: tuple[str, str, list[tuple[Any, ...]]] | None = None,
     also: tuple[str, tuple[Any, ...]] | None = None,
     then: Callable[[sqlite3.Connection, int], None] | None = None,
 ) -> int:
     """Write a batch in one transaction: ``staged`` (an INSERT ... SELECT ... FROM temp.stage)
     for :data:`STAGE_MIN_ROWS` rows or more, else ``per_row`` once a row; then ``also`` (one
     statement and its parameters) and ``then(conn, changed)`` (which must not commit) in the
-    same transaction. Returns rows changed by the batch."""
+    same transaction. ``before`` runs ahead of the rows: a statement over ``temp.stage`` for a
+    staged batch, else the second statement once for each parameter tuple of the third.
+    Returns rows changed by the batch."""
     with conn:
         if len(next(iter(columns.values()))) >= STAGE_MIN_ROWS:
-            changed = _insert_select(conn, columns, staged)
+            changed = _insert_select(conn, columns, staged, None if before is None else before[0])
         else:
-            before = conn.total_changes
+            if before is not None:
+                conn.executemany(before[1], before[2])
+            before_changes = conn.total_changes
             conn.executemany(per_row, _rows(columns))
-            changed = conn.total_changes - before
+            changed = conn.total_changes - before_changes
         if also is not None:
             conn.execute(*also)
         if then is not None:
@@ -342,6 +372,12 @@ def append_events(
         f" tx_key, nullif(tx_key, -1), '{word}' FROM temp.stage",
         per_row=f"{target} VALUES (?1, ?2, {_EVENT_TEXT.format('?3')}, ?4, ?5, nullif(?5, -1),"
         f" '{word}')",
+        # Before the rows, so that "had events" means before this batch.
+        before=(
+            _BUMP.format("SELECT DISTINCT visitorid FROM temp.stage"),
+            _BUMP.format("SELECT ?1 AS visitorid"),
+            [(v,) for v in np.unique(columns["visitorid"]).tolist()],
+        ),
         # The clock moves with the log, in the same transaction. A batch of duplicates moves it
         # nowhere: rows already in the log are already within it.
         also=(
@@ -352,6 +388,15 @@ def append_events(
         ),
         then=then,
     )
+
+
+#: Bumps the version of each visitor of a batch (``{}``: a query of their ids) who has events
+#: already: any history read of them before the batch is stale after it (see visitor_version).
+_BUMP = (
+    "INSERT INTO visitor_versions (visitorid, version) SELECT b.visitorid, 1 FROM ({}) AS b"
+    " WHERE EXISTS (SELECT 1 FROM events AS e WHERE e.visitorid = b.visitorid)"
+    " ON CONFLICT (visitorid) DO UPDATE SET version = version + 1"
+)
 
 
 def _sql_word(text: str) -> str:
@@ -504,6 +549,19 @@ def visitor_history(
     if newest_first:
         a = a[::-1].copy()
     return History(a[:, 0], a[:, 1], a[:, 2], a[:, 3])
+
+
+def visitor_version(conn: sqlite3.Connection, visitor_id: int) -> tuple[int, int | None]:
+    """A counter that changes whenever the visitor's events change once they have any, and the
+    shop's clock (:func:`shop_clock`): two key lookups in one statement. A history read *after*
+    the counter holds until the counter changes, so a cache of histories reads the counter
+    first and the history second."""
+    version, clock = conn.execute(
+        "SELECT (SELECT version FROM visitor_versions WHERE visitorid = ?),"
+        " (SELECT newest_ms FROM shop_clock WHERE id = 1)",
+        (int(visitor_id),),
+    ).fetchone()
+    return (0 if version is None else int(version)), (None if clock is None else int(clock))
 
 
 def event_count(conn: sqlite3.Connection) -> int:

@@ -24,11 +24,27 @@ from retailrec.events import DAY_MS, TRANSACTION
 from retailrec.feature_store import store
 from retailrec.models.base import SIGNAL_FLOOR
 from retailrec.models.bundle import ModelBundle
+from retailrec.serving import history_cache
+from retailrec.serving.history_cache import HistoryCache
 from retailrec.serving.rules import CatalogueRules, Rules
 
 HISTORY_LIMIT = 500
 #: Retrieval models that ignore the history: for them "personalized" would be a false label.
 NON_PERSONAL = ("popular", "popular_7d")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A visitor's history in one bundle's item space (see
+    :meth:`RecommendationService.prepare`)."""
+
+    history: store.History
+    idx: np.ndarray  # each event's item index, -1 for items the bundle does not know
+    known: np.ndarray  # idx >= 0
+    seen: np.ndarray  # the known items, in event order
+    purchased: np.ndarray  # the known items bought
+    cols: np.ndarray  # the distinct known items (int32): the history row's columns
+    inverse: np.ndarray  # each known event's position in cols
 
 
 @dataclass
@@ -47,6 +63,8 @@ class RecommendationService:
     bundle: ModelBundle
     version: str
     loaded_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    #: Active visitors' prepared histories; it goes with the bundle, whose item space it is in.
+    histories: HistoryCache[Prepared] = field(default_factory=HistoryCache)
 
     def __post_init__(self) -> None:
         b = self.bundle
@@ -65,16 +83,33 @@ class RecommendationService:
 
     # -- building blocks ------------------------------------------------------------------------
 
-    def history_row(
-        self, history: store.History, now_ms: int, idx: np.ndarray | None = None
-    ) -> sp.csr_matrix:
-        """The visitor's confidences at the shop's time ``now_ms``, in the bundle's item space:
-        the same confidence function, weights and half-life that built the training matrix.
-        ``idx``: the history's item indices, when the caller has them already."""
-        idx = self.bundle.item_index(history.itemid) if idx is None else idx
+    def prepare(self, history: store.History) -> Prepared:
+        """The history in the bundle's item space: everything an answer needs of it but the
+        clock."""
+        idx = self.bundle.item_index(history.itemid)
         known = idx >= 0
-        conf = self.config.confidence(history.event_code, history.timestamp, now_ms)
-        return _one_row(idx[known], conf[known], self.bundle.n_items)
+        cols, inverse = np.unique(idx[known], return_inverse=True)
+        return Prepared(
+            history,
+            idx,
+            known,
+            seen=idx[known],
+            purchased=idx[known & (history.event_code == TRANSACTION)],
+            cols=cols.astype(np.int32),
+            inverse=inverse.ravel(),
+        )
+
+    def history_row(self, history: store.History | Prepared, now_ms: int) -> sp.csr_matrix:
+        """The visitor's confidences at the shop's time ``now_ms``, in the bundle's item space:
+        the same confidence function, weights and half-life that built the training matrix."""
+        p = history if isinstance(history, Prepared) else self.prepare(history)
+        h = p.history
+        conf = self.config.confidence(h.event_code[p.known], h.timestamp[p.known], now_ms)
+        data = np.bincount(p.inverse, weights=conf, minlength=len(p.cols)).astype(np.float32)
+        return sp.csr_matrix(
+            (data, p.cols, np.array([0, len(p.cols)], dtype=np.int32)),
+            shape=(1, self.bundle.n_items),
+        )
 
     def _take(
         self, role: str, row: sp.csr_matrix, k: int, blocked: np.ndarray, have: list[int]
@@ -126,32 +161,37 @@ class RecommendationService:
         now_ms: int | None = None,
     ) -> Answer:
         """Personalised from the visitor's fresh history in the store, weighed at the shop's
-        clock (``now_ms`` overrides it), then session-seeded, then popular."""
-        history = store.visitor_history(conn, visitor_id, limit=HISTORY_LIMIT)
-        now = store.shop_clock(conn) if now_ms is None else now_ms
-        return self.for_history(history, k, rules, now)
+        clock (``now_ms`` overrides it), then session-seeded, then popular.
+
+        An active visitor's history is kept between requests while their change counter in the
+        store stands still (:mod:`retailrec.serving.history_cache`): the counter is read before
+        the history, so a kept history is never older than the counter beside it."""
+        version, clock = store.visitor_version(conn, visitor_id)
+        prepared = self.histories.get(visitor_id, version)
+        if prepared is None:
+            prepared = self.prepare(store.visitor_history(conn, visitor_id, limit=HISTORY_LIMIT))
+            if len(prepared.idx) >= history_cache.MIN_EVENTS:
+                self.histories.put(visitor_id, version, prepared)
+        return self.for_history(prepared, k, rules, clock if now_ms is None else now_ms)
 
     def for_history(
-        self, history: store.History, k: int, rules: Rules, now_ms: int | None
+        self, history: store.History | Prepared, k: int, rules: Rules, now_ms: int | None
     ) -> Answer:
         """:meth:`for_visitor` on a history already read (its last :data:`HISTORY_LIMIT` events,
         oldest first), at the shop's time ``now_ms``: what the API and evaluation both call."""
+        p = history if isinstance(history, Prepared) else self.prepare(history)
         now = int(now_ms or 0)
-        if len(history.timestamp):  # the clock is never behind the history it weighs
-            now = max(now, int(history.timestamp[-1]))
-        idx = self.bundle.item_index(history.itemid)
-        kinds = history.event_code
-        seen = idx[idx >= 0]
-        purchased = idx[(idx >= 0) & (kinds == TRANSACTION)]
-        blocked = self.rules.blocked(rules, seen, purchased)
+        if len(p.idx):  # the clock is never behind the history it weighs
+            now = max(now, int(p.history.timestamp[-1]))
+        blocked = self.rules.blocked(rules, p.seen, p.purchased)
         answer = Answer([], [], "")
-        row = self.history_row(history, now, idx)
+        row = self.history_row(p, now)
         if row.nnz and self.personal:
             items, scores = self._take("retrieval", row, k, blocked, [])
             if items:
                 answer = Answer(self._ids(items), scores, "personalized")
         if len(answer.items) < k and row.nnz:
-            recent = idx[-20:]  # the latest items, in viewing order (-1: unknown to the model)
+            recent = p.idx[-20:]  # the latest items, in viewing order (-1: unknown to the model)
             session_row = self.bundle.session.session_row(recent)
             have = self.bundle.item_index(np.asarray(answer.items, dtype=np.int64)).tolist()
             items, scores = self._take("session", session_row, k - len(answer.items), blocked, have)

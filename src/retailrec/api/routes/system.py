@@ -55,10 +55,11 @@ def ready(
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(metrics: MetricsDep, request: Request) -> Response:
+def metrics(metrics: MetricsDep, holder: HolderDep, request: Request) -> Response:
     """Prometheus metrics: requests and latency per route, answers per strategy, model version,
-    and served answers the log had to drop."""
+    served answers the log had to drop, and the served model's kept histories."""
     metrics.log_dropped.set(request.app.state.served_log.dropped)
+    metrics.set_history_cache(holder.current)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
