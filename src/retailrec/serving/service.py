@@ -9,6 +9,7 @@ answer is never empty while the (filtered) catalogue is not:
 
 from __future__ import annotations
 
+import copy
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -78,6 +79,10 @@ class RecommendationService:
             ),
         )
         self.personal = b.metadata.get("model") not in NON_PERSONAL
+        #: The empty history row; never written (rows made from it get arrays of their own).
+        self._empty = _one_row(np.zeros(0, np.int64), np.zeros(0), b.n_items)
+        for part in (self._empty.data, self._empty.indices, self._empty.indptr):
+            part.flags.writeable = False
         for model in b.models.values():
             model.prepare_serving()
 
@@ -89,13 +94,15 @@ class RecommendationService:
         idx = self.bundle.item_index(history.itemid)
         known = idx >= 0
         cols, inverse = np.unique(idx[known], return_inverse=True)
+        cols = cols.astype(np.int32)
+        cols.flags.writeable = False  # the rows made from a kept history share it
         return Prepared(
             history,
             idx,
             known,
             seen=idx[known],
             purchased=idx[known & (history.event_code == TRANSACTION)],
-            cols=cols.astype(np.int32),
+            cols=cols,
             inverse=inverse.ravel(),
         )
 
@@ -106,10 +113,16 @@ class RecommendationService:
         h = p.history
         conf = self.config.confidence(h.event_code[p.known], h.timestamp[p.known], now_ms)
         data = np.bincount(p.inverse, weights=conf, minlength=len(p.cols)).astype(np.float32)
-        return sp.csr_matrix(
-            (data, p.cols, np.array([0, len(p.cols)], dtype=np.int32)),
-            shape=(1, self.bundle.n_items),
-        )
+        return self._row(p.cols, data)
+
+    def _row(self, cols: np.ndarray, data: np.ndarray) -> sp.csr_matrix:
+        """A (1, n_items) CSR row from distinct, sorted int32 ``cols`` and float32 ``data``,
+        without the constructor's checks (a fifth of its time, on the hot path): a shallow copy
+        of an empty row of the right shape, given the three public arrays."""
+        row = copy.copy(self._empty)
+        row.data, row.indices = data, cols
+        row.indptr = np.array([0, len(cols)], dtype=np.int32)
+        return row
 
     def _take(
         self, role: str, row: sp.csr_matrix, k: int, blocked: np.ndarray, have: list[int]
@@ -133,9 +146,8 @@ class RecommendationService:
         for r in (role, "popular"):
             if len(answer.items) >= k:
                 break
-            empty = _one_row(np.zeros(0, np.int64), np.zeros(0), self.bundle.n_items)
             idx = self.bundle.item_index(np.asarray(answer.items, dtype=np.int64))
-            items, scores = self._take(r, empty, k - len(answer.items), blocked, idx.tolist())
+            items, scores = self._take(r, self._empty, k - len(answer.items), blocked, idx.tolist())
             answer.items += self.bundle.item_ids[items].tolist()
             answer.scores += scores
             if not answer.strategy:

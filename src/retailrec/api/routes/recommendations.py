@@ -8,7 +8,7 @@ request instead of one dependency per object. Each returns its response model,
 
 from __future__ import annotations
 
-import os
+import random
 import sqlite3
 import time
 from typing import Annotated, cast
@@ -48,7 +48,7 @@ def _respond(
 ) -> Recommendations:
     # Time first, then 80 random bits (as in a UUIDv7): the served log's key grows at its end
     # instead of landing anywhere in its index.
-    rec_id = f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+    rec_id = f"{time.time_ns() // 1_000_000:012x}{random.getrandbits(80):020x}"
     state = request.app.state
     metrics: Metrics = state.metrics
     served_log: ServedLog = state.served_log
