@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from retailrec.feature_store import store
@@ -13,7 +14,7 @@ from retailrec.models.bundle import ModelBundle
 from retailrec.serving import history_cache
 from retailrec.serving.history_cache import HistoryCache
 from retailrec.serving.rules import Rules
-from retailrec.serving.service import RecommendationService
+from retailrec.serving.service import HISTORY_LIMIT, RecommendationService
 from tests.utils.factories import Shop, events_frame
 
 
@@ -105,3 +106,17 @@ def test_short_histories_are_not_kept(
         served.for_visitor(conn, int(v), 10, Rules())
     assert len(short) == 20
     assert len(served.histories) == 0
+
+
+def test_a_kept_history_is_compact(
+    served_shop: tuple[RecommendationService, Path, list[int]],
+) -> None:
+    """The cache's memory bound rests on this: about 14 bytes an event, so 2,048 visitors of
+    500 events each hold under 16 MiB."""
+    served, path, active = served_shop
+    history = store.visitor_history(store.connect(path), active[0], limit=HISTORY_LIMIT)
+    kept = served.prepare(history)
+    arrays = [v for v in vars(kept).values() if isinstance(v, np.ndarray)]
+    assert kept.n_events == len(history.timestamp) >= history_cache.MIN_EVENTS
+    assert sum(a.nbytes for a in arrays) <= 16 * kept.n_events + 8 * 20
+    assert history_cache.CAPACITY * HISTORY_LIMIT * 16 < 16 * 2**20

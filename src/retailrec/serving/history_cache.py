@@ -15,8 +15,8 @@ from typing import Generic, TypeVar
 
 #: Histories shorter than this are read again each time: cheap, and they would crowd the cache.
 MIN_EVENTS = 64
-#: Entries kept (least recently used dropped first): at most 500 events of 25 bytes each, plus
-#: their indices, about 15 KB an entry, so about 30 MB when full.
+#: Entries kept (least recently used dropped first): at most 500 events of about 14 bytes each
+#: (see ``service.Prepared``), so under 16 MiB when full.
 CAPACITY = 2048
 
 T = TypeVar("T")

@@ -36,16 +36,18 @@ NON_PERSONAL = ("popular", "popular_7d")
 
 @dataclass(frozen=True)
 class Prepared:
-    """A visitor's history in one bundle's item space (see
-    :meth:`RecommendationService.prepare`)."""
+    """A visitor's history in one bundle's item space: all an answer needs of it but the clock
+    (see :meth:`RecommendationService.prepare`). Compact, as the service keeps many: about
+    14 bytes an event."""
 
-    history: store.History
-    idx: np.ndarray  # each event's item index, -1 for items the bundle does not know
-    known: np.ndarray  # idx >= 0
-    seen: np.ndarray  # the known items, in event order
+    timestamp: np.ndarray  # int64: the events of items the bundle knows, oldest first
+    event_code: np.ndarray  # int8: those events' codes
+    inverse: np.ndarray  # int32: those events' positions in cols
+    cols: np.ndarray  # int32, read-only: the distinct known items, sorted (the row's columns)
     purchased: np.ndarray  # the known items bought
-    cols: np.ndarray  # the distinct known items (int32): the history row's columns
-    inverse: np.ndarray  # each known event's position in cols
+    recent: np.ndarray  # the last 20 events' items, in order (-1: unknown to the bundle)
+    newest_ms: int  # the newest event's time, known item or not (0: no events)
+    n_events: int
 
 
 @dataclass
@@ -96,22 +98,23 @@ class RecommendationService:
         cols, inverse = np.unique(idx[known], return_inverse=True)
         cols = cols.astype(np.int32)
         cols.flags.writeable = False  # the rows made from a kept history share it
+        n = len(idx)
         return Prepared(
-            history,
-            idx,
-            known,
-            seen=idx[known],
-            purchased=idx[known & (history.event_code == TRANSACTION)],
+            timestamp=history.timestamp[known],
+            event_code=history.event_code[known].astype(np.int8),
+            inverse=inverse.ravel().astype(np.int32),
             cols=cols,
-            inverse=inverse.ravel(),
+            purchased=idx[known & (history.event_code == TRANSACTION)],
+            recent=idx[-20:],
+            newest_ms=int(history.timestamp[-1]) if n else 0,
+            n_events=n,
         )
 
     def history_row(self, history: store.History | Prepared, now_ms: int) -> sp.csr_matrix:
         """The visitor's confidences at the shop's time ``now_ms``, in the bundle's item space:
         the same confidence function, weights and half-life that built the training matrix."""
         p = history if isinstance(history, Prepared) else self.prepare(history)
-        h = p.history
-        conf = self.config.confidence(h.event_code[p.known], h.timestamp[p.known], now_ms)
+        conf = self.config.confidence(p.event_code, p.timestamp, now_ms)
         data = np.bincount(p.inverse, weights=conf, minlength=len(p.cols)).astype(np.float32)
         return self._row(p.cols, data)
 
@@ -182,7 +185,7 @@ class RecommendationService:
         prepared = self.histories.get(visitor_id, version)
         if prepared is None:
             prepared = self.prepare(store.visitor_history(conn, visitor_id, limit=HISTORY_LIMIT))
-            if len(prepared.idx) >= history_cache.MIN_EVENTS:
+            if prepared.n_events >= history_cache.MIN_EVENTS:
                 self.histories.put(visitor_id, version, prepared)
         return self.for_history(prepared, k, rules, clock if now_ms is None else now_ms)
 
@@ -192,10 +195,8 @@ class RecommendationService:
         """:meth:`for_visitor` on a history already read (its last :data:`HISTORY_LIMIT` events,
         oldest first), at the shop's time ``now_ms``: what the API and evaluation both call."""
         p = history if isinstance(history, Prepared) else self.prepare(history)
-        now = int(now_ms or 0)
-        if len(p.idx):  # the clock is never behind the history it weighs
-            now = max(now, int(p.history.timestamp[-1]))
-        blocked = self.rules.blocked(rules, p.seen, p.purchased)
+        now = max(int(now_ms or 0), p.newest_ms)  # never behind the history it weighs
+        blocked = self.rules.blocked(rules, p.cols, p.purchased)
         answer = Answer([], [], "")
         row = self.history_row(p, now)
         if row.nnz and self.personal:
@@ -203,8 +204,7 @@ class RecommendationService:
             if items:
                 answer = Answer(self._ids(items), scores, "personalized")
         if len(answer.items) < k and row.nnz:
-            recent = p.idx[-20:]  # the latest items, in viewing order (-1: unknown to the model)
-            session_row = self.bundle.session.session_row(recent)
+            session_row = self.bundle.session.session_row(p.recent)
             have = self.bundle.item_index(np.asarray(answer.items, dtype=np.int64)).tolist()
             items, scores = self._take("session", session_row, k - len(answer.items), blocked, have)
             answer.items += self._ids(items)
