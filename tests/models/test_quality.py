@@ -26,16 +26,18 @@ def small() -> Stage:
 
 
 def test_models_beat_popularity_on_the_test_week(small: Stage) -> None:
-    """ALS, item-kNN and the two-tower model, served, beat popularity (NDCG@10, any interaction,
-    returning visitors); the best reaches at least 1.5x popularity."""
+    """ALS, item-kNN, EASE and the two-tower model, served, beat popularity (NDCG@10, any
+    interaction, returning visitors); the best reaches at least 1.5x popularity. EASE, the
+    closed form on the same matrix, beats plain BM25 item-kNN (2.1x when measured)."""
     baseline = evaluate(
         popularity_ranker(small.histories), small.histories, small.window, n_items=1
     )["ndcg_at_10"]
     scores = {}
-    for name in ("itemknn_cosine", "itemknn_bm25", "als", "two_tower"):
+    for name in ("itemknn_cosine", "itemknn_bm25", "ease", "als", "two_tower"):
         model = make_model(name).fit(small.data)
         scores[name] = small.score(name, {}, model)["ndcg_at_10"]
     for name, score in scores.items():
         assert score > baseline, (name, score, baseline)
     assert max(scores.values()) >= 1.5 * baseline
+    assert scores["ease"] >= 1.5 * scores["itemknn_bm25"], scores
     assert np.isfinite(list(scores.values())).all()

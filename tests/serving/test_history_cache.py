@@ -45,6 +45,10 @@ def test_a_visitors_version_moves_when_their_events_change(tmp_path: Path) -> No
     rows = [(2_000 + i, 1 + i % 3, "view", i, None) for i in range(store.STAGE_MIN_ROWS)]
     store.append_events(conn, events_frame(rows))
     assert [store.visitor_version(conn, v)[0] for v in (1, 2, 3)] == [2, 1, 0]
+    # Duplicates change no history, so they bump no one, by either path.
+    store.append_events(conn, events_frame(rows))
+    store.append_events(conn, events_frame([(500, 1, "view", 6, None)]))
+    assert [store.visitor_version(conn, v)[0] for v in (1, 2, 3)] == [2, 1, 0]
     with conn:  # rows changed or removed by hand count too
         conn.execute("DELETE FROM events WHERE visitorid = 3 AND timestamp = 2002")
         conn.execute("UPDATE events SET visitorid = 4 WHERE visitorid = 2 AND timestamp = 900")

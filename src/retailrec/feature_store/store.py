@@ -153,8 +153,9 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 6: a change counter per visitor, so that a process may keep a history it read and know,
     # with one key lookup, whether it still holds (see visitor_version). Appends bump it for
-    # visitors who had events before the batch (no one keeps the history of a visitor who had
-    # none); the triggers cover rows changed or removed by hand, which no code of ours does.
+    # visitors with rows new to the log who had events before the batch (no one keeps the
+    # history of a visitor who had none); the triggers cover rows changed or removed by hand,
+    # which no code of ours does.
     """
     CREATE TABLE visitor_versions (
         visitorid INTEGER PRIMARY KEY,
@@ -309,22 +310,22 @@ def _write(
     *,
     staged: str,
     per_row: str,
-    before: tuple[str, str, list[tuple[Any, ...]]] | None = None,
+    before: tuple[str, str] | None = None,
     also: tuple[str, tuple[Any, ...]] | None = None,
     then: Callable[[sqlite3.Connection, int], None] | None = None,
 ) -> int:
     """Write a batch in one transaction: ``staged`` (an INSERT ... SELECT ... FROM temp.stage)
     for :data:`STAGE_MIN_ROWS` rows or more, else ``per_row`` once a row; then ``also`` (one
     statement and its parameters) and ``then(conn, changed)`` (which must not commit) in the
-    same transaction. ``before`` runs ahead of the rows: a statement over ``temp.stage`` for a
-    staged batch, else the second statement once for each parameter tuple of the third.
+    same transaction. ``before`` runs ahead of the rows: its first statement over
+    ``temp.stage`` for a staged batch, else its second once a row, as ``per_row`` is.
     Returns rows changed by the batch."""
     with conn:
         if len(next(iter(columns.values()))) >= STAGE_MIN_ROWS:
             changed = _insert_select(conn, columns, staged, None if before is None else before[0])
         else:
             if before is not None:
-                conn.executemany(before[1], before[2])
+                conn.executemany(before[1], _rows(columns))
             before_changes = conn.total_changes
             conn.executemany(per_row, _rows(columns))
             changed = conn.total_changes - before_changes
@@ -372,11 +373,24 @@ def append_events(
         f" tx_key, nullif(tx_key, -1), '{word}' FROM temp.stage",
         per_row=f"{target} VALUES (?1, ?2, {_EVENT_TEXT.format('?3')}, ?4, ?5, nullif(?5, -1),"
         f" '{word}')",
-        # Before the rows, so that "had events" means before this batch.
+        # Before the rows, so that "had events" and "new" mean before this batch.
         before=(
-            _BUMP.format("SELECT DISTINCT visitorid FROM temp.stage"),
-            _BUMP.format("SELECT ?1 AS visitorid"),
-            [(v,) for v in np.unique(columns["visitorid"]).tolist()],
+            _BUMP.format(
+                "SELECT DISTINCT visitorid FROM temp.stage AS s WHERE NOT EXISTS ("
+                + _SAME_EVENT.format(
+                    v="s.visitorid",
+                    t="s.timestamp",
+                    i="s.itemid",
+                    e=_EVENT_TEXT.format("s.event"),
+                    x="s.tx_key",
+                )
+                + ")"
+            ),
+            _BUMP.format(
+                "SELECT ?2 AS visitorid WHERE NOT EXISTS ("
+                + _SAME_EVENT.format(v="?2", t="?1", i="?4", e=_EVENT_TEXT.format("?3"), x="?5")
+                + ")"
+            ),
         ),
         # The clock moves with the log, in the same transaction. A batch of duplicates moves it
         # nowhere: rows already in the log are already within it.
@@ -390,12 +404,20 @@ def append_events(
     )
 
 
-#: Bumps the version of each visitor of a batch (``{}``: a query of their ids) who has events
-#: already: any history read of them before the batch is stale after it (see visitor_version).
+#: Bumps the version of each visitor (``{}``: a query of their ids: those of a batch with rows
+#: new to the log) who has events already: any history read of them before the batch is stale
+#: after it (see visitor_version). A batch of duplicates bumps no one.
 _BUMP = (
     "INSERT INTO visitor_versions (visitorid, version) SELECT b.visitorid, 1 FROM ({}) AS b"
     " WHERE EXISTS (SELECT 1 FROM events AS e WHERE e.visitorid = b.visitorid)"
     " ON CONFLICT (visitorid) DO UPDATE SET version = version + 1"
+)
+
+
+#: The log's row with this key (a lookup of the primary key).
+_SAME_EVENT = (
+    "SELECT 1 FROM events AS d WHERE d.visitorid = {v} AND d.timestamp = {t}"
+    " AND d.itemid = {i} AND d.event = {e} AND d.tx_key = {x}"
 )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from retailrec.errors import UsageError
 from retailrec.models.base import BaseRecommender, Recommender
 from retailrec.models.data import Dataset
+from retailrec.models.ease import EASERecommender
 from retailrec.models.factors import ALSRecommender, BPRRecommender
 from retailrec.models.item_item import (
     BoughtTogetherRecommender,
@@ -27,6 +28,7 @@ MODELS: dict[str, Callable[..., BaseRecommender]] = {
     "popular_category": lambda **kw: PopularityRecommender(**{"by_category": True, **kw}),
     "itemknn_cosine": lambda **kw: ItemKNNRecommender(**{"similarity": "cosine", **kw}),
     "itemknn_bm25": lambda **kw: ItemKNNRecommender(**{"similarity": "bm25", **kw}),
+    "ease": lambda **kw: EASERecommender(**kw),
     "als": lambda **kw: ALSRecommender(**kw),
     "bpr": lambda **kw: BPRRecommender(**kw),
     "two_tower": lambda **kw: TwoTowerRecommender(**kw),

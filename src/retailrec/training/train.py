@@ -68,6 +68,7 @@ DEFAULT_MODELS = (
     "popular_category",
     "itemknn_cosine",
     "itemknn_bm25",
+    "ease",
     "als",
     "bpr",
     "two_tower",
@@ -404,6 +405,28 @@ def tune_session(stage: Stage, k: int = 20, max_examples: int = 2_000) -> dict[s
     return best
 
 
+#: EASE's lambda is chosen among these multiples of the Gram matrix's mean diagonal (the
+#: average item's total squared confidence), so the grid fits any log's confidence scale.
+EASE_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
+
+
+def tune_ease(stage: Stage, params: dict[str, Any], primary: str = PRIMARY_METRIC) -> float:
+    """EASE's lambda with the best served ``primary`` metric on the stage's window: one Gram
+    matrix, one solve per lambda of :data:`EASE_GRID` (no refit)."""
+    from retailrec.models.ease import EASERecommender
+
+    model = EASERecommender(**params).fit(stage.data)
+    scale = model.lambda_scale()
+    best, best_score = float(model.lam), -1.0
+    for factor in EASE_GRID:
+        lam = factor * scale
+        score = stage.score("ease", {**params, "lam": lam}, model.with_lambda(lam))[primary]
+        log.info("EASE lambda %.4g: validation %s %.4f", lam, primary, score)
+        if score > best_score:
+            best, best_score = lam, score
+    return best
+
+
 def select(
     table: pd.DataFrame, per_visitor: dict[str, np.ndarray], primary: str
 ) -> tuple[str, dict[str, str]]:
@@ -556,6 +579,9 @@ def train(
                     return prep.val.score(name, p, model)[config.primary_metric]
 
                 params |= tune.tune(name, objective, config.trials)
+            elif name == "ease" and "lam" not in params:
+                step("choosing EASE's lambda (validation)")
+                params["lam"] = tune_ease(prep.val, params, config.primary_metric)
             step(f"fitting {name} (validation)")
             model, seconds = _fit(name, params, prep.val.data)
             per_visitor: dict[str, np.ndarray] = {}

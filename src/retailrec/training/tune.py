@@ -27,6 +27,7 @@ SPACES: dict[str, Callable[[Any], dict[str, Any]]] = {
         "b": t.suggest_float("b", 0.1, 1.0),
     },
     "itemknn_cosine": lambda t: {"k": t.suggest_int("k", 10, 400, log=True)},
+    "ease": lambda t: {"lam": t.suggest_float("lam", 1.0, 1e5, log=True)},
     "two_tower": lambda t: {
         "dim": t.suggest_categorical("dim", [32, 64]),
         "lr": t.suggest_float("lr", 1e-3, 2e-2, log=True),
