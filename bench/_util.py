@@ -52,8 +52,9 @@ def report(name: str, result: dict[str, object]) -> None:
     print(f"saved {path}")
 
 
-def retailrec(data: Path, *args: str) -> None:
-    """Run ``retailrec ARGS`` on the data dir ``data`` (one BLAS thread), failing loudly."""
+def retailrec(data: Path, *args: str) -> str:
+    """Run ``retailrec ARGS`` on the data dir ``data`` (one BLAS thread), failing loudly;
+    returns what it printed."""
     import os
 
     env = {**os.environ, "RETAILREC_DATA_DIR": str(data), "OPENBLAS_NUM_THREADS": "1"}
@@ -62,3 +63,4 @@ def retailrec(data: Path, *args: str) -> None:
     )
     if proc.returncode != 0:
         raise RuntimeError(f"retailrec {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+    return proc.stdout

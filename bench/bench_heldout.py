@@ -70,7 +70,7 @@ def one(
     data = out / "data"
     args = ["pipeline", "--raw", str(raw)] + (["--models", models] if models else [])
     start = time.perf_counter()
-    retailrec(data, *args)
+    printed = retailrec(data, *args)
     trained_s = time.perf_counter() - start
     server = _serve(data, port)
     try:
@@ -100,8 +100,26 @@ def one(
         "served_over_bm25": round(champ / bm25, 3) if bm25 else None,
         "served_over_popularity": round(champ / pop, 3) if pop else None,
         "pipeline_seconds": round(trained_s, 1),
+        # Every candidate's row of the training table (validation and test window, each scored
+        # through the serving path), as `retailrec pipeline` printed it.
+        "training_table": _training_table(printed),
         "warnings": result["warnings"],
     }
+
+
+def _training_table(printed: str) -> list[str]:
+    """The model rows of the training table in ``retailrec pipeline``'s output."""
+    lines = printed.splitlines()
+    start = next((i for i, line in enumerate(lines) if "models on the test window" in line), None)
+    if start is None:
+        return []
+    rows = []
+    for line in lines[start + 1 :]:
+        if line.startswith("└"):
+            break
+        if line.startswith("│"):
+            rows.append(" ".join(line.strip("│ ").split()))
+    return rows
 
 
 def main() -> None:
