@@ -10,23 +10,29 @@ import scipy.sparse as sp
 
 from retailrec.errors import BundleError
 from retailrec.models import Dataset, make_model
-from retailrec.models.ease import EASERecommender, _ease_weights, _gram
+from retailrec.models.ease import BLOCK, EASERecommender, _ease_weights, _gram, _top_k
 from tests.models.test_contract import _same_ranking
 from tests.utils.factories import Shop
 
 
-def test_the_weights_are_steck_s_closed_form() -> None:
+@pytest.mark.parametrize("n_items", [40, 2 * BLOCK + 77])  # one block; several, the last short
+def test_the_weights_are_steck_s_closed_form(n_items: int) -> None:
     """B = I - P diag(1/diag(P)) with P = (X'X + lambda I)^-1, zero diagonal: against the
     formula written out with a general inverse."""
     rng = np.random.default_rng(0)
-    x = sp.random(300, 40, density=0.1, random_state=1, dtype=np.float64, format="csr")
+    x = sp.random(3000, n_items, density=0.02, random_state=1, dtype=np.float64, format="csr")
     x.data = rng.integers(1, 5, x.nnz).astype(np.float64)
     gram = _gram(x)
     np.testing.assert_allclose(gram, (x.T @ x).toarray())
-    p = np.linalg.inv(gram + 7.0 * np.eye(40))
-    expected = np.eye(40) - p / np.diag(p)[None, :]
+    p = np.linalg.inv(gram + 7.0 * np.eye(n_items))
+    expected = np.eye(n_items) - p / np.diag(p)[None, :]
     np.fill_diagonal(expected, 0.0)
-    np.testing.assert_allclose(_ease_weights(gram, 7.0), expected, rtol=1e-4, atol=1e-6)
+    got = _ease_weights(gram, 7.0)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    rows, cols = _top_k(got, 5)  # each row's 5 largest weights
+    assert len(rows) == 5 * n_items
+    for r in (0, n_items // 2, n_items - 1):
+        assert sorted(got[r, cols[rows == r]]) == sorted(np.sort(got[r])[-5:])
 
 
 @pytest.fixture(scope="module")

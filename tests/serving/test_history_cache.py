@@ -121,6 +121,7 @@ def test_a_kept_history_is_compact(
     history = store.visitor_history(store.connect(path), active[0], limit=HISTORY_LIMIT)
     kept = served.prepare(history)
     arrays = [v for v in vars(kept).values() if isinstance(v, np.ndarray)]
+    assert all(a.base is None for a in arrays)  # no view keeps a larger array alive
     assert kept.n_events == len(history.timestamp) >= history_cache.MIN_EVENTS
     assert sum(a.nbytes for a in arrays) <= 16 * kept.n_events + 8 * 20
     assert history_cache.CAPACITY * HISTORY_LIMIT * 16 < 16 * 2**20

@@ -7,13 +7,13 @@ where ``X`` is the visitor x item confidence matrix (the one every model trains 
 ``h`` scores ``h B``, so it is served like any item-to-item model.
 
 The dense inverse costs ``max_items``^2 floats and ``max_items``^3 operations, so the exact
-solution is kept for the ``max_items`` items with the most visitors (4,096 by default: 64 MiB of
-float32 for the Gram matrix and as much for its inverse, about 2 s on one core; the bound scales
-as the square and the cube). Items outside that head (on the full synthetic shop, 227,000 of
-231,000 items and 69% of the events) are covered by BM25 item-kNN: every pair with a tail item
-takes its BM25 weight, each BM25 row scaled so that its largest weight equals the median of the
-head rows' largest EASE weights. Within the head, each item keeps its ``k`` largest weights, so
-the served matrix is sparse (4,096 x 200 weights at most).
+solution is kept for the ``max_items`` items with the most visitors (4,096 by default: 128 MiB
+for the float64 Gram matrix and as much for its factor while solving; about 3 s on one core; the
+bound scales as the square and the cube; docs/BENCHMARKS.md). Items outside that head (on the
+full synthetic shop, 227,000 of 231,000 items and about 69% of the events) are covered by BM25
+item-kNN: every pair with a tail item takes its BM25 weight, each BM25 row divided by its largest
+weight and multiplied by the median of the head rows' largest EASE weights. Within the head,
+each item keeps its ``k`` largest weights, so the served matrix is sparse.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from retailrec.models.item_item import ItemItemRecommender
 
 #: Visitors whose rows are multiplied at once when the Gram matrix is accumulated.
 GRAM_BLOCK_ROWS = 200_000
+#: Rows of the dense matrices handled at a time when solving (bounds the temporary arrays).
+BLOCK = 512
 
 
 class EASERecommender(ItemItemRecommender):
@@ -47,7 +49,7 @@ class EASERecommender(ItemItemRecommender):
 
     name = "ease"
 
-    def __init__(self, lam: float = 200.0, max_items: int = 4096, k: int = 200) -> None:
+    def __init__(self, lam: float = 200.0, max_items: int = 4096, k: int = 100) -> None:
         super().__init__()
         self.lam, self.max_items, self.k = lam, max_items, k
         self.head_ = np.zeros(0, dtype=np.int64)
@@ -57,7 +59,7 @@ class EASERecommender(ItemItemRecommender):
 
     def _fit(self, data: Dataset) -> None:
         x = sp.csr_matrix(data.matrix, dtype=np.float32)
-        visitors = np.diff(x.tocsc().indptr)
+        visitors = np.bincount(x.indices, minlength=x.shape[1])  # rows hold an item once
         ranked = np.argsort(-visitors, kind="stable")
         self.head_ = np.sort(ranked[: min(self.max_items, int((visitors > 0).sum()))])
         self._gram = _gram(x[:, self.head_])
@@ -106,16 +108,20 @@ class EASERecommender(ItemItemRecommender):
             warnings.filterwarnings("ignore", message="Method expects CSR input")
             model.fit(data.matrix, show_progress=False)
         bm25 = sp.csr_matrix(model.similarity, dtype=np.float32)
-        bm25.setdiag(0)
-        bm25.eliminate_zeros()
-        top = np.asarray(bm25.max(axis=1).todense()).ravel()
-        bm25 = sp.diags(1.0 / np.where(top > 0, top, 1.0)).astype(np.float32) @ bm25
-        coo = bm25.tocoo()
+        del model
+        # In place on the CSR arrays: a copy of this matrix is the size of the served one.
+        rows = np.repeat(np.arange(bm25.shape[0], dtype=np.int32), np.diff(bm25.indptr))
+        bm25.data[rows == bm25.indices] = 0.0  # no self-pairs, in the row maxima either
+        top = np.asarray(bm25.max(axis=1).todense(), dtype=np.float32).ravel()
         in_head = np.zeros(data.n_items, dtype=bool)
         in_head[self.head_] = True
-        tail = ~(in_head[coo.row] & in_head[coo.col])
+        keep = (bm25.data > 0) & ~(in_head[rows] & in_head[bm25.indices])  # a tail item in it
+        kept_rows = rows[keep]
+        del rows
+        indptr = np.zeros(bm25.shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(kept_rows, minlength=bm25.shape[0]), out=indptr[1:])
         return sp.csr_matrix(
-            (coo.data[tail], (coo.row[tail], coo.col[tail])), shape=bm25.shape, dtype=np.float32
+            (bm25.data[keep] / top[kept_rows], bm25.indices[keep], indptr), shape=bm25.shape
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -126,16 +132,23 @@ class EASERecommender(ItemItemRecommender):
 
 def _top_k(weights: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Row and column indices of each row's ``k`` largest weights (all of a shorter row), less
-    the zeros (the diagonal)."""
-    m = weights.shape[0]
-    if k < weights.shape[1]:
-        cols = np.argpartition(-weights, k - 1, axis=1)[:, :k]
-    else:
-        cols = np.broadcast_to(np.arange(weights.shape[1]), (m, weights.shape[1]))
-    rows = np.repeat(np.arange(m), cols.shape[1])
-    cols = cols.ravel()
-    keep = weights[rows, cols] != 0
-    return rows[keep], cols[keep]
+    the zeros (the diagonal); a block of rows at a time, so the index arrays stay small."""
+    m, n = weights.shape
+    k = min(k, n)
+    rows, cols = [], []
+    for start in range(0, m, BLOCK):
+        block = weights[start : start + BLOCK]
+        top = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < n else None
+        if top is None:
+            top = np.broadcast_to(np.arange(n), block.shape)
+        r = np.repeat(np.arange(start, start + len(block)), top.shape[1])
+        c = top.ravel()
+        keep = weights[r, c] != 0
+        rows.append(r[keep])
+        cols.append(c[keep])
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(rows), np.concatenate(cols)
 
 
 def _gram(x: sp.csr_matrix) -> np.ndarray:
@@ -155,13 +168,24 @@ def _ease_weights(gram: np.ndarray, lam: float) -> np.ndarray:
     m = gram.shape[0]
     if m == 0:
         return np.zeros((0, 0), dtype=np.float32)
-    g = gram + lam * np.eye(m)
+    g = gram + lam * np.eye(m)  # the one copy of the Gram matrix: factored and inverted in place
     with threadpool_limits(limits=1, user_api="blas"):
         c, info = lapack.dpotrf(g, lower=False, overwrite_a=True)
         if info != 0:
             raise np.linalg.LinAlgError(f"EASE: the Gram matrix plus {lam} I is not definite")
         p, info = lapack.dpotri(c, lower=False, overwrite_c=True)
-    p = np.triu(p) + np.triu(p, 1).T  # potri fills the upper triangle only
-    b: np.ndarray = (-p / np.diag(p)[None, :]).astype(np.float32)
+    # potri fills the upper triangle only; B = -P / diag(P) by column, a block of rows at a time.
+    upper = np.triu_indices(BLOCK, 1)
+    diag = np.diag(p).copy()
+    b = np.empty((m, m), dtype=np.float32)
+    for start in range(0, m, BLOCK):
+        end = min(start + BLOCK, m)
+        rows = p[start:end]
+        rows[:, :start] = p[:start, start:end].T  # below the diagonal block, from above it
+        square = rows[:, start:end]
+        n = end - start
+        lower = (upper[1][upper[1] < n], upper[0][upper[1] < n])
+        square[lower] = square.T[lower]  # inside the diagonal block
+        b[start:end] = -rows / diag[None, :]
     np.fill_diagonal(b, 0.0)
     return b

@@ -166,22 +166,13 @@ class ALSRecommender(FactorRecommender):
         if not (sp.isspmatrix_csr(rows) and rows.dtype == np.float32):
             rows = sp.csr_matrix(user_items, dtype=np.float32)
         gram = self._serving("gram")
+        vectors = np.zeros((rows.shape[0], self.item_factors_.shape[1]), dtype=np.float32)
         with one_blas_thread():
-            if rows.shape[0] == 1:  # the serving path: one history
-                return fold_in(self.item_factors_, gram, rows.indices, self.alpha * rows.data)[
-                    None, :
-                ]
-            return np.stack(
-                [
-                    fold_in(
-                        self.item_factors_,
-                        gram,
-                        rows.indices[lo:hi],
-                        self.alpha * rows.data[lo:hi],
-                    )
-                    for lo, hi in zip(rows.indptr[:-1], rows.indptr[1:], strict=True)
-                ]
-            ).reshape(rows.shape[0], self.item_factors_.shape[1])
+            for u, (lo, hi) in enumerate(zip(rows.indptr[:-1], rows.indptr[1:], strict=True)):
+                vectors[u] = fold_in(
+                    self.item_factors_, gram, rows.indices[lo:hi], self.alpha * rows.data[lo:hi]
+                )
+        return vectors
 
     def _build_serving(self, key: str) -> Any:
         if key == "gram":  # Y'Y + regularization * I, the part of every solve no history changes

@@ -105,7 +105,7 @@ class RecommendationService:
             inverse=inverse.ravel().astype(np.int32),
             cols=cols,
             purchased=idx[known & (history.event_code == TRANSACTION)],
-            recent=idx[-20:],
+            recent=idx[-20:].copy(),  # not a view: it would keep all of idx alive
             newest_ms=int(history.timestamp[-1]) if n else 0,
             n_events=n,
         )
