@@ -103,6 +103,14 @@ def test_close_models_go_to_the_simpler_one() -> None:
     assert chosen == "als" and reasons["als"].startswith("best on validation")
 
 
+def test_every_candidate_has_a_place_in_the_simplicity_order() -> None:
+    """A model missing from it would count as the most complex of all (EASE, once)."""
+    from retailrec.training.train import CANDIDATES, SIMPLICITY
+
+    assert set(CANDIDATES) <= set(SIMPLICITY)
+    assert SIMPLICITY.index("ease") < SIMPLICITY.index("als")  # closed form, one parameter
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("returning", [False, True])
 def test_an_event_dated_far_past_the_log_does_not_retrain_an_evaluated_champion(

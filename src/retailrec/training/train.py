@@ -158,6 +158,7 @@ SIMPLICITY = (
     "popular_category",
     "itemknn_bm25",
     "itemknn_cosine",
+    "ease",
     "als",
     "bpr",
     "two_tower",
@@ -410,12 +411,17 @@ def tune_session(stage: Stage, k: int = 20, max_examples: int = 2_000) -> dict[s
 EASE_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 
 
-def tune_ease(stage: Stage, params: dict[str, Any], primary: str = PRIMARY_METRIC) -> float:
-    """EASE's lambda with the best served ``primary`` metric on the stage's window: one Gram
-    matrix, one solve per lambda of :data:`EASE_GRID` (no refit)."""
+def tune_ease(
+    stage: Stage, params: dict[str, Any], primary: str = PRIMARY_METRIC
+) -> tuple[BaseRecommender, float]:
+    """EASE fitted on the stage's data with the lambda of :data:`EASE_GRID` whose served
+    ``primary`` metric on the stage's window is best (one Gram matrix, one solve per lambda),
+    and its fit time: the validation model, not fitted twice."""
     from retailrec.models.ease import EASERecommender
 
+    started = time.perf_counter()
     model = EASERecommender(**params).fit(stage.data)
+    seconds = time.perf_counter() - started
     scale = model.lambda_scale()
     best, best_score = float(model.lam), -1.0
     for factor in EASE_GRID:
@@ -424,7 +430,7 @@ def tune_ease(stage: Stage, params: dict[str, Any], primary: str = PRIMARY_METRI
         log.info("EASE lambda %.4g: validation %s %.4f", lam, primary, score)
         if score > best_score:
             best, best_score = lam, score
-    return best
+    return model.with_lambda(best), seconds
 
 
 def select(
@@ -571,6 +577,7 @@ def train(
 
         for name in config.models:
             params = dict(config.params.get(name, {}))
+            tuned: tuple[BaseRecommender, float] | None = None
             if config.trials and name in tune.SPACES:
                 step(f"tuning {name} ({config.trials} trials)")
 
@@ -581,9 +588,10 @@ def train(
                 params |= tune.tune(name, objective, config.trials)
             elif name == "ease" and "lam" not in params:
                 step("choosing EASE's lambda (validation)")
-                params["lam"] = tune_ease(prep.val, params, config.primary_metric)
+                tuned = tune_ease(prep.val, params, config.primary_metric)
+                params["lam"] = tuned[0].params()["lam"]
             step(f"fitting {name} (validation)")
-            model, seconds = _fit(name, params, prep.val.data)
+            model, seconds = tuned or _fit(name, params, prep.val.data)
             per_visitor: dict[str, np.ndarray] = {}
             val = prep.val.score(name, params, model, per_visitor)
             val_per_visitor[name] = per_visitor["ndcg_at_10"]
