@@ -42,7 +42,7 @@ class EASERecommender(ItemItemRecommender):
     Args:
         lam: The L2 penalty ``lambda``; training chooses it on the validation window
             (``retailrec.training.train.tune_ease``) unless given.
-        max_items: The head that gets the exact solution (memory: ``8 * max_items**2`` bytes
+        max_items: The head that gets the exact solution (memory: ``16 * max_items**2`` bytes
             while fitting).
         k: Weights kept per item (EASE in the head, BM25 neighbours for the tail).
     """
