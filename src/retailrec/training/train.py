@@ -419,9 +419,8 @@ def tune_ease(
     and its fit time: the validation model, not fitted twice."""
     from retailrec.models.ease import EASERecommender
 
-    started = time.perf_counter()
-    model = EASERecommender(**params).fit(stage.data)
-    seconds = time.perf_counter() - started
+    model, seconds = _fit("ease", params, stage.data)
+    assert isinstance(model, EASERecommender)
     scale = model.lambda_scale()
     best, best_score = float(model.lam), -1.0
     for factor in EASE_GRID:
