@@ -732,14 +732,6 @@ def backtest(
             _feature_config(),
             progress=lambda stage: progress.update(task, description=stage),
         )
-    table = Table(
-        title=f"backtest of champion {report.champion_version} ({report.champion_model}):"
-        f" {report.source}"
-    )
-    rows = {str(row["ranker"]): row for row in report.rows()}
-    table.add_column("metric", no_wrap=True)
-    for ranker in rows:
-        table.add_column(ranker, justify="right", no_wrap=True)
     metrics = {
         "NDCG@10": "ndcg_at_10",
         "Recall@20": "recall_at_20",
@@ -751,16 +743,36 @@ def backtest(
         "all Recall@20": "recall_at_20_all",
         "all buy NDCG@10": "ndcg_at_10_buy_all",
     }
-    for label, key in metrics.items():
-        table.add_row(label, *(f"{row[key]:.4f}" for row in rows.values()))
-    table.caption = (
-        f"{report.served_by}. Returning visitors (truth: items new to them) unless 'all';"
-        " 'buy': carts and purchases"
-    )
-    console.print(table)
+    for all_items in (False, True):
+        protocol = "all items, exclude_seen=false" if all_items else "new items"
+        table = Table(
+            title=f"backtest of champion {report.champion_version} ({report.champion_model}):"
+            f" {report.source}; {protocol}"
+        )
+        table.add_column("metric", no_wrap=True)
+        rows = report.rows(all_items)
+        for row in rows:
+            table.add_column(str(row["ranker"]), justify="right", no_wrap=True)
+        for label, key in metrics.items():
+            table.add_row(label, *(f"{row[key]:.4f}" for row in rows))
+        truth = "every item they touched" if all_items else "items new to them"
+        table.caption = (
+            f"{report.served_by}. Returning visitors (truth: {truth}) unless 'all';"
+            " 'buy': carts and purchases"
+        )
+        console.print(table)
+        against = "recently viewed" if all_items else "popularity"
+        console.print(
+            f"champion NDCG@10 ({protocol}) ="
+            f" {report.ratio('bm25_itemknn', all_items=all_items):.2f}x plain BM25 item-kNN,"
+            f" {report.ratio(against.replace(' ', '_'), all_items=all_items):.2f}x {against}",
+            soft_wrap=True,
+        )
+    rep = report.repeat
     console.print(
-        f"champion NDCG@10 = {report.ratio('bm25_itemknn'):.2f}x plain BM25 item-kNN,"
-        f" {report.ratio('popularity'):.2f}x popularity",
+        f"re-visits: {rep['revisit_share']:.1%} of returning visitors' (visitor, item) pairs in"
+        f" the window were touched before; {rep['visitors_with_revisit']:.1%} of"
+        f" {int(rep['returning_visitors']):,} returning visitors came back to one",
         soft_wrap=True,
     )
     sessions = report.sessions

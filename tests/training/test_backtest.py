@@ -42,6 +42,7 @@ def test_a_held_out_log_is_scored_beside_the_baselines(held_out: tuple[Settings,
     settings, week = held_out
     report = backtest(settings, week)
     assert set(report.results) == {"champion", "popularity", "bm25_itemknn"}
+    assert set(report.results_all_items) == {*report.results, "recently_viewed"}
     assert report.champion_model == "itemknn_bm25"
     assert report.window_start_ms > report.clock_ms  # the file came after the store
     champion, popular = report.results["champion"], report.results["popularity"]
@@ -54,6 +55,15 @@ def test_a_held_out_log_is_scored_beside_the_baselines(held_out: tuple[Settings,
     # All visitors mix returning ones with new ones, who get the popular items.
     assert min(row["ndcg_at_10"], popular["ndcg_at_10_cold"]) <= row["ndcg_at_10_all"]
     assert row["ndcg_at_10_all"] <= max(row["ndcg_at_10"], popular["ndcg_at_10_cold"]) + 1e-9
+    # All items: the tiny shop's visitors come back to items, and the champion served as the API
+    # answers by default (its repeat curves from training) places them: it beats both the new
+    # items alone and the visitor's own items alone.
+    assert 0.1 < report.repeat["revisit_share"] < 0.6
+    assert report.repeat["returning_visitors"] == champion["n_warm"]
+    every = report.results_all_items
+    assert every["champion"]["ndcg_at_10"] > champion["ndcg_at_10"]
+    assert every["champion"]["ndcg_at_10"] > every["recently_viewed"]["ndcg_at_10"]
+    assert report.ratio("bm25_itemknn", all_items=True) > 0.8
 
 
 def test_the_api_answers_score_the_same_as_the_serving_path(
@@ -64,6 +74,7 @@ def test_the_api_answers_score_the_same_as_the_serving_path(
     with serving(settings) as base:
         over_http = backtest(settings, week, api_url=base)
     assert over_http.results["champion"] == in_process.results["champion"]
+    assert over_http.results_all_items["champion"] == in_process.results_all_items["champion"]
     assert "the API at" in over_http.served_by
 
 
@@ -79,11 +90,13 @@ def test_the_cli_prints_the_table_and_writes_the_reports(
     assert result.exit_code == 0, result.output
     assert "bm25_itemknn" in result.output and "popularity" in result.output
     assert "x plain BM25 item-kNN" in result.output
+    assert "exclude_seen=false" in result.output and "re-visits:" in result.output
     report = reports.latest(settings.reports_dir, "backtest")
     assert report is not None
     assert [r["ranker"] for r in report["rows"]] == ["champion", "popularity", "bm25_itemknn"]
+    assert [r["ranker"] for r in report["rows_all_items"]][-1] == "recently_viewed"
     page = Path(report["_path"]).with_suffix(".html").read_text()
-    assert "plain BM25 item-kNN" in page and "<table>" in page
+    assert "plain BM25 item-kNN" in page and page.count("<table>") == 2
     # The store's last window: the champion's recipe refitted before it.
     last = runner.invoke(app, ["backtest"])
     assert last.exit_code == 0, last.output
@@ -135,6 +148,7 @@ def test_the_real_sample_trains_serves_and_backtests_over_http(
     with serving(settings) as base:
         over_http = backtest(settings, week, api_url=base)
     assert over_http.results["champion"] == in_process.results["champion"]
+    assert over_http.results_all_items == in_process.results_all_items
     assert over_http.sessions == in_process.sessions
     assert in_process.n_test_events == len(log[log["timestamp"] >= cut].drop_duplicates())
     assert in_process.window_start_ms >= cut > in_process.clock_ms

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
 from retailrec import registry
 from retailrec.config import Settings
 from retailrec.errors import NoDataError, RegistryError
 from retailrec.feature_store import store
+from retailrec.serving.repeat import RepeatCurves
 from retailrec.training.evaluate import Histories, evaluate, popularity_ranker
 from retailrec.training.train import TrainConfig, train
 from tests.utils.factories import Shop, loaded_settings, run_etl_on
@@ -65,6 +68,16 @@ def test_train_promote_gate_rollback(tmp_path: Path, tiny_shop: Shop) -> None:
     bundle = registry.load_bundle(client, name, "1")
     assert bundle.metadata["model"] == "popular"
     assert bundle.n_items >= tiny_shop.data.events["itemid"].nunique()
+    # The repeat curves measured on the validation window go with the bundle and its tags: on
+    # this shop, a visitor's most weighed own item is likelier to come back than the first new
+    # one (popularity) is to be touched.
+    curves = RepeatCurves.from_metadata(bundle.metadata["repeat"])
+    assert curves is not None and curves.visitors > 0
+    assert curves.seen[0] > curves.new[0] > 0
+    for curve in (curves.seen, curves.new):
+        assert (np.diff(curve) <= 0).all()
+    first_tags = client.get_model_version(name, "1").tags
+    assert json.loads(first_tags["repeat_curves"]) == bundle.metadata["repeat"]
 
     # What was logged: the parent run with lineage, a nested run per model with DESIGN's names.
     runs = mlflow.search_runs(experiment_names=["retailrec"], output_format="pandas")

@@ -197,6 +197,16 @@ def page_models(settings: Settings) -> None:
             f"{champion - bm25:+.4f} vs plain BM25 item-kNN",
         )
         st.dataframe(rows, key="backtest")
+        if report.get("rows_all_items"):  # reports written before the all-items protocol lack it
+            rep = report["repeat"]
+            st.markdown(
+                f"**All items** (`exclude_seen=false`, the API's default): re-visits are"
+                f" {rep['revisit_share']:.1%} of returning visitors' pairs in the window."
+            )
+            st.dataframe(
+                pd.DataFrame(report["rows_all_items"]).set_index("ranker"),
+                key="backtest_all_items",
+            )
         st.caption(
             f"Window: {report['source']}; {report['served_by']}."
             + "".join(f" Warning: {w}" for w in report["warnings"])

@@ -27,6 +27,7 @@ from retailrec.models.base import SIGNAL_FLOOR
 from retailrec.models.bundle import ModelBundle
 from retailrec.serving import history_cache
 from retailrec.serving.history_cache import HistoryCache
+from retailrec.serving.repeat import RepeatCurves
 from retailrec.serving.rules import CatalogueRules, Rules
 
 HISTORY_LIMIT = 500
@@ -81,6 +82,9 @@ class RecommendationService:
             ),
         )
         self.personal = b.metadata.get("model") not in NON_PERSONAL
+        #: Where seen items go in an answer that allows them (see :mod:`.repeat`); None for a
+        #: bundle that no window measured, whose retrieval model then ranks them with the rest.
+        self.repeat = RepeatCurves.from_metadata(b.metadata.get("repeat"))
         #: The empty history row; never written (rows made from it get arrays of their own).
         self._empty = _one_row(np.zeros(0, np.int64), np.zeros(0), b.n_items)
         for part in (self._empty.data, self._empty.indices, self._empty.indptr):
@@ -193,12 +197,35 @@ class RecommendationService:
         self, history: store.History | Prepared, k: int, rules: Rules, now_ms: int | None
     ) -> Answer:
         """:meth:`for_visitor` on a history already read (its last :data:`HISTORY_LIMIT` events,
-        oldest first), at the shop's time ``now_ms``: what the API and evaluation both call."""
+        oldest first), at the shop's time ``now_ms``: what the API and evaluation both call.
+
+        Where the rules allow seen items and the bundle carries repeat curves, the answer is the
+        new items' answer (as with ``exclude_seen``) merged with the visitor's own items by
+        :meth:`RepeatCurves.merge`."""
         p = history if isinstance(history, Prepared) else self.prepare(history)
         now = max(int(now_ms or 0), p.newest_ms)  # never behind the history it weighs
-        blocked = self.rules.blocked(rules, p.cols, p.purchased)
-        answer = Answer([], [], "")
         row = self.history_row(p, now)
+        blocked = self.rules.blocked(rules, p.cols, p.purchased)
+        if self.repeat is None or rules.exclude_seen or not row.nnz:
+            return self._new_items(p, row, k, blocked)
+        seen = self.seen_items(row, blocked)
+        new_only = blocked.copy()
+        new_only[p.cols] = True
+        answer = self._new_items(p, row, k, new_only)
+        items, scores, placed = self.repeat.merge(answer.items, self._ids(seen.tolist()), k)
+        return Answer(items, scores, "personalized" if placed else answer.strategy)
+
+    def seen_items(self, row: sp.csr_matrix, blocked: np.ndarray) -> np.ndarray:
+        """The visitor's own items (bundle indices) that ``blocked`` leaves, by their confidence
+        in the history ``row``, highest first (ties: the lower index)."""
+        ok = ~blocked[row.indices]
+        cols, conf = row.indices[ok], row.data[ok]
+        out: np.ndarray = cols[np.argsort(-conf, kind="stable")].astype(np.int64)
+        return out
+
+    def _new_items(self, p: Prepared, row: sp.csr_matrix, k: int, blocked: np.ndarray) -> Answer:
+        """Personalised from ``row``, then session-seeded, then popular, none of ``blocked``."""
+        answer = Answer([], [], "")
         if row.nnz and self.personal:
             items, scores = self._take("retrieval", row, k, blocked, [])
             if items:

@@ -14,11 +14,19 @@ any shop could have without RetailRec: popularity, and a plain BM25 item-kNN (im
   (``GET /v1/users/{id}/recommendations?exclude_seen=true``), which should serve the shop as it
   stood before the window; the baselines are computed here on the same histories.
 
-Truth: the items each visitor touched in the window that they had not touched before. Metrics
-(NDCG@10, Recall@20, HitRate@10) for any interaction and for carts plus purchases, on returning
-visitors and on all visitors; and for anonymous sessions, next-item HitRate@20 of the served
-answers against sequential rules computed on the days before the window. The report goes to
-the terminal, and to ``reports/backtest-*.json`` and ``.html``; the dashboard's Models page
+Two protocols. **New items** (the headline): the truth is the items each visitor touched in the
+window that they had not touched before, and the champion is asked with ``exclude_seen=true``.
+**All items**: the truth is every item touched in the window, and the champion is asked as the
+API answers by default (``exclude_seen=false``: the visitor's own items placed among the new ones
+by the repeat curves), beside popularity and BM25 item-kNN that may return seen items, and a
+"recently viewed" baseline (the visitor's own items, then popular ones). The report also says how
+much of the window is re-visits: the share of returning visitors' (visitor, item) pairs that
+were touched before, and of returning visitors with at least one.
+
+Metrics (NDCG@10, Recall@20, HitRate@10) for any interaction and for carts plus purchases, on
+returning visitors and on all visitors; and for anonymous sessions, next-item HitRate@20 of the
+served answers against sequential rules computed on the days before the window. The report goes
+to the terminal, and to ``reports/backtest-*.json`` and ``.html``; the dashboard's Models page
 shows the latest.
 """
 
@@ -43,6 +51,7 @@ from retailrec.data_pipeline import feature_pipeline as fp
 from retailrec.errors import BacktestError
 from retailrec.events import utc_text
 from retailrec.feature_store import store
+from retailrec.serving.rules import Rules
 from retailrec.serving.service import RecommendationService
 from retailrec.training import evaluate as ev
 from retailrec.training.split import choose_windows, time_split
@@ -50,6 +59,8 @@ from retailrec.training.split import choose_windows, time_split
 #: The reported metrics, each for any interaction and for carts plus purchases.
 METRICS = ("ndcg_at_10", "recall_at_20", "hit_rate_at_10")
 RANKERS = ("champion", "popularity", "bm25_itemknn")
+#: The all-items protocol's rankers: the same, and the visitor's own items first.
+RANKERS_ALL_ITEMS = (*RANKERS, "recently_viewed")
 #: Returning visitors ranked at most (a seeded sample beyond): +-0.014 of noise at most.
 MAX_WARM = 5_000
 
@@ -65,17 +76,24 @@ class BacktestReport:
     clock_ms: int
     n_test_events: int
     results: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: The all-items protocol: every item touched in the window is the truth.
+    results_all_items: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: ``revisit_share`` (returning visitors' window pairs touched before) and
+    #: ``visitors_with_revisit`` (share of returning visitors with one).
+    repeat: dict[str, float] = field(default_factory=dict)
     #: Next-item HitRate@20 on the window's sessions: ``served`` (``POST
     #: /v1/sessions/recommendations``), ``sequential_rules`` (on the days before), ``examples``.
     sessions: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
-    def rows(self) -> list[dict[str, Any]]:
-        """One row per ranker: every metric, for each target on returning and all visitors."""
+    def rows(self, all_items: bool = False) -> list[dict[str, Any]]:
+        """One row per ranker: every metric, for each target on returning and all visitors (of
+        the all-items protocol with ``all_items``)."""
         out = []
-        for name in RANKERS:
-            m = self.results[name]
+        results = self.results_all_items if all_items else self.results
+        for name in RANKERS_ALL_ITEMS if all_items else RANKERS:
+            m = results[name]
             row: dict[str, Any] = {"ranker": name}
             for target in ("", "_buy"):
                 for metric in METRICS:
@@ -84,20 +102,37 @@ class BacktestReport:
             out.append(row)
         return out
 
-    def ratio(self, against: str, metric: str = "ndcg_at_10") -> float:
+    def ratio(self, against: str, metric: str = "ndcg_at_10", all_items: bool = False) -> float:
         """The champion's ``metric`` (returning visitors) over a baseline's."""
-        base = self.results[against][metric]
-        return float("inf") if base == 0 else self.results["champion"][metric] / base
+        results = self.results_all_items if all_items else self.results
+        base = results[against][metric]
+        return float("inf") if base == 0 else results["champion"][metric] / base
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"rows": self.rows()}
+        return asdict(self) | {"rows": self.rows(), "rows_all_items": self.rows(all_items=True)}
 
 
-def _api_ranker(client: ApiClient) -> ev.Ranker:
+def revisits(histories: ev.Histories, window: pd.DataFrame) -> dict[str, float]:
+    """How much of the window returning visitors spent on items they had touched before."""
+    pairs = window.drop_duplicates(["visitorid", "itemid"])
+    pairs = pairs[np.isin(pairs["visitorid"].to_numpy(), histories.visitors)]
+    if pairs.empty:
+        return {"revisit_share": 0.0, "visitors_with_revisit": 0.0, "returning_visitors": 0.0}
+    before = pd.MultiIndex.from_arrays([histories._vis, histories._item]).unique()
+    again = pd.MultiIndex.from_frame(pairs[["visitorid", "itemid"]]).isin(before)
+    per_visitor = pd.Series(again).groupby(pairs["visitorid"].to_numpy()).any()
+    return {
+        "revisit_share": float(again.mean()),
+        "visitors_with_revisit": float(per_visitor.mean()),
+        "returning_visitors": float(len(per_visitor)),
+    }
+
+
+def _api_ranker(client: ApiClient, exclude_seen: bool = True) -> ev.Ranker:
     def rank(visitor_ids: np.ndarray, n: int) -> np.ndarray:
         out = np.full((len(visitor_ids), n), -1, dtype=np.int64)
         for r, v in enumerate(visitor_ids):
-            answer = client.for_visitor(int(v), n, {"exclude_seen": True})
+            answer = client.for_visitor(int(v), n, {"exclude_seen": exclude_seen})
             if not answer.ok:
                 raise BacktestError(f"{client.base} answered {answer.status} for visitor {int(v)}")
             items = [int(it["item_id"]) for it in answer.body["items"]][:n]
@@ -185,16 +220,21 @@ def backtest(
         step(f"refitting {model_name} on the events before the window")
         model, _ = _fit(model_name, params, stage.data)
         bundle = assemble(stage.data, model_name, params, model, stage.aux())
+        # Measured on the validation window, before this one: the curves served with it.
+        bundle.metadata["repeat"] = json.loads(champion.tags.get("repeat_curves", "null"))
         histories, clock, window = stage.histories, stage.clock_ms, stage.window
         start = split.test_start_ms
         source = f"the store's last {windows.test_days:g} days"
         served_note = f"champion {version}'s configuration ({model_name}) refitted before them"
     api = ApiClient(api_url) if api_url else None
-    rank = (
-        _api_ranker(api)
-        if api is not None
-        else ev.served_ranker(RecommendationService(bundle, version), histories, clock)
-    )
+    service = RecommendationService(bundle, version)
+
+    def champion_ranker(exclude_seen: bool) -> ev.Ranker:
+        if api is not None:
+            return _api_ranker(api, exclude_seen)
+        rules = ev.EVAL_RULES if exclude_seen else Rules()
+        return ev.served_ranker(service, histories, clock, rules)
+
     report = BacktestReport(
         source=source,
         served_by=(f"the API at {api_url}" if api_url else "the serving path, in process")
@@ -208,7 +248,7 @@ def backtest(
         warnings=notes,
     )
     rankers = {
-        "champion": rank,
+        "champion": champion_ranker(exclude_seen=True),
         "popularity": ev.popularity_ranker(histories),
         "bm25_itemknn": ev.bm25_ranker(histories),
     }
@@ -217,12 +257,28 @@ def backtest(
         report.results[name] = ev.evaluate(
             ranker, histories, window, n_items=bundle.n_items, max_warm=MAX_WARM
         )
+    step("measuring re-visits")
+    report.repeat = revisits(histories, window)
+    rankers_all = {
+        "champion": champion_ranker(exclude_seen=False),
+        "popularity": ev.popularity_ranker(histories, exclude_seen=False),
+        "bm25_itemknn": ev.bm25_ranker(histories, exclude_seen=False),
+        "recently_viewed": ev.recently_viewed_ranker(histories),
+    }
+    for name, ranker in rankers_all.items():
+        step(f"scoring {name}, all items")
+        report.results_all_items[name] = ev.evaluate(
+            ranker,
+            histories,
+            window,
+            n_items=bundle.n_items,
+            max_warm=MAX_WARM,
+            exclude_seen=False,
+        )
     step("scoring anonymous sessions")
     examples = ev.next_item_examples(window)
     session_rank = (
-        _api_session_ranker(api)
-        if api is not None
-        else ev.served_session_ranker(RecommendationService(bundle, version))
+        _api_session_ranker(api) if api is not None else ev.served_session_ranker(service)
     )
     report.sessions = {
         "served": ev.session_hit_rate(session_rank, examples, 20),
@@ -253,8 +309,7 @@ def write_report(report: BacktestReport, reports_dir: Path) -> tuple[Path, Path]
     return js, page
 
 
-def _html(report: BacktestReport) -> str:
-    rows = report.rows()
+def _table(rows: list[dict[str, Any]]) -> str:
     cols = [c for c in rows[0] if c != "ranker"]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ["ranker", *cols])
     body = "".join(
@@ -265,7 +320,12 @@ def _html(report: BacktestReport) -> str:
         + "</tr>"
         for r in rows
     )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _html(report: BacktestReport) -> str:
     notes = "".join(f"<li>{html.escape(w)}</li>" for w in report.warnings)
+    rep = report.repeat
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>RetailRec backtest</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 8px;text-align:right}}
@@ -276,13 +336,22 @@ tr:nth-child(even){{background:#f3f3f3}}</style></head><body>
 <p>Window: {html.escape(report.source)}, {utc_text(report.window_start_ms)} to
 {utc_text(report.window_end_ms)} ({report.n_test_events:,} events); clock
 {utc_text(report.clock_ms)}. Answers: {html.escape(report.served_by)}.</p>
+<h2>New items (<code>exclude_seen=true</code>)</h2>
 <p>NDCG@10 of the champion: {report.ratio("bm25_itemknn"):.2f}&times; plain BM25 item-kNN,
 {report.ratio("popularity"):.2f}&times; popularity (returning visitors, any interaction).</p>
-<table><tr>{head}</tr>{body}</table>
+{_table(report.rows())}
+<h2>All items (<code>exclude_seen=false</code>, the API's default)</h2>
+<p>Re-visits: {rep.get("revisit_share", 0):.1%} of returning visitors' (visitor, item) pairs in
+the window were touched before; {rep.get("visitors_with_revisit", 0):.1%} of
+{int(rep.get("returning_visitors", 0)):,} returning visitors came back to at least one item.
+NDCG@10 of the champion: {report.ratio("bm25_itemknn", all_items=True):.2f}&times; BM25
+item-kNN, {report.ratio("recently_viewed", all_items=True):.2f}&times; recently viewed.</p>
+{_table(report.rows(all_items=True))}
 <p>Anonymous sessions, next-item HitRate@20 over {int(report.sessions.get("examples", 0)):,}
 steps: served {report.sessions.get("served", 0):.4f}, sequential rules on the days before
 {report.sessions.get("sequential_rules", 0):.4f}.</p>
-<p>Columns without a suffix: returning visitors (truth: items new to them); <code>_buy</code>:
-carts and purchases; <code>_all</code>: returning and new visitors together.</p>
+<p>Columns without a suffix: returning visitors (truth: items new to them, or every item in the
+all-items table); <code>_buy</code>: carts and purchases; <code>_all</code>: returning and new
+visitors together.</p>
 <ul>{notes}</ul></body></html>
 """

@@ -20,8 +20,10 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from retailrec.events import EVENT_TYPES, event_codes
+from retailrec.events import EVENT_TYPES, TRANSACTION, event_codes
 from retailrec.feature_store import store
+from retailrec.serving import repeat
+from retailrec.serving.repeat import RepeatCurves
 from retailrec.serving.rules import Rules
 from retailrec.serving.service import HISTORY_LIMIT, RecommendationService
 
@@ -198,6 +200,65 @@ def oracle_ranker(
     return rank
 
 
+def recently_viewed_ranker(histories: Histories) -> Ranker:
+    """The "continue shopping" baseline: the visitor's own items, most events first (the more
+    recent first on ties), then the most popular items; nothing they bought."""
+    popular = histories.item_counts.index.to_numpy(np.int64)
+
+    def rank(visitor_ids: np.ndarray, n: int) -> np.ndarray:
+        out = np.full((len(visitor_ids), n), -1, dtype=np.int64)
+        for r, v in enumerate(visitor_ids):
+            lo, hi = histories._range(int(v))
+            items, codes = histories._item[lo:hi], histories._code[lo:hi]
+            bought = np.unique(items[codes == TRANSACTION])
+            frame = pd.DataFrame({"item": items, "at": np.arange(hi - lo)})
+            own = frame.groupby("item")["at"].agg(["size", "max"])
+            own = own.sort_values(["size", "max"], ascending=False, kind="stable")
+            mine = own.index.to_numpy(np.int64)
+            mine = mine[~np.isin(mine, bought)]
+            rest = popular[: n + len(mine) + len(bought)]
+            rest = rest[~np.isin(rest, np.concatenate([mine, bought]))]
+            top = np.concatenate([mine, rest])[:n]
+            out[r, : len(top)] = top
+        return out
+
+    return rank
+
+
+def repeat_curves(
+    served: RecommendationService,
+    histories: Histories,
+    now_ms: int,
+    window: pd.DataFrame,
+    visitors: np.ndarray,
+    new_hits: np.ndarray,
+) -> RepeatCurves:
+    """The repeat curves of :mod:`retailrec.serving.repeat` on a window, through the serving
+    path: ``new`` from ``new_hits`` (:func:`evaluate`'s ``hits_at_rank`` for the answers with
+    ``exclude_seen=true`` to ``visitors``, the returning visitors it ranked), ``seen`` from the
+    same visitors' own items as :meth:`RecommendationService.seen_items` orders them under the
+    API's default rules."""
+    touched = window.groupby("visitorid")["itemid"].unique()
+    depth = repeat.DEPTH
+    seen_hits, seen_counts = np.zeros(depth), np.zeros(depth)
+    rules = Rules()
+    for v in visitors:
+        p = served.prepare(histories.get(int(v)))
+        row = served.history_row(p, max(now_ms, p.newest_ms))
+        blocked = served.rules.blocked(rules, p.cols, p.purchased)
+        seen = served.bundle.item_ids[served.seen_items(row, blocked)[:depth]]
+        seen_counts[: len(seen)] += 1
+        seen_hits[: len(seen)] += np.isin(seen, touched.get(int(v), np.zeros(0, np.int64)))
+    n = len(visitors)
+    new = np.zeros(depth)
+    new[: min(depth, len(new_hits))] = np.asarray(new_hits, dtype=np.float64)[:depth]
+    return RepeatCurves(
+        repeat.position_curve(seen_hits, seen_counts),
+        repeat.position_curve(new, np.full(depth, float(n))),
+        n,
+    )
+
+
 def popularity_ranker(histories: Histories, exclude_seen: bool = True) -> Ranker:
     """The baseline everyone should beat: items by their number of events before the window,
     the visitor's own items left out."""
@@ -284,8 +345,10 @@ def evaluate(
             per model for a digit of precision.
         max_cold: Likewise, a seeded sample of at most this many cold visitors.
         per_visitor: When given, filled with ``visitors`` (the warm visitors ranked),
-            ``recommended`` (their ranked lists, (n_warm, max(ks))) and ``ndcg_at_10`` (NaN
-            where a visitor has nothing relevant): what noise bands and parity checks need.
+            ``recommended`` (their ranked lists, (n_warm, max(ks))), ``ndcg_at_10`` (NaN
+            where a visitor has nothing relevant) and ``hits_at_rank`` (at each rank, how many
+            of them had a relevant item there): what noise bands, parity checks and the repeat
+            curves need.
 
     Returns:
         ``{metric}_at_{k}`` for any interaction on warm visitors (the headline numbers), the same
@@ -339,6 +402,7 @@ def evaluate(
                 ndcg = np.full(len(ids), np.nan)
                 ndcg[[len(r) > 0 for r in relevant]] = _ndcg_rows(hits, n_rel, 10)
                 per_visitor["ndcg_at_10"] = ndcg
+                per_visitor["hits_at_rank"] = hits.sum(axis=0)
     top10 = recs[""][:, :10]
     shown = np.unique(top10[top10 >= 0])
     out["coverage_at_10"] = len(shown) / max(n_items, 1)

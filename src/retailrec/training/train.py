@@ -530,6 +530,8 @@ def train(
     rows: list[dict[str, Any]] = []
     chosen_params: dict[str, dict[str, Any]] = {}
     val_per_visitor: dict[str, np.ndarray] = {}
+    val_hits: dict[str, np.ndarray] = {}
+    val_visitors = np.zeros(0, dtype=np.int64)
     data_fp, commit = fingerprint(prep.events), git_commit()
 
     with mlflow.start_run(
@@ -594,6 +596,7 @@ def train(
             per_visitor: dict[str, np.ndarray] = {}
             val = prep.val.score(name, params, model, per_visitor)
             val_per_visitor[name] = per_visitor["ndcg_at_10"]
+            val_hits[name], val_visitors = per_visitor["hits_at_rank"], per_visitor["visitors"]
             step(f"fitting {name} (test)")
             test_model, _ = _fit(name, params, prep.test.data)
             test = prep.test.score(name, params, test_model)
@@ -618,11 +621,22 @@ def train(
         step("scoring the champion on the same window")
         champion_metric, champion_version = _champion_on_window(client, settings, prep, config)
 
+        step("measuring repeat interest on the validation window")
+        v = prep.val
+        curves = ev.repeat_curves(
+            v.served(), v.histories, v.clock_ms, v.window, val_visitors, val_hits[best]
+        ).to_metadata()
+        mlflow.log_metrics(
+            {f"val_repeat_seen_at_{j + 1}": curves["seen"][j] for j in (0, 4, 9)}
+            | {f"val_repeat_new_at_{r + 1}": curves["new"][r] for r in (0, 4, 9)}
+        )
+
         step(f"refitting {best} on all the data")
         bundle = _bundle(
             prep, best, chosen_params[best], candidates, feature_config, session_params
         )
         bundle.metadata |= {
+            "repeat": curves,
             "run_id": parent.info.run_id,
             "test_metrics": {
                 k: float(v) for k, v in table.loc[best].items() if str(k).startswith("test_")
@@ -641,6 +655,7 @@ def train(
                 "git_commit": commit,
                 "selection": reasons[best][:5000],
                 "session_params": json.dumps(session_params, sort_keys=True),
+                "repeat_curves": json.dumps(curves),
                 **{f"test_{k}": repr(float(v)) for k, v in sessions.items()},
                 **{
                     k: repr(float(v))
