@@ -27,7 +27,7 @@ RUN if [ -n "$PIP_CERT" ]; then export PIP_CERT; else unset PIP_CERT; fi; \
 # -- runtime -------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS runtime
 SHELL ["/bin/sh", "-eu", "-c"]
-# implicit needs OpenMP (libgomp1); a base that already has it skips apt.
+# implicit and LightGBM need OpenMP (libgomp1); a base that already has it skips apt.
 # hadolint ignore=DL3008
 RUN if ! dpkg -s libgomp1 >/dev/null 2>&1; then \
         apt-get update; \

@@ -10,6 +10,9 @@ A bundle is a folder::
     bought_together.pkl baskets and carts
     popular.pkl         global popularity
     popular_7d.pkl      recent popularity
+    popular_category.pkl popularity within the visitor's categories (a source of the ranker)
+    ranker.pkl          the second stage (a learned ranker over the models' candidates), when
+                        training chose one
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ from retailrec.errors import BundleError
 from retailrec.models.base import BaseRecommender
 from retailrec.models.data import Dataset
 from retailrec.models.item_item import SessionRecommender
+from retailrec.models.ranker import CandidateRanker
 
 ROLES = ("retrieval", "similar", "session", "bought_together", "popular", "popular_7d")
+#: Roles a bundle holds when training fitted them (bundles made before them load without).
+OPTIONAL_ROLES = ("popular_category",)
 
 
 @dataclass
@@ -40,6 +46,10 @@ class ModelBundle:
     item_category: np.ndarray
     item_available: np.ndarray
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: The second stage over the models' candidates (None: the retrieval model's order).
+    ranker: CandidateRanker | None = None
+    #: (n_items, len(ranker.ITEM_FEATURES)) float32 as of the data's end: what the ranker reads.
+    item_features: np.ndarray | None = None
     _sorted_ids: np.ndarray = field(init=False, repr=False)
     _sorted_pos: np.ndarray = field(init=False, repr=False)
 
@@ -95,12 +105,16 @@ class ModelBundle:
         tmp.mkdir(parents=True)
         for role, model in self.models.items():
             model.save(tmp / f"{role}.pkl")
-        np.savez(
-            tmp / "catalogue.npz",
-            item_ids=self.item_ids,
-            item_category=self.item_category,
-            item_available=self.item_available,
-        )
+        if self.ranker is not None:
+            self.ranker.save(tmp / "ranker.pkl")
+        arrays = {
+            "item_ids": self.item_ids,
+            "item_category": self.item_category,
+            "item_available": self.item_available,
+        }
+        if self.item_features is not None:
+            arrays["item_features"] = self.item_features
+        np.savez(tmp / "catalogue.npz", **arrays)  # type: ignore[arg-type]
         (tmp / "bundle.json").write_text(
             json.dumps(self.metadata, indent=2, sort_keys=True, default=str)
         )
@@ -125,10 +139,18 @@ class ModelBundle:
                     cat["item_category"],
                     cat["item_available"],
                 )
-            models = {role: BaseRecommender.load(path / f"{role}.pkl") for role in ROLES}
+                item_features = cat["item_features"] if "item_features" in cat.files else None
+            models = {
+                role: BaseRecommender.load(path / f"{role}.pkl")
+                for role in (*ROLES, *OPTIONAL_ROLES)
+                if role in ROLES or (path / f"{role}.pkl").is_file()
+            }
+            ranker = CandidateRanker.load(path / "ranker.pkl") if metadata.get("ranker") else None
         except (OSError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as exc:
             raise BundleError(f"{path} is not a loadable model bundle: {exc}") from exc
-        bundle = cls(models, item_ids, category, available, metadata)
+        bundle = cls(models, item_ids, category, available, metadata, ranker, item_features)
+        if ranker is not None and (item_features is None or len(item_features) != bundle.n_items):
+            raise BundleError(f"{path}: the ranker's item features do not match the catalogue")
         for role, model in models.items():
             if model.n_items_ != bundle.n_items:
                 raise BundleError(

@@ -20,9 +20,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from retailrec.data_pipeline import feature_pipeline as fp
-from retailrec.errors import UnknownEntityError
+from retailrec.errors import BundleError, UnknownEntityError
 from retailrec.events import DAY_MS, TRANSACTION
 from retailrec.feature_store import store
+from retailrec.models import ranker
 from retailrec.models.base import SIGNAL_FLOOR
 from retailrec.models.bundle import ModelBundle
 from retailrec.serving import history_cache
@@ -207,11 +208,11 @@ class RecommendationService:
         row = self.history_row(p, now)
         blocked = self.rules.blocked(rules, p.cols, p.purchased)
         if self.repeat is None or rules.exclude_seen or not row.nnz:
-            return self._new_items(p, row, k, blocked)
+            return self._new_items(p, row, k, blocked, now)
         seen = self.seen_items(row, blocked)
         new_only = blocked.copy()
         new_only[p.cols] = True
-        answer = self._new_items(p, row, k, new_only)
+        answer = self._new_items(p, row, k, new_only, now)
         items, scores, placed = self.repeat.merge(answer.items, self._ids(seen.tolist()), k)
         return Answer(items, scores, "personalized" if placed else answer.strategy)
 
@@ -223,10 +224,74 @@ class RecommendationService:
         out: np.ndarray = cols[np.argsort(-conf, kind="stable")].astype(np.int64)
         return out
 
-    def _new_items(self, p: Prepared, row: sp.csr_matrix, k: int, blocked: np.ndarray) -> Answer:
-        """Personalised from ``row``, then session-seeded, then popular, none of ``blocked``."""
+    def candidates(
+        self, p: Prepared, row: sp.csr_matrix, blocked: np.ndarray, now_ms: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The first stage of a two-stage answer: the union of each source's top items (bundle
+        indices, none of ``blocked``) and their features (rows of ``ranker.FEATURES``), what
+        training, evaluation and serving all rank. ``row`` is the history at ``now_ms``."""
+        b = self.bundle
+        if b.item_features is None:
+            raise BundleError("this bundle has no item features: it cannot rank candidates")
+        rows = {
+            "retrieval": row,
+            "similar": row,
+            "session": b.session.session_row(p.recent),
+            "popular_category": row,
+            "popular_7d": self._empty,
+        }
+        found = [
+            b.models[s].recommend_one(rows[s], ranker.DEPTH[s], blocked) for s in ranker.SOURCES
+        ]
+        items = np.unique(np.concatenate([f[0] for f in found]))
+        n_src = len(ranker.SOURCES)
+        feats = np.full((len(items), len(ranker.FEATURES)), np.nan, dtype=np.float32)
+        for j, (got, scores) in enumerate(found):
+            at = np.searchsorted(items, got)
+            feats[at, j] = scores
+            feats[at, n_src + j] = np.arange(1, len(got) + 1)
+        n_item = len(ranker.ITEM_FEATURES)
+        feats[:, 2 * n_src : 2 * n_src + n_item] = b.item_features[items]
+        # The visitor, and their affinity to each candidate's category.
+        cats = b.item_category[row.indices]
+        weights = row.data.astype(np.float64)
+        cand_cats = b.item_category[items]
+        affinity = np.zeros(len(items))
+        if len(cats) and weights.sum() > 0:
+            known, inverse = np.unique(cats, return_inverse=True)
+            per_cat = np.bincount(inverse, weights=weights) / weights.sum()
+            at = np.minimum(np.searchsorted(known, cand_cats), len(known) - 1)
+            affinity = np.where((known[at] == cand_cats) & (cand_cats >= 0), per_cat[at], 0.0)
+        feats[:, 2 * n_src + n_item :] = np.column_stack(
+            [
+                np.full(len(items), p.n_events),
+                np.full(len(items), len(p.cols)),
+                np.full(len(items), (now_ms - p.newest_ms) / DAY_MS),
+                affinity,
+            ]
+        )
+        return items, feats
+
+    def _ranked(
+        self, p: Prepared, row: sp.csr_matrix, k: int, blocked: np.ndarray, now_ms: int
+    ) -> Answer:
+        """The two-stage answer: the candidates ordered by the ranker (ties: the lower index)."""
+        items, feats = self.candidates(p, row, blocked, now_ms)
+        if not len(items) or self.bundle.ranker is None:
+            return Answer([], [], "")
+        scores = self.bundle.ranker.predict(feats)
+        top = np.argsort(-scores, kind="stable")[:k]
+        return Answer(self._ids(items[top].tolist()), scores[top].tolist(), "personalized")
+
+    def _new_items(
+        self, p: Prepared, row: sp.csr_matrix, k: int, blocked: np.ndarray, now_ms: int
+    ) -> Answer:
+        """Personalised from ``row`` (two-stage, with a ranker in the bundle), then
+        session-seeded, then popular, none of ``blocked``."""
         answer = Answer([], [], "")
-        if row.nnz and self.personal:
+        if row.nnz and self.bundle.ranker is not None:
+            answer = self._ranked(p, row, k, blocked, now_ms)
+        elif row.nnz and self.personal:
             items, scores = self._take("retrieval", row, k, blocked, [])
             if items:
                 answer = Answer(self._ids(items), scores, "personalized")

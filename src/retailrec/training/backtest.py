@@ -54,6 +54,7 @@ from retailrec.feature_store import store
 from retailrec.serving.rules import Rules
 from retailrec.serving.service import RecommendationService
 from retailrec.training import evaluate as ev
+from retailrec.training import two_stage
 from retailrec.training.split import choose_windows, time_split
 
 #: The reported metrics, each for any interaction and for carts plus purchases.
@@ -218,8 +219,15 @@ def backtest(
         stage.session_params = json.loads(champion.tags.get("session_params", "{}")) or None
         params = json.loads(champion.tags.get("params", "{}"))
         step(f"refitting {model_name} on the events before the window")
-        model, _ = _fit(model_name, params, stage.data)
-        bundle = assemble(stage.data, model_name, params, model, stage.aux())
+        if model_name == "ranker":  # its ranker trained on the window before, as training did
+            before = Stage.in_store(
+                settings, "val", log, split.val_start_ms, split.test_start_ms - 1, feature_config
+            )
+            before.session_params = stage.session_params
+            bundle = two_stage.refit(before, stage, params)
+        else:
+            model, _ = _fit(model_name, params, stage.data)
+            bundle = assemble(stage.data, model_name, params, model, stage.aux())
         # Measured on the validation window, before this one: the curves served with it.
         bundle.metadata["repeat"] = json.loads(champion.tags.get("repeat_curves", "null"))
         histories, clock, window = stage.histories, stage.clock_ms, stage.window

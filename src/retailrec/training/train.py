@@ -47,8 +47,10 @@ from retailrec.feature_store import store
 from retailrec.models import Dataset, make_model
 from retailrec.models.base import BaseRecommender
 from retailrec.models.bundle import ModelBundle
+from retailrec.models.ranker import CandidateRanker
 from retailrec.serving.service import RecommendationService
 from retailrec.training import evaluate as ev
+from retailrec.training import two_stage
 from retailrec.training.split import (
     MIN_TEST_VISITORS,
     TimeSplit,
@@ -72,9 +74,14 @@ DEFAULT_MODELS = (
     "als",
     "bpr",
     "two_tower",
+    "ranker",
 )
 #: Every model that can be the personalised one (``popular_7d`` is served as a fallback anyway).
+#: ``ranker`` is the two-stage answer: a learned ranker over the candidates of the best other
+#: model and the bundle's item-to-item, session and popularity models (:mod:`.two_stage`).
 CANDIDATES = (*DEFAULT_MODELS, "popular_7d")
+#: Models that only count events: they are the ranker's sources anyway, never its base.
+POPULARITY = ("popular", "popular_7d", "popular_category")
 PRIMARY_METRIC = "ndcg_at_10"
 #: Models that need PyTorch, which a serving image may leave out.
 NEEDS_TORCH = ("two_tower",)
@@ -162,6 +169,7 @@ SIMPLICITY = (
     "als",
     "bpr",
     "two_tower",
+    "ranker",
 )
 
 
@@ -178,13 +186,15 @@ SESSION_GRID = tuple(
 def aux_models(
     data: Dataset, similar: str = "itemknn_bm25", session: dict[str, Any] | None = None
 ) -> dict[str, BaseRecommender]:
-    """The similar-items, session, bought-together and popularity models, fitted on ``data``."""
+    """The similar-items, session, bought-together and popularity (overall, recent, in the
+    visitor's categories) models, fitted on ``data``."""
     return {
         "similar": make_model(similar).fit(data),
         "session": make_model("session", **(session or {})).fit(data),
         "bought_together": make_model("bought_together").fit(data),
         "popular": make_model("popular").fit(data),
         "popular_7d": make_model("popular_7d").fit(data),
+        "popular_category": make_model("popular_category").fit(data),
     }
 
 
@@ -577,6 +587,8 @@ def train(
                 mlflow.log_metrics({**scores[1], **{f"val_{k}": v for k, v in scores[0].items()}})
 
         for name in config.models:
+            if name == "ranker":
+                continue  # after the others: it builds on the best of them
             params = dict(config.params.get(name, {}))
             tuned: tuple[BaseRecommender, float] | None = None
             if config.trials and name in tune.SPACES:
@@ -611,6 +623,29 @@ def train(
                 if hasattr(model, "train_stats_"):
                     mlflow.log_metrics({f"train_{k}": v for k, v in model.train_stats_.items()})
 
+        ranked: two_stage.Fitted | None = None
+        if "ranker" in config.models:
+            base = two_stage.base_model(
+                {r["model"]: r[f"val_{config.primary_metric}"] for r in rows}, POPULARITY
+            )
+            base_params = chosen_params.get(base, dict(config.params.get(base, {})))
+            step(f"training the ranker over {base}'s candidates (validation window)")
+            ranked = two_stage.fit_and_score(prep.val, prep.test, base, base_params)
+            if ranked is None:
+                log.warning("no returning visitor of the validation window touched a candidate")
+            else:
+                val_per_visitor["ranker"] = ranked.val_per_visitor["ndcg_at_10"]
+                val_hits["ranker"] = ranked.val_per_visitor["hits_at_rank"]
+                chosen_params["ranker"] = ranked.params
+                rows.append(_row("ranker", ranked.params, ranked.val, ranked.test, ranked.seconds))
+                with mlflow.start_run(run_name="ranker", nested=True, tags=registry.process_tags()):
+                    mlflow.set_tags({"role": "candidate", "model": "ranker"})
+                    mlflow.log_params({"base": base, **ranked.booster.info})
+                    mlflow.log_metrics(
+                        {**ranked.test, **{f"val_{k}": v for k, v in ranked.val.items()}}
+                        | {f"gain_{k}": v for k, v in ranked.booster.importance().items()}
+                    )
+
         table = pd.DataFrame(rows).set_index("model")
         candidates = table.drop(index="oracle", errors="ignore")
         best, reasons = select(candidates, val_per_visitor, config.primary_metric)
@@ -632,9 +667,21 @@ def train(
         )
 
         step(f"refitting {best} on all the data")
-        bundle = _bundle(
-            prep, best, chosen_params[best], candidates, feature_config, session_params
-        )
+        if best == "ranker" and ranked is not None:
+            step("training the served ranker on the test window's labels")
+            bundle = _bundle(
+                prep,
+                ranked.base,
+                ranked.base_params,
+                candidates,
+                feature_config,
+                session_params,
+                ranker=ranked.refit_on(prep.test),
+            )
+        else:
+            bundle = _bundle(
+                prep, best, chosen_params[best], candidates, feature_config, session_params
+            )
         bundle.metadata |= {
             "repeat": curves,
             "run_id": parent.info.run_id,
@@ -798,6 +845,9 @@ def _champion_on_window(
         current.tags.get("model", "popular"),
         json.loads(current.tags.get("params", "{}")),
     )
+    if name == "ranker":
+        bundle = two_stage.refit(prep.val, prep.test, params)
+        return prep.test.score_bundle(bundle)[config.primary_metric], version
     model, _ = _fit(name, params, prep.test.data)
     return prep.test.score(name, params, model)[config.primary_metric], version
 
@@ -809,8 +859,10 @@ def _bundle(
     candidates: pd.DataFrame,
     feature_config: fp.FeatureConfig,
     session: dict[str, Any] | None = None,
+    ranker: CandidateRanker | None = None,
 ) -> ModelBundle:
-    """Fit the served models on all the data, up to the last event."""
+    """Fit the served models on all the data, up to the last event (with ``ranker``: the
+    two-stage bundle, ``best`` its base)."""
     data = Dataset.from_events(prep.events, prep.catalogue_all, config=feature_config)
     similar = "itemknn_bm25"
     if {"itemknn_bm25", "itemknn_cosine"} <= set(candidates.index):
@@ -826,4 +878,6 @@ def _bundle(
         similar,
     )
     bundle.metadata["n_events"] = len(prep.events)
+    if ranker is not None:
+        two_stage.with_ranker(bundle, data, ranker)
     return bundle
