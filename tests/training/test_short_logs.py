@@ -109,6 +109,24 @@ def test_every_candidate_has_a_place_in_the_simplicity_order() -> None:
 
     assert set(CANDIDATES) <= set(SIMPLICITY)
     assert SIMPLICITY.index("ease") < SIMPLICITY.index("als")  # closed form, one parameter
+    assert SIMPLICITY[-1] == "ranker"  # two stages and a booster: chosen only when clearly better
+
+
+def test_a_ranker_no_better_than_its_rivals_is_not_chosen_and_the_table_says_so() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.2, 0.8, 500)
+    noise = rng.normal(0, 0.15, 500)
+    per_visitor = {"ease": base, "ranker": base + 0.004 + noise - noise.mean()}
+    table = pd.DataFrame(
+        {"val_ndcg_at_10": {m: float(np.mean(v)) for m, v in per_visitor.items()}}
+    ).assign(val_n_warm=500)
+    chosen, reasons = select(table, per_visitor, "ndcg_at_10")
+    assert chosen == "ease"
+    assert reasons[
+        "ranker"
+    ] == "best on validation ({:.4f}), but the simpler ease is within noise".format(
+        table.loc["ranker", "val_ndcg_at_10"]
+    )
 
 
 @pytest.mark.integration

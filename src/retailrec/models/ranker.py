@@ -110,14 +110,17 @@ class CandidateRanker:
             {**(info or {}), "rows": len(labels), "visitors": len(groups)},
         )
 
-    @property
-    def booster(self) -> Any:
-        found = self.__dict__.get("_booster")
-        if found is None:
+    def prepare_serving(self) -> None:
+        """Parse the booster now (once), not in the first request that needs it."""
+        if "_booster" not in self.__dict__:
             import lightgbm as lgb
 
-            found = self.__dict__["_booster"] = lgb.Booster(model_str=self.model_text)
-        return found
+            self.__dict__["_booster"] = lgb.Booster(model_str=self.model_text)
+
+    @property
+    def booster(self) -> Any:
+        self.prepare_serving()
+        return self.__dict__["_booster"]
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """A score per row; higher ranks first."""

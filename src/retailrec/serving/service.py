@@ -92,6 +92,8 @@ class RecommendationService:
             part.flags.writeable = False
         for model in b.models.values():
             model.prepare_serving()
+        if b.ranker is not None:
+            b.ranker.prepare_serving()
 
     # -- building blocks ------------------------------------------------------------------------
 

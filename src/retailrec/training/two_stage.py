@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from retailrec.training.train import Stage
 
 #: Returning visitors whose candidates train a ranker, at most (a seeded sample beyond).
-MAX_VISITORS = 4_000
+MAX_VISITORS = 2_000
 
 
 def with_ranker(
@@ -149,16 +149,16 @@ def out_of_fold(served: RecommendationService, stage: Stage, train_rows: Rows) -
     return rank
 
 
-def base_model(val_scores: dict[str, float], popularity: tuple[str, ...]) -> str:
-    """The ranker's retrieval model: the best on validation of those that learn from the
-    matrix (the popularity models are its sources anyway); BM25 item-kNN where none ran."""
-    learned = {m: v for m, v in val_scores.items() if m not in popularity and m != "oracle"}
+def base_model(val_scores: dict[str, float], excluded: tuple[str, ...]) -> str:
+    """The ranker's retrieval model: the best on validation of those not ``excluded``; BM25
+    item-kNN where none ran."""
+    learned = {m: v for m, v in val_scores.items() if m not in excluded and m != "oracle"}
     return max(learned, key=lambda m: learned[m]) if learned else "itemknn_bm25"
 
 
 @dataclass
 class Fitted:
-    """The ranker's validation and test figures, and what refitting it needs."""
+    """The ranker's validation and test figures, and what serving it needs."""
 
     base: str
     base_params: dict[str, Any]
@@ -167,39 +167,59 @@ class Fitted:
     test: dict[str, float]
     val_per_visitor: dict[str, np.ndarray]
     seconds: float
+    #: The base fitted on the test stage's data (what the test window was served with).
+    test_model: BaseRecommender
 
     @property
     def params(self) -> dict[str, Any]:
         return {"base": self.base, "base_params": self.base_params}
 
-    def refit_on(self, stage: Stage) -> rk.CandidateRanker:
-        """A ranker trained on ``stage``'s labels (the base fitted on its data): the one to
-        serve after the stage's window, as the other models are refitted for serving."""
-        found = trained(stage, self.base, self.base_params)
+    def for_serving(self, test: Stage) -> rk.CandidateRanker:
+        """The ranker trained on the test window's labels (over the candidates of the base as
+        fitted before it): the one to serve after it, as the other models are refitted for
+        serving. The validation ranker where the test window taught nothing."""
+        found = trained(test, self.base, self.base_params, self.test_model)
         return self.booster if found is None else found
 
 
-def trained(stage: Stage, base: str, base_params: dict[str, Any]) -> rk.CandidateRanker | None:
-    """A ranker trained on ``stage``'s window (None: no visitor touched a candidate)."""
+def trained(
+    stage: Stage,
+    base: str,
+    base_params: dict[str, Any],
+    model: BaseRecommender | None = None,
+) -> rk.CandidateRanker | None:
+    """A ranker trained on ``stage``'s window, over the candidates of ``model`` (the base,
+    fitted on the stage's data; fitted here when not given). None: no visitor touched a
+    candidate."""
     from retailrec.training.train import _fit
 
-    model, _ = _fit(base, base_params, stage.data)
+    if model is None:
+        model, _ = _fit(base, base_params, stage.data)
     found = rows(stage_service(stage, base, base_params, model), stage)
     if not len(found.groups):
         return None
     return found.fit({"base": base, "window_start_ms": stage.start_ms})
 
 
-def fit_and_score(val: Stage, test: Stage, base: str, base_params: dict[str, Any]) -> Fitted | None:
+def fit_and_score(
+    val: Stage,
+    test: Stage,
+    base: str,
+    base_params: dict[str, Any],
+    fitted: tuple[BaseRecommender, BaseRecommender] | None = None,
+) -> Fitted | None:
     """Train the ranker on the validation window; its validation figures out of fold, its test
     figures from the ranker trained on all of validation, served over the test window's
-    candidates (the base refitted on the test stage's data). None: nothing to learn from."""
+    candidates. ``fitted``: the base already fitted on the validation and the test stage's data
+    (fitted here when not given). None: nothing to learn from."""
     import time
 
     from retailrec.training.train import _fit
 
     start = time.perf_counter()
-    model, _ = _fit(base, base_params, val.data)
+    model, test_model = fitted if fitted is not None else (None, None)
+    if model is None:
+        model, _ = _fit(base, base_params, val.data)
     served = stage_service(val, base, base_params, model)
     found = rows(served, val)
     if not len(found.groups):
@@ -214,11 +234,14 @@ def fit_and_score(val: Stage, test: Stage, base: str, base_params: dict[str, Any
     )
     booster = found.fit({"base": base, "window_start_ms": val.start_ms})
     seconds = time.perf_counter() - start
-    test_model, _ = _fit(base, base_params, test.data)
+    if test_model is None:
+        test_model, _ = _fit(base, base_params, test.data)
     bundle = stage_service(test, base, base_params, test_model).bundle
     bundle.ranker = booster
     test_metrics = test.score_bundle(bundle)
-    return Fitted(base, base_params, booster, val_metrics, test_metrics, per_visitor, seconds)
+    return Fitted(
+        base, base_params, booster, val_metrics, test_metrics, per_visitor, seconds, test_model
+    )
 
 
 def refit(before: Stage, window: Stage, params: dict[str, Any]) -> ModelBundle:
