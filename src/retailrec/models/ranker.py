@@ -32,7 +32,7 @@ from retailrec.models.data import Dataset
 
 #: The first stage: bundle roles and how many items each proposes.
 SOURCES = ("retrieval", "similar", "session", "popular_category", "popular_7d")
-DEPTH = {"retrieval": 100, "similar": 50, "session": 50, "popular_category": 50, "popular_7d": 30}
+DEPTH = {"retrieval": 50, "similar": 30, "session": 30, "popular_category": 30, "popular_7d": 20}
 ITEM_FEATURES = ("pop_1d", "pop_7d", "pop_30d", "pop_all", "cart_rate", "purchase_rate")
 VISITOR_FEATURES = ("visitor_events", "visitor_items", "visitor_idle_days", "category_affinity")
 FEATURES = (
@@ -59,7 +59,7 @@ PARAMS: dict[str, Any] = {
     "deterministic": True,
     "seed": 0,
 }
-ROUNDS = 100
+ROUNDS = 50
 
 
 def item_feature_matrix(data: Dataset) -> np.ndarray:

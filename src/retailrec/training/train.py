@@ -81,9 +81,10 @@ DEFAULT_MODELS = (
 #: model and the bundle's item-to-item, session and popularity models (:mod:`.two_stage`).
 CANDIDATES = (*DEFAULT_MODELS, "popular_7d")
 #: Never the ranker's base: the models that only count events (they are its sources anyway),
-#: and the two-tower model, which scores the whole catalogue for each answer (about 19 ms on
-#: the full shop, against well under one for the others).
-NOT_A_BASE = ("popular", "popular_7d", "popular_category", "two_tower")
+#: and those that score the whole catalogue for each answer: the two-tower model, and BPR, whose
+#: vector lengths do not bound its scores (11 ms for a base's 50 items on the full shop, against
+#: about 0.4 for EASE, ALS or item-kNN; docs/BENCHMARKS.md).
+NOT_A_BASE = ("popular", "popular_7d", "popular_category", "two_tower", "bpr")
 PRIMARY_METRIC = "ndcg_at_10"
 #: Models that need PyTorch, which a serving image may leave out.
 NEEDS_TORCH = ("two_tower",)
