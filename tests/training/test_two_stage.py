@@ -186,6 +186,9 @@ def test_a_two_stage_champion_is_trained_served_without_skew_and_backtested(
     registry.promote(client, settings.model_name, result.version)
     bundle = registry.load_bundle(client, settings.model_name, result.version)
     assert bundle.ranker is not None and bundle.metadata["model"] == "itemknn_bm25"
+    # The repeat curves are measured on the ranker's own validation answers and visitors.
+    assert bundle.metadata["repeat"]["visitors"] > 0
+    assert 0 < bundle.metadata["repeat"]["new"][0] < 1
     service = RecommendationService(bundle, result.version)
 
     # The week after the store, as training would label it next time: features from the

@@ -151,6 +151,8 @@ class ModelBundle:
         bundle = cls(models, item_ids, category, available, metadata, ranker, item_features)
         if ranker is not None and (item_features is None or len(item_features) != bundle.n_items):
             raise BundleError(f"{path}: the ranker's item features do not match the catalogue")
+        if ranker is not None and "popular_category" not in models:
+            raise BundleError(f"{path}: the ranker's popularity-in-category source is missing")
         for role, model in models.items():
             if model.n_items_ != bundle.n_items:
                 raise BundleError(

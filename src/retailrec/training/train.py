@@ -648,6 +648,7 @@ def train(
             else:
                 val_per_visitor["ranker"] = ranked.val_per_visitor["ndcg_at_10"]
                 val_hits["ranker"] = ranked.val_per_visitor["hits_at_rank"]
+                val_visitors = ranked.val_per_visitor["visitors"]  # the same sample as the others'
                 chosen_params["ranker"] = ranked.params
                 rows.append(_row("ranker", ranked.params, ranked.val, ranked.test, ranked.seconds))
                 with mlflow.start_run(run_name="ranker", nested=True, tags=registry.process_tags()):
