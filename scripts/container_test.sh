@@ -62,7 +62,7 @@ podman rm -f "$NAME" >/dev/null 2>&1 || true
 cleanup() { podman rm -f "$NAME" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 podman run -d --name "$NAME" --network host -e PORT="$PORT" \
-    -e RETAILREC_BOOTSTRAP_SCALE=tiny -e RETAILREC_BOOTSTRAP_MODELS=popular_category,itemknn_cosine \
+    -e RETAILREC_BOOTSTRAP_SCALE=tiny -e RETAILREC_BOOTSTRAP_MODELS=popular_category,itemknn_cosine,ranker \
     "$IMAGE" >/dev/null 2>"$WORK/run.log"  # podman notes it has no systemd for health timers
 if ! "$PY" scripts/smoke_test.py "http://127.0.0.1:$PORT" --container "$NAME" --timeout 600; then
     podman logs "$NAME" 2>&1 | tail -40

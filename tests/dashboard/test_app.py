@@ -127,11 +127,17 @@ def test_models_page_shows_the_latest_backtest(
     write_report(report, copy.reports_dir)
     at = _open("models")
     assert "Backtest" in [h.value for h in at.subheader]
-    shown = _table(at, "ndcg_at_10_buy_all")
-    assert list(shown.index) == ["champion", "popularity", "bm25_itemknn"]
-    assert shown.loc["champion", "ndcg_at_10"] == pytest.approx(
+    new_items, all_items = (d.value for d in at.dataframe if "ndcg_at_10_buy_all" in d.value)
+    assert list(new_items.index) == ["champion", "popularity", "bm25_itemknn"]
+    assert new_items.loc["champion", "ndcg_at_10"] == pytest.approx(
         report.results["champion"]["ndcg_at_10"]
     )
+    # The all-items protocol (exclude_seen=false), with its recently-viewed baseline.
+    assert list(all_items.index) == [*new_items.index, "recently_viewed"]
+    assert all_items.loc["champion", "ndcg_at_10"] == pytest.approx(
+        report.results_all_items["champion"]["ndcg_at_10"]
+    )
+    assert any("re-visits are" in m.value for m in at.markdown)
     assert any("NDCG@10" in m.label and "Champion 1" in m.label for m in at.metric)
 
 
