@@ -14,12 +14,14 @@ from __future__ import annotations
 import inspect
 import pickle
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
 
 from retailrec.models.data import Dataset
+
+T = TypeVar("T")
 
 #: Scores held at once (rows x items): about 200 MB of float32 whatever the catalogue size.
 BATCH_CELLS = 50_000_000
@@ -216,18 +218,32 @@ class BaseRecommender:
 
     def save(self, path: Path) -> None:
         """Write the fitted model to one file (pickle: load only files you wrote)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as fh:
-            pickle.dump(self, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        save_pickle(self, path)
 
     @classmethod
     def load(cls, path: Path) -> BaseRecommender:
-        with Path(path).open("rb") as fh:
-            model = pickle.load(fh)
-        if not isinstance(model, BaseRecommender):
-            raise TypeError(f"{path} does not hold a RetailRec model")
-        return model
+        return load_pickle(path, BaseRecommender)
+
+
+def save_pickle(obj: object, path: Path) -> None:
+    """Pickle ``obj`` to ``path`` (its folder made as needed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def load_pickle(path: Path, kind: type[T]) -> T:
+    """The ``kind`` that :func:`save_pickle` wrote (pickle: load only files you wrote).
+
+    Raises:
+        TypeError: the file holds something else.
+    """
+    with Path(path).open("rb") as fh:
+        found = pickle.load(fh)
+    if not isinstance(found, kind):
+        raise TypeError(f"{path} does not hold a RetailRec model (a {kind.__name__})")
+    return found
 
 
 def first_unblocked(order: np.ndarray, blocked: np.ndarray, n: int) -> np.ndarray:

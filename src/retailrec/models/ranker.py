@@ -18,7 +18,6 @@ training (labels from a window, features as of its start), evaluation and servin
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from retailrec.data_pipeline import feature_pipeline as fp
-from retailrec.errors import BundleError
+from retailrec.models.base import load_pickle, save_pickle
 from retailrec.models.data import Dataset
 
 #: The first stage: bundle roles and how many items each proposes.
@@ -139,15 +138,8 @@ class CandidateRanker:
         return state
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as fh:
-            pickle.dump(self, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        save_pickle(self, path)
 
     @classmethod
     def load(cls, path: Path) -> CandidateRanker:
-        with Path(path).open("rb") as fh:
-            ranker = pickle.load(fh)
-        if not isinstance(ranker, CandidateRanker):
-            raise BundleError(f"{path} does not hold a RetailRec ranker")
-        return ranker
+        return load_pickle(path, cls)
