@@ -143,8 +143,7 @@ def test_a_ranker_fits_serves_its_order_and_survives_save_and_load(
     booster = rows.fit({"base": "itemknn_bm25"})
     assert booster.info["visitors"] == len(rows.groups)
     assert sum(booster.importance().values()) == pytest.approx(1.0)
-    bundle = served.bundle
-    two_stage.with_ranker(bundle, tiny_val.data, booster)
+    bundle = two_stage.attach(served.bundle, booster)
     service = RecommendationService(bundle, "t")
     path = bundle.save(tmp_path / "bundle")
     loaded = RecommendationService(ModelBundle.load(path), "t")

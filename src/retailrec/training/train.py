@@ -892,5 +892,5 @@ def _bundle(
     )
     bundle.metadata["n_events"] = len(prep.events)
     if ranker is not None:
-        two_stage.with_ranker(bundle, data, ranker)
+        two_stage.attach(two_stage.with_item_features(bundle, data), ranker)
     return bundle

@@ -14,6 +14,7 @@ the window's start: histories end there, and the item features come from the eve
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,18 +34,21 @@ if TYPE_CHECKING:
 MAX_VISITORS = 2_000
 
 
-def with_ranker(
-    bundle: ModelBundle, data: Dataset, ranker: rk.CandidateRanker | None
-) -> ModelBundle:
-    """``bundle`` with the item features of ``data`` (as of its end) and ``ranker``."""
+def with_item_features(bundle: ModelBundle, data: Dataset) -> ModelBundle:
+    """``bundle`` with the item features of ``data`` (as of its end), what candidates read."""
     bundle.item_features = rk.item_feature_matrix(data)
+    return bundle
+
+
+def attach(bundle: ModelBundle, ranker: rk.CandidateRanker) -> ModelBundle:
+    """``bundle`` (with its item features) served through ``ranker``, which its metadata
+    describes."""
     bundle.ranker = ranker
-    if ranker is not None:
-        bundle.metadata["ranker"] = {
-            **ranker.info,
-            "sources": list(rk.SOURCES),
-            "features": list(rk.FEATURES),
-        }
+    bundle.metadata["ranker"] = {
+        **ranker.info,
+        "sources": list(rk.SOURCES),
+        "features": list(rk.FEATURES),
+    }
     return bundle
 
 
@@ -78,7 +82,7 @@ def stage_service(
     from retailrec.training.train import assemble
 
     bundle = assemble(stage.data, name, params, model, stage.aux())
-    return RecommendationService(with_ranker(bundle, stage.data, None), "two-stage")
+    return RecommendationService(with_item_features(bundle, stage.data), "two-stage")
 
 
 def rows(served: RecommendationService, stage: Stage, random_state: int = 0) -> Rows:
@@ -126,16 +130,7 @@ def out_of_fold(served: RecommendationService, stage: Stage, train_rows: Rows) -
     services = []
     for f in (0, 1):
         booster = train_rows.subset(folds != f).fit({"fold": f})
-        b = served.bundle
-        bundle = ModelBundle(
-            b.models,
-            b.item_ids,
-            b.item_category,
-            b.item_available,
-            b.metadata,
-            booster,
-            b.item_features,
-        )
+        bundle = dataclasses.replace(served.bundle, ranker=booster)
         services.append(RecommendationService(bundle, f"fold-{f}"))
 
     def rank(visitor_ids: np.ndarray, n: int) -> np.ndarray:
@@ -236,8 +231,7 @@ def fit_and_score(
     seconds = time.perf_counter() - start
     if test_model is None:
         test_model, _ = _fit(base, base_params, test.data)
-    bundle = stage_service(test, base, base_params, test_model).bundle
-    bundle.ranker = booster
+    bundle = attach(stage_service(test, base, base_params, test_model).bundle, booster)
     test_metrics = test.score_bundle(bundle)
     return Fitted(
         base, base_params, booster, val_metrics, test_metrics, per_visitor, seconds, test_model
@@ -254,6 +248,4 @@ def refit(before: Stage, window: Stage, params: dict[str, Any]) -> ModelBundle:
     booster = trained(before, base, base_params)
     model, _ = _fit(base, base_params, window.data)
     bundle = stage_service(window, base, base_params, model).bundle
-    if booster is not None:
-        with_ranker(bundle, window.data, booster)
-    return bundle
+    return bundle if booster is None else attach(bundle, booster)
