@@ -255,10 +255,11 @@ def backtest(
         n_test_events=len(window),
         warnings=notes,
     )
+    bm25 = ev.bm25_rankers(histories)  # fitted once for both protocols
     rankers = {
         "champion": champion_ranker(exclude_seen=True),
         "popularity": ev.popularity_ranker(histories),
-        "bm25_itemknn": ev.bm25_ranker(histories),
+        "bm25_itemknn": bm25[True],
     }
     for name, ranker in rankers.items():
         step(f"scoring {name}")
@@ -270,7 +271,7 @@ def backtest(
     rankers_all = {
         "champion": champion_ranker(exclude_seen=False),
         "popularity": ev.popularity_ranker(histories, exclude_seen=False),
-        "bm25_itemknn": ev.bm25_ranker(histories, exclude_seen=False),
+        "bm25_itemknn": bm25[False],
         "recently_viewed": ev.recently_viewed_ranker(histories),
     }
     for name, ranker in rankers_all.items():

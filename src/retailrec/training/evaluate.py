@@ -279,7 +279,14 @@ def popularity_ranker(histories: Histories, exclude_seen: bool = True) -> Ranker
 def bm25_ranker(histories: Histories, k: int = 50, exclude_seen: bool = True) -> Ranker:
     """The plain item-kNN baseline: implicit's BM25 neighbours (K=50) over the visitor x item
     matrix of event weights view 1, cart 3, purchase 5, with no recency decay, fitted on every
-    event before the window; the visitor's own items left out."""
+    event before the window; the visitor's own items left out (unless ``exclude_seen`` is
+    False)."""
+    return bm25_rankers(histories, k)[exclude_seen]
+
+
+def bm25_rankers(histories: Histories, k: int = 50) -> dict[bool, Ranker]:
+    """:func:`bm25_ranker` fitted once, by ``exclude_seen``: the ranker that leaves the
+    visitor's own items out (True) and the one that may return them (False)."""
     import scipy.sparse as sp
     from implicit.nearest_neighbours import BM25Recommender
     from threadpoolctl import threadpool_limits
@@ -296,24 +303,27 @@ def bm25_ranker(histories: Histories, k: int = 50, exclude_seen: bool = True) ->
         warnings.filterwarnings("ignore", message="Method expects CSR input")
         model.fit(matrix, show_progress=False)
 
-    def rank(visitor_ids: np.ndarray, n: int) -> np.ndarray:
-        out = np.full((len(visitor_ids), n), -1, dtype=np.int64)
-        at = np.searchsorted(histories.visitors, visitor_ids)
-        found = (at < len(histories.visitors)) & (
-            histories.visitors[np.minimum(at, len(histories.visitors) - 1)] == visitor_ids
-        )
-        if found.any():
-            ids, _ = model.recommend(
-                at[found],
-                matrix[at[found]],
-                N=n,
-                filter_already_liked_items=exclude_seen,
+    def ranker(exclude_seen: bool) -> Ranker:
+        def rank(visitor_ids: np.ndarray, n: int) -> np.ndarray:
+            out = np.full((len(visitor_ids), n), -1, dtype=np.int64)
+            at = np.searchsorted(histories.visitors, visitor_ids)
+            found = (at < len(histories.visitors)) & (
+                histories.visitors[np.minimum(at, len(histories.visitors) - 1)] == visitor_ids
             )
-            ids = np.atleast_2d(ids)
-            out[found, : ids.shape[1]] = np.where(ids >= 0, items[np.maximum(ids, 0)], -1)
-        return out
+            if found.any():
+                ids, _ = model.recommend(
+                    at[found],
+                    matrix[at[found]],
+                    N=n,
+                    filter_already_liked_items=exclude_seen,
+                )
+                ids = np.atleast_2d(ids)
+                out[found, : ids.shape[1]] = np.where(ids >= 0, items[np.maximum(ids, 0)], -1)
+            return out
 
-    return rank
+        return rank
+
+    return {True: ranker(True), False: ranker(False)}
 
 
 def evaluate(
