@@ -136,6 +136,12 @@ def _stage_progress(total: int) -> tuple[Progress, Callable[[str], None]]:
     return progress, step
 
 
+def _session_figures(figures: list[tuple[str, float, float]], steps: int) -> str:
+    """``next-item HitRate@20 / MRR@20 over N steps: name h / m, ...``."""
+    parts = ", ".join(f"{name} {hit:.4f} / {mrr:.4f}" for name, hit, mrr in figures)
+    return f"next-item HitRate@20 / MRR@20 over {steps:,} steps: {parts}"
+
+
 @app.command()
 @_one_line_errors
 def synth(
@@ -350,11 +356,18 @@ def _print_training(result: Any, primary: str) -> None:
         highlight=False,
     )
     if result.sessions.get("session_examples"):
+        from retailrec.training.backtest import SESSION_RANKERS
+
+        rates, figures = result.sessions, []
+        for name in SESSION_RANKERS:
+            sfx = "" if name == "served" else f"_{name}"
+            if f"session_hit_rate_at_20{sfx}" in rates:
+                figures.append(
+                    (name, rates[f"session_hit_rate_at_20{sfx}"], rates[f"session_mrr_at_20{sfx}"])
+                )
         console.print(
-            "anonymous sessions, next-item HitRate@20 on the test window:"
-            f" served {result.sessions['session_hit_rate_at_20']:.4f}, sequential rules"
-            f" {result.sessions['session_hit_rate_at_20_sequential_rules']:.4f}"
-            f" ({int(result.sessions['session_examples']):,} steps)",
+            "anonymous sessions on the test window, "
+            + _session_figures(figures, int(rates["session_examples"])),
             soft_wrap=True,
         )
     if n_warm < MIN_VISITORS_TO_COMPARE:
@@ -775,10 +788,12 @@ def backtest(
         f" {int(rep['returning_visitors']):,} returning visitors came back to one",
         soft_wrap=True,
     )
-    sessions = report.sessions
     console.print(
-        f"anonymous sessions, next-item HitRate@20 over {int(sessions['examples']):,} steps:"
-        f" served {sessions['served']:.4f}, sequential rules {sessions['sequential_rules']:.4f}",
+        "anonymous sessions, "
+        + _session_figures(
+            [(r["ranker"], r["hit_rate@20"], r["mrr@20"]) for r in report.session_rows()],
+            int(report.sessions["examples"]),
+        ),
         soft_wrap=True,
     )
     for note in report.warnings:

@@ -96,7 +96,14 @@ def test_the_cli_prints_the_table_and_writes_the_reports(
     assert [r["ranker"] for r in report["rows"]] == ["champion", "popularity", "bm25_itemknn"]
     assert [r["ranker"] for r in report["rows_all_items"]][-1] == "recently_viewed"
     page = Path(report["_path"]).with_suffix(".html").read_text()
-    assert "plain BM25 item-kNN" in page and page.count("<table>") == 2
+    assert "plain BM25 item-kNN" in page and page.count("<table>") == 3
+    # The sessions: HitRate@20 / MRR@20 of each ranker, in the output, the JSON and the page.
+    assert "anonymous sessions, next-item HitRate@20 / MRR@20" in " ".join(result.output.split())
+    assert {"served", "sequence", "sequential_rules", "session_knn"} <= set(report["sessions"])
+    assert all(
+        0 <= report["sessions"][f"{n}_mrr"] <= report["sessions"][n] for n in ("served", "sequence")
+    )
+    assert "session_knn" in page and "mrr@20" in page
     # The store's last window: the champion's recipe refitted before it.
     last = runner.invoke(app, ["backtest"])
     assert last.exit_code == 0, last.output

@@ -15,7 +15,7 @@ from retailrec.errors import NoDataError, RegistryError
 from retailrec.feature_store import store
 from retailrec.serving.repeat import RepeatCurves
 from retailrec.training.evaluate import Histories, evaluate, popularity_ranker
-from retailrec.training.train import TrainConfig, train
+from retailrec.training.train import SEQUENCE_WEIGHTS, TrainConfig, train
 from tests.utils.factories import Shop, loaded_settings, run_etl_on
 
 pytestmark = pytest.mark.integration
@@ -78,6 +78,13 @@ def test_train_promote_gate_rollback(tmp_path: Path, tiny_shop: Shop) -> None:
         assert (np.diff(curve) <= 0).all()
     first_tags = client.get_model_version(name, "1").tags
     assert json.loads(first_tags["repeat_curves"]) == bundle.metadata["repeat"]
+    # The session blend, the sequence model's share included, is the one chosen on validation,
+    # and the sequence model goes with the bundle.
+    blend = json.loads(first_tags["session_params"])
+    assert blend["sequence_weight"] in SEQUENCE_WEIGHTS
+    assert bundle.session.sequence_weight == blend["sequence_weight"]
+    assert bundle.sequence is not None and bundle.sequence.n_items_ == bundle.n_items
+    assert {"session_mrr_at_20", "session_hit_rate_at_20_session_knn"} <= set(first.sessions)
 
     # What was logged: the parent run with lineage, a nested run per model with DESIGN's names.
     runs = mlflow.search_runs(experiment_names=["retailrec"], output_format="pandas")

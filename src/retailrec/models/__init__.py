@@ -20,6 +20,7 @@ from retailrec.models.item_item import (
     SessionRecommender,
 )
 from retailrec.models.popularity import PopularityRecommender
+from retailrec.models.sequence import SequenceRecommender
 from retailrec.models.two_tower import TwoTowerRecommender
 
 MODELS: dict[str, Callable[..., BaseRecommender]] = {
@@ -34,6 +35,7 @@ MODELS: dict[str, Callable[..., BaseRecommender]] = {
     "two_tower": lambda **kw: TwoTowerRecommender(**kw),
     "session": lambda **kw: SessionRecommender(**kw),
     "bought_together": lambda **kw: BoughtTogetherRecommender(**kw),
+    "sequence": lambda **kw: SequenceRecommender(**kw),
 }
 
 

@@ -11,6 +11,8 @@ A bundle is a folder::
     popular.pkl         global popularity
     popular_7d.pkl      recent popularity
     popular_category.pkl popularity within the visitor's categories (a source of the ranker)
+    sequence.pkl        the sequential session model, mixed into session answers, when
+                        training fitted one
     ranker.pkl          the second stage (a learned ranker over the models' candidates), when
                         training chose one
 """
@@ -31,10 +33,11 @@ from retailrec.models.base import BaseRecommender
 from retailrec.models.data import Dataset
 from retailrec.models.item_item import SessionRecommender
 from retailrec.models.ranker import CandidateRanker
+from retailrec.models.sequence import SequenceRecommender
 
 ROLES = ("retrieval", "similar", "session", "bought_together", "popular", "popular_7d")
 #: Roles a bundle holds when training fitted them (bundles made before them load without).
-OPTIONAL_ROLES = ("popular_category",)
+OPTIONAL_ROLES = ("popular_category", "sequence")
 
 
 @dataclass
@@ -82,6 +85,14 @@ class ModelBundle:
             raise BundleError(
                 f"the session role holds a {type(model).__name__}, not a session model"
             )
+        return model
+
+    @property
+    def sequence(self) -> SequenceRecommender | None:
+        """The sequential session model, typed; None where the bundle has none."""
+        model = self.models.get("sequence")
+        if model is not None and not isinstance(model, SequenceRecommender):
+            raise BundleError(f"the sequence role holds a {type(model).__name__}")
         return model
 
     @property
@@ -153,6 +164,8 @@ class ModelBundle:
             raise BundleError(f"{path}: the ranker's item features do not match the catalogue")
         if ranker is not None and "popular_category" not in models:
             raise BundleError(f"{path}: the ranker's popularity-in-category source is missing")
+        if bundle.session.sequence_weight > 0 and bundle.sequence is None:
+            raise BundleError(f"{path}: the session blend mixes in a sequence model it lacks")
         for role, model in models.items():
             if model.n_items_ != bundle.n_items:
                 raise BundleError(

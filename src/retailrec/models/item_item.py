@@ -110,8 +110,12 @@ class SessionRecommender(ItemItemRecommender):
       little, the items most people look at.
 
     A session's row weighs its latest item 1 and each earlier one ``decay`` times the next
-    (:meth:`session_row`). Training chooses ``decay``, ``cooc_weight`` and ``pop_weight`` on the
-    validation window's sessions (``retailrec.training.train.tune_session``).
+    (:meth:`session_row`). ``sequence_weight`` is the share of the sequence model (the bundle's
+    ``sequence`` role, :mod:`retailrec.models.sequence`) in the served session answer, which the
+    service mixes in (``RecommendationService.session_items``); this model only carries it, as
+    part of the session blend. Training chooses ``decay``, ``cooc_weight``, ``pop_weight`` and
+    ``sequence_weight`` on the validation window's sessions
+    (``retailrec.training.train.tune_session``).
     """
 
     name = "session"
@@ -123,10 +127,12 @@ class SessionRecommender(ItemItemRecommender):
         decay: float = 0.4,
         cooc_weight: float = 0.01,
         pop_weight: float = 0.0,
+        sequence_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.k, self.max_steps = k, max_steps
         self.decay, self.cooc_weight, self.pop_weight = decay, cooc_weight, pop_weight
+        self.sequence_weight = sequence_weight
         self._parts: tuple[sp.csr_matrix, sp.csr_matrix] | None = None
 
     def _fit(self, data: Dataset) -> None:
@@ -142,13 +148,16 @@ class SessionRecommender(ItemItemRecommender):
         co = (sp.diags(norm) @ co @ sp.diags(norm)).tocsr()
         co = _scale_rows(co, np.asarray(co.max(axis=1).todense()).ravel())
         self._parts = (rules, co)
-        self.blend(self.decay, self.cooc_weight, self.pop_weight)
+        self.blend(self.decay, self.cooc_weight, self.pop_weight, self.sequence_weight)
 
-    def blend(self, decay: float, cooc_weight: float, pop_weight: float) -> SessionRecommender:
+    def blend(
+        self, decay: float, cooc_weight: float, pop_weight: float, sequence_weight: float = 0.0
+    ) -> SessionRecommender:
         """Set the blend without refitting (the fitted signals are kept until :meth:`save`)."""
         if self._parts is None:
             raise BundleError("the session model's signals are gone after saving: refit it")
         self.decay, self.cooc_weight, self.pop_weight = decay, cooc_weight, pop_weight
+        self.sequence_weight = sequence_weight
         rules, co = self._parts
         self.similarity_ = _top_k_rows((rules + cooc_weight * co).tocsr(), self.k)
         self.__dict__.pop("_serving_cache", None)

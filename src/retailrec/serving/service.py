@@ -32,6 +32,8 @@ from retailrec.serving.repeat import RepeatCurves
 from retailrec.serving.rules import CatalogueRules, Rules
 
 HISTORY_LIMIT = 500
+#: The depth of each model's list in a session answer that mixes two (see ``session_items``).
+SESSION_DEPTH = 50
 #: Retrieval models that ignore the history: for them "personalized" would be a false label.
 NON_PERSONAL = ("popular", "popular_7d")
 
@@ -242,9 +244,13 @@ class RecommendationService:
             "popular_category": row,
             "popular_7d": self._empty,
         }
-        found = [
-            b.models[s].recommend_one(rows[s], ranker.DEPTH[s], blocked) for s in ranker.SOURCES
-        ]
+        found = []
+        for s in ranker.SOURCES:
+            if s == "session" and b.session.sequence_weight > 0:  # the sequence model mixed in
+                mixed = self.session_items(p.recent, ranker.DEPTH[s], blocked, [])
+                found.append((np.asarray(mixed[0], np.int64), np.asarray(mixed[1], np.float32)))
+            else:
+                found.append(b.models[s].recommend_one(rows[s], ranker.DEPTH[s], blocked))
         items = np.unique(np.concatenate([f[0] for f in found]))
         n_src = len(ranker.SOURCES)
         feats = np.full((len(items), len(ranker.FEATURES)), np.nan, dtype=np.float32)
@@ -298,9 +304,8 @@ class RecommendationService:
             if items:
                 answer = Answer(self._ids(items), scores, "personalized")
         if len(answer.items) < k and row.nnz:
-            session_row = self.bundle.session.session_row(p.recent)
             have = self.bundle.item_index(np.asarray(answer.items, dtype=np.int64)).tolist()
-            items, scores = self._take("session", session_row, k - len(answer.items), blocked, have)
+            items, scores = self.session_items(p.recent, k - len(answer.items), blocked, have)
             answer.items += self._ids(items)
             answer.scores += scores
             answer.strategy = answer.strategy or ("session" if items else "")
@@ -313,11 +318,42 @@ class RecommendationService:
         blocked = self.rules.blocked(rules, known, np.zeros(0, dtype=np.int64))
         answer = Answer([], [], "")
         if len(known):  # unknown items keep their place in the session (see session_row)
-            row = self.bundle.session.session_row(idx)
-            items, scores = self._take("session", row, k, blocked, known.tolist())
+            items, scores = self.session_items(idx, k, blocked, known.tolist())
             if items:
                 answer = Answer(self._ids(items), scores, "session")
         return self._fill(answer, k, blocked)
+
+    def session_items(
+        self, recent: np.ndarray, k: int, blocked: np.ndarray, have: list[int]
+    ) -> tuple[list[int], list[float]]:
+        """The session model's top ``k`` for items in viewing order (bundle indices, -1 for
+        unknown ones), none of ``blocked`` or ``have``.
+
+        Where the session blend gives the sequence model a share ``w``, the answer mixes the top
+        :data:`SESSION_DEPTH` of both models: ``(1 - w)`` times the session model's score over
+        its best, plus ``w`` times ``exp(sequence score - the best)`` (both at most 1; an item
+        the session model did not propose has 0 from it)."""
+        b = self.bundle
+        row = b.session.session_row(recent)
+        w = b.session.sequence_weight
+        seq = b.sequence
+        seq_row = seq.sequence_row(recent) if seq is not None and w > 0 else None
+        if seq is None or seq_row is None or not seq_row.nnz:
+            return self._take("session", row, k, blocked, have)
+        depth = max(k, SESSION_DEPTH)
+        s_items, s_scores = self._take("session", row, depth, blocked, have)
+        if have:
+            blocked = blocked.copy()
+            blocked[np.asarray(have, dtype=np.int64)] = True
+        g_items = seq.recommend_one(seq_row, depth, blocked)[0]
+        items = np.union1d(np.asarray(s_items, dtype=np.int64), g_items)
+        logits = seq.item_scores(seq_row, items)
+        mixed = w * np.exp(logits - logits.max())
+        if s_items:
+            s = np.asarray(s_scores, dtype=np.float64)
+            mixed[np.searchsorted(items, s_items)] += (1.0 - w) * s / s.max()
+        top = np.argsort(-mixed, kind="stable")[:k]
+        return items[top].tolist(), mixed[top].tolist()
 
     def for_item(self, item_id: int, k: int, role: str) -> Answer:
         """Similar items (``role="similar"``) or bought together (``role="bought_together"``)."""

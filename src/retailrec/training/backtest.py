@@ -62,6 +62,8 @@ METRICS = ("ndcg_at_10", "recall_at_20", "hit_rate_at_10")
 RANKERS = ("champion", "popularity", "bm25_itemknn")
 #: The all-items protocol's rankers: the same, and the visitor's own items first.
 RANKERS_ALL_ITEMS = (*RANKERS, "recently_viewed")
+#: The session report's rankers (see ``evaluate.session_rankers``).
+SESSION_RANKERS = ("served", "sequence", "sequential_rules", "session_knn")
 #: Returning visitors ranked at most (a seeded sample beyond): +-0.014 of noise at most.
 MAX_WARM = 5_000
 
@@ -82,8 +84,9 @@ class BacktestReport:
     #: ``revisit_share`` (returning visitors' window pairs touched before) and
     #: ``visitors_with_revisit`` (share of returning visitors with one).
     repeat: dict[str, float] = field(default_factory=dict)
-    #: Next-item HitRate@20 on the window's sessions: ``served`` (``POST
-    #: /v1/sessions/recommendations``), ``sequential_rules`` (on the days before), ``examples``.
+    #: Next-item HitRate@20 on the window's sessions, and MRR@20 (``<name>_mrr``): ``served``
+    #: (``POST /v1/sessions/recommendations``), ``sequence`` (the bundle's sequence model alone),
+    #: ``sequential_rules`` and ``session_knn`` (on the days before); ``examples``.
     sessions: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
@@ -102,6 +105,15 @@ class BacktestReport:
                     row[f"{metric}{target}_all"] = ev.all_visitors(m, f"{metric}{target}")
             out.append(row)
         return out
+
+    def session_rows(self) -> list[dict[str, Any]]:
+        """The session figures as rows: ranker, HitRate@20, MRR@20."""
+        s = self.sessions
+        return [
+            {"ranker": name, "hit_rate@20": s[name], "mrr@20": s[f"{name}_mrr"]}
+            for name in SESSION_RANKERS
+            if name in s and f"{name}_mrr" in s
+        ]
 
     def ratio(self, against: str, metric: str = "ndcg_at_10", all_items: bool = False) -> float:
         """The champion's ``metric`` (returning visitors) over a baseline's."""
@@ -289,13 +301,9 @@ def backtest(
     session_rank = (
         _api_session_ranker(api) if api is not None else ev.served_session_ranker(service)
     )
-    report.sessions = {
-        "served": ev.session_hit_rate(session_rank, examples, 20),
-        "sequential_rules": ev.session_hit_rate(
-            ev.sequential_rules_ranker(histories.events), examples, 20
-        ),
-        "examples": float(len(examples)),
-    }
+    report.sessions = ev.session_comparison(
+        ev.session_rankers(session_rank, service, histories.events), examples, 20
+    )
     if api is not None:
         api.close()
     n = int(report.results["champion"]["n_relevant"])
@@ -356,9 +364,10 @@ the window were touched before; {rep.get("visitors_with_revisit", 0):.1%} of
 NDCG@10 of the champion: {report.ratio("bm25_itemknn", all_items=True):.2f}&times; BM25
 item-kNN, {report.ratio("recently_viewed", all_items=True):.2f}&times; recently viewed.</p>
 {_table(report.rows(all_items=True))}
-<p>Anonymous sessions, next-item HitRate@20 over {int(report.sessions.get("examples", 0)):,}
-steps: served {report.sessions.get("served", 0):.4f}, sequential rules on the days before
-{report.sessions.get("sequential_rules", 0):.4f}.</p>
+<p>Anonymous sessions, next-item HitRate@20 and MRR@20 over
+{int(report.sessions.get("examples", 0)):,} steps (the baselines fitted on the days before the
+window).</p>
+{_table(report.session_rows()) if report.session_rows() else ""}
 <p>Columns without a suffix: returning visitors (truth: items new to them, or every item in the
 all-items table); <code>_buy</code>: carts and purchases; <code>_all</code>: returning and new
 visitors together.</p>

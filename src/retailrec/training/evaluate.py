@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from retailrec.events import EVENT_TYPES, TRANSACTION, event_codes
 from retailrec.feature_store import store
@@ -500,9 +501,33 @@ SessionRanker = Any
 
 def session_hit_rate(rank: SessionRanker, examples: list[tuple[np.ndarray, int]], k: int) -> float:
     """Share of examples whose next item is in the top ``k``."""
+    return session_scores(rank, examples, k)[0]
+
+
+def session_scores(
+    rank: SessionRanker, examples: list[tuple[np.ndarray, int]], k: int
+) -> tuple[float, float]:
+    """``(HitRate@k, MRR@k)``: the share of examples whose next item is in the top ``k``, and
+    the mean of 1 / its rank there (0 where it is not)."""
     if not examples:
-        return 0.0
-    return float(np.mean([target in rank(prefix, k) for prefix, target in examples]))
+        return 0.0, 0.0
+    reciprocal = np.zeros(len(examples))
+    for e, (prefix, target) in enumerate(examples):
+        at = np.flatnonzero(np.asarray(rank(prefix, k))[:k] == target)
+        if len(at):
+            reciprocal[e] = 1.0 / (at[0] + 1)
+    return float(np.mean(reciprocal > 0)), float(np.mean(reciprocal))
+
+
+def session_comparison(
+    rankers: dict[str, SessionRanker], examples: list[tuple[np.ndarray, int]], k: int = 20
+) -> dict[str, float]:
+    """Each ranker's next-item HitRate@k (under its name) and MRR@k (``<name>_mrr``) on the
+    same examples, and ``examples``, their number."""
+    out = {"examples": float(len(examples))}
+    for name, rank in rankers.items():
+        out[name], out[f"{name}_mrr"] = session_scores(rank, examples, k)
+    return out
 
 
 def served_session_ranker(served: RecommendationService) -> SessionRanker:
@@ -511,6 +536,79 @@ def served_session_ranker(served: RecommendationService) -> SessionRanker:
 
     def rank(items: np.ndarray, n: int) -> np.ndarray:
         return np.asarray(served.for_session(items.tolist(), n, rules).items, dtype=np.int64)
+
+    return rank
+
+
+def sequence_ranker(served: RecommendationService) -> SessionRanker:
+    """The served bundle's sequence model alone, the session's items and unavailable ones left
+    out (popularity where it knows none of them)."""
+    seq = served.bundle.sequence
+    if seq is None:
+        raise ValueError("the bundle has no sequence model")
+
+    def rank(items: np.ndarray, n: int) -> np.ndarray:
+        idx = served.bundle.item_index(np.asarray(items, dtype=np.int64))
+        blocked = served.rules.unavailable.copy()
+        blocked[idx[idx >= 0]] = True
+        found = seq.recommend_one(seq.sequence_row(idx), n, blocked)[0]
+        return np.asarray(served.bundle.item_ids[found], dtype=np.int64)
+
+    return rank
+
+
+def session_rankers(
+    served_rank: SessionRanker, served: RecommendationService, before: pd.DataFrame
+) -> dict[str, SessionRanker]:
+    """What a session report compares: the served answers (``served_rank``: in process or
+    through the API), the bundle's sequence model alone (where it has one), and sequential rules
+    and session-kNN fitted on ``before``, the events before the window."""
+    rankers = {"served": served_rank}
+    if served.bundle.sequence is not None:
+        rankers["sequence"] = sequence_ranker(served)
+    rankers["sequential_rules"] = sequential_rules_ranker(before)
+    rankers["session_knn"] = session_knn_ranker(before)
+    return rankers
+
+
+def session_knn_ranker(events: pd.DataFrame, k: int = 100) -> SessionRanker:
+    """The session-kNN baseline of session-based recommendation (Jannach and Ludewig 2017):
+    the ``k`` training sessions most like the current one (cosine of their item sets) vote for
+    their items with their similarity; the session's own items are left out, popularity after.
+    This variant looks at every past session that shares an item with the current one (the
+    original samples the most recent)."""
+    keys, items = _in_sessions(events)
+    ids = np.unique(items)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    session = np.cumsum(np.r_[True, keys[1:] != keys[:-1]]) - 1
+    matrix = sp.csr_matrix(
+        (np.ones(len(items), np.float32), (session, np.searchsorted(ids, items))),
+        shape=(len(starts), len(ids)),
+    )
+    matrix.data[:] = 1.0  # an item seen twice in a session counts once
+    by_item = matrix.T.tocsr()
+    sizes = np.asarray(matrix.sum(axis=1)).ravel()
+    popular = pd.Series(events["itemid"].to_numpy()).value_counts().index.to_numpy(np.int64)
+
+    def rank(current: np.ndarray, n: int) -> np.ndarray:
+        distinct = np.unique(current)
+        at = np.minimum(np.searchsorted(ids, distinct), len(ids) - 1)
+        known = at[ids[at] == distinct]
+        picked: list[int] = []
+        if len(known):
+            overlap = np.asarray(by_item[known].sum(axis=0)).ravel()
+            near = np.flatnonzero(overlap)
+            sim = overlap[near] / np.sqrt(sizes[near] * len(distinct))
+            top = np.argsort(-sim, kind="stable")[:k]
+            scores = np.asarray(matrix[near[top]].T @ sim[top]).ravel()
+            scores[known] = 0.0
+            found = np.flatnonzero(scores > 0)
+            order = found[np.argsort(-scores[found], kind="stable")]
+            picked = ids[order[:n]].tolist()
+        if len(picked) < n:
+            chosen = set(picked) | set(current.tolist())
+            picked += [int(i) for i in popular[: n + len(chosen)] if i not in chosen]
+        return np.array(picked[:n], dtype=np.int64)
 
     return rank
 

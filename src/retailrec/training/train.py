@@ -189,11 +189,12 @@ SESSION_GRID = tuple(
 def aux_models(
     data: Dataset, similar: str = "itemknn_bm25", session: dict[str, Any] | None = None
 ) -> dict[str, BaseRecommender]:
-    """The similar-items, session, bought-together and popularity (overall, recent, in the
-    visitor's categories) models, fitted on ``data``."""
+    """The similar-items, session (and the sequence model it mixes in), bought-together and
+    popularity (overall, recent, in the visitor's categories) models, fitted on ``data``."""
     return {
         "similar": make_model(similar).fit(data),
         "session": make_model("session", **(session or {})).fit(data),
+        "sequence": make_model("sequence").fit(data),
         "bought_together": make_model("bought_together").fit(data),
         "popular": make_model("popular").fit(data),
         "popular_7d": make_model("popular_7d").fit(data),
@@ -299,20 +300,20 @@ class Stage:
         return RecommendationService(bundle, "evaluation")
 
     def session_hit_rates(self, k: int = 20) -> dict[str, float]:
-        """Next-item HitRate@k on the window's sessions: the served answers to
-        ``POST /v1/sessions/recommendations``, and sequential rules computed on the same days
-        before the window."""
-        examples = ev.next_item_examples(self.window)
-        before = self.histories.events
-        return {
-            f"session_hit_rate_at_{k}": ev.session_hit_rate(
-                ev.served_session_ranker(self.served()), examples, k
-            ),
-            f"session_hit_rate_at_{k}_sequential_rules": ev.session_hit_rate(
-                ev.sequential_rules_ranker(before), examples, k
-            ),
-            "session_examples": float(len(examples)),
-        }
+        """Next-item HitRate@k and MRR@k on the window's sessions: the served answers to
+        ``POST /v1/sessions/recommendations``; the sequence model alone; and sequential rules
+        and session-kNN computed on the same days before the window."""
+        served = self.served()
+        rankers = ev.session_rankers(
+            ev.served_session_ranker(served), served, self.histories.events
+        )
+        rates = ev.session_comparison(rankers, ev.next_item_examples(self.window), k)
+        out = {"session_examples": rates["examples"]}
+        for name in rankers:
+            suffix = "" if name == "served" else f"_{name}"
+            out[f"session_hit_rate_at_{k}{suffix}"] = rates[name]
+            out[f"session_mrr_at_{k}{suffix}"] = rates[f"{name}_mrr"]
+        return out
 
     def score_bundle(
         self, bundle: ModelBundle, per_visitor: dict[str, np.ndarray] | None = None
@@ -399,21 +400,36 @@ def prepare(
     return _Prepared(events, split, windows, val, test, _catalogue(settings, None), oracle)
 
 
+#: The sequence model's shares of the served session answer tried after the blend (none first).
+SEQUENCE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
 def tune_session(stage: Stage, k: int = 20, max_examples: int = 2_000) -> dict[str, Any]:
-    """The session blend (:data:`SESSION_GRID`) whose served answers to the stage's window
-    sessions have the best next-item HitRate@k; the stage's session model is left blended so."""
+    """The session blend whose served answers to the stage's window sessions have the best
+    next-item HitRate@k + MRR@k: first the session model's own (:data:`SESSION_GRID`), then the
+    sequence model's share (:data:`SEQUENCE_WEIGHTS`). The stage's session model is left
+    blended so."""
     from retailrec.models.item_item import SessionRecommender
 
     session = stage.aux()["session"]
     assert isinstance(session, SessionRecommender)
     examples = ev.next_item_examples(stage.window, max_examples=max_examples)
     served = stage.served()
-    best, best_rate = dict(SESSION_GRID[0]), -1.0
+
+    def quality() -> float:
+        return sum(ev.session_scores(ev.served_session_ranker(served), examples, k))
+
+    best, best_rate = {**SESSION_GRID[0], "sequence_weight": 0.0}, -1.0
     for params in SESSION_GRID if examples else ():
         session.blend(**params)
-        rate = ev.session_hit_rate(ev.served_session_ranker(served), examples, k)
+        rate = quality()
         if rate > best_rate:
-            best, best_rate = dict(params), rate
+            best, best_rate = {**params, "sequence_weight": 0.0}, rate
+    for weight in SEQUENCE_WEIGHTS[1:] if examples and "sequence" in stage.aux() else ():
+        session.blend(**{**best, "sequence_weight": weight})
+        rate = quality()
+        if rate > best_rate:
+            best, best_rate = {**best, "sequence_weight": weight}, rate
     session.blend(**best)
     stage.session_params = best
     return best

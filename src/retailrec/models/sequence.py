@@ -1,0 +1,303 @@
+"""A sequential session model in the style of GRU4Rec (Hidasi et al. 2016), trained in PyTorch
+and served with numpy.
+
+* A session is its distinct items in the order of their latest view: a repeat moves the item to
+  the end (:func:`session_sequences`). The last ``max_len`` of them are encoded.
+* Encoder: item embeddings -> one GRU layer -> a linear layer; the session's vector is the
+  output after its latest item.
+* An item's score is the session vector's dot product with the item's embedding (tied with the
+  input embedding) plus the item's bias.
+* Training: next-item prediction within the sessions of the training log, on the targets that
+  the session-rec protocol scores (an item new to the session). The loss is a sampled softmax
+  over the batch's targets and ``n_negatives`` items drawn uniformly, each logit corrected by
+  the log of its chance to be a candidate (Yi et al. 2019), so popular items are not
+  over-penalised as negatives.
+
+Serving reads a session as a history row whose weights halve with each step back
+(:meth:`SequenceRecommender.sequence_row`): the order is read back from the weights, exactly. The
+session vector and the items' ``[embedding, bias]`` make a factor model, so serving finds the top
+items with the exact bounded scan of :class:`~retailrec.models.factors.FactorRecommender`. After
+fitting, the weights are copied to numpy: scoring needs no torch. Training uses the GPU when one
+is present.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from retailrec.models.data import Dataset
+from retailrec.models.factors import FactorRecommender
+
+log = logging.getLogger(__name__)
+
+
+def session_sequences(groups: np.ndarray, items: np.ndarray) -> list[np.ndarray]:
+    """Each session's steps as the session model sees them.
+
+    Args:
+        groups: (n_events,) session keys, each session's events together and in time order.
+        items: (n_events,) item indices.
+
+    Returns:
+        One int64 array per session with at least two distinct items: its items in viewing
+        order, consecutive repeats collapsed.
+    """
+    if not len(items):
+        return []
+    keep = np.r_[True, (groups[1:] != groups[:-1]) | (items[1:] != items[:-1])]
+    groups, items = groups[keep], items[keep]
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    lengths = np.diff(np.r_[starts, len(groups)])
+    return [items[s : s + n] for s, n in zip(starts, lengths, strict=True) if n >= 2]
+
+
+def latest_order(items: np.ndarray) -> np.ndarray:
+    """Distinct ``items`` in the order of their latest occurrence (negative entries dropped)."""
+    items = np.asarray(items, dtype=np.int64)
+    items = items[items >= 0]
+    rev = items[::-1]
+    _, first = np.unique(rev, return_index=True)  # first in reverse = latest occurrence
+    out: np.ndarray = rev[np.sort(first)][::-1]
+    return out
+
+
+def training_examples(sequences: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Next-item examples: for each step of each session whose item is new to the session, the
+    session so far (:func:`latest_order`, its last ``max_len``) and that item.
+
+    Returns:
+        ``(prefixes (N, max_len) of item indices, left-padded with -1, targets (N,))``.
+    """
+    prefixes: list[np.ndarray] = []
+    targets: list[int] = []
+    for seq in sequences:
+        order: list[int] = []
+        for i, item in enumerate(seq.tolist()):
+            if i and item not in order:
+                prefixes.append(np.asarray(order[-max_len:], dtype=np.int64))
+                targets.append(item)
+            if item in order:
+                order.remove(item)
+            order.append(item)
+    out = np.full((len(prefixes), max_len), -1, dtype=np.int64)
+    for r, p in enumerate(prefixes):
+        out[r, max_len - len(p) :] = p
+    return out, np.asarray(targets, dtype=np.int64)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow warnings
+    return out
+
+
+class SequenceRecommender(FactorRecommender):
+    """GRU4Rec-style next-item model; see the module docstring.
+
+    Args:
+        dim: Embedding and GRU state size.
+        max_len: The latest distinct items of a session that are encoded.
+        epochs, batch_size, lr: Training schedule (Adam).
+        n_negatives: Items drawn uniformly per batch as extra negatives.
+        max_examples: Examples drawn per epoch at most (a time budget on large logs).
+        device: ``auto`` (GPU when present), ``cpu`` or ``cuda``.
+    """
+
+    name = "sequence"
+
+    def __init__(
+        self,
+        dim: int = 128,
+        max_len: int = 10,
+        epochs: int = 4,
+        batch_size: int = 512,
+        lr: float = 0.004,
+        n_negatives: int = 1024,
+        max_examples: int = 150_000,
+        device: str = "auto",
+        random_state: int = 0,
+    ) -> None:
+        super().__init__()
+        self.dim, self.max_len, self.epochs = dim, max_len, epochs
+        self.batch_size, self.lr, self.n_negatives = batch_size, lr, n_negatives
+        self.max_examples = max_examples
+        self.device = device
+        self.random_state = random_state
+        #: (n_items + 1, dim) input embeddings; the last row is the padding (zeros).
+        self.embedding_ = np.zeros((1, dim), dtype=np.float32)
+        self.gru_ = {
+            name: np.zeros(0, dtype=np.float32) for name in ("w_ih", "w_hh", "b_ih", "b_hh")
+        }
+        self.out_w_ = np.zeros((dim, dim), dtype=np.float32)
+        self.out_b_ = np.zeros(dim, dtype=np.float32)
+        self.train_stats_: dict[str, float] = {}
+
+    # -- fitting ------------------------------------------------------------------------------
+
+    def _fit(self, data: Dataset) -> None:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(self.random_state)
+        rng = np.random.default_rng(self.random_state)
+        device = torch.device(
+            "cuda"
+            if self.device == "auto" and torch.cuda.is_available()
+            else ("cpu" if self.device == "auto" else self.device)
+        )
+        ev = data.events.sort_values(["user", "session", "timestamp"], kind="stable")
+        groups = ev["user"].to_numpy(np.int64) * 100_000 + ev["session"].to_numpy(np.int64)
+        prefixes, targets = training_examples(
+            session_sequences(groups, ev["item"].to_numpy(np.int64)), self.max_len
+        )
+        n_items, pad = data.n_items, data.n_items  # the padding index is the last row
+        n_neg = min(self.n_negatives, n_items)
+        # logQ: the chance that an item is among a batch's candidates, its targets (by their
+        # frequency) or the uniform draws.
+        q = (np.bincount(targets, minlength=n_items).astype(np.float64) + 1.0) / (
+            len(targets) + n_items
+        )
+        p_cand = -np.expm1(self.batch_size * np.log1p(-q)) + n_neg / n_items
+        log_q = torch.tensor(np.log(np.minimum(p_cand, 1.0)), dtype=torch.float32, device=device)
+
+        class Net(nn.Module):  # type: ignore[misc]
+            def __init__(self, dim: int) -> None:
+                super().__init__()
+                # Sparse gradients: a step touches its batch's rows, not the whole catalogue.
+                self.item = nn.Embedding(n_items + 1, dim, padding_idx=pad, sparse=True)
+                self.bias = nn.Embedding(n_items, 1, sparse=True)
+                self.gru = nn.GRU(dim, dim, batch_first=True)
+                self.out = nn.Linear(dim, dim)
+                nn.init.normal_(self.item.weight, std=0.05)
+                nn.init.zeros_(self.bias.weight)
+                with torch.no_grad():
+                    self.item.weight[pad].zero_()
+
+            def encode(self, x: Any) -> Any:
+                states, _ = self.gru(self.item(x))
+                return self.out(states[:, -1])
+
+        model = Net(self.dim).to(device)
+        sparse = [model.item.weight, model.bias.weight]
+        dense = [p for n, p in model.named_parameters() if not n.startswith(("item.", "bias."))]
+        optimizers = [
+            torch.optim.SparseAdam(sparse, lr=self.lr),
+            torch.optim.Adam(dense, lr=self.lr),
+        ]
+        x_t = torch.tensor(np.where(prefixes >= 0, prefixes, pad), dtype=torch.long)
+        y_t = torch.tensor(targets, dtype=torch.long)
+        n = len(targets)
+        start, steps, loss_sum, seen = time.perf_counter(), 0, 0.0, 0
+        model.train()
+        for _epoch in range(self.epochs if n else 0):
+            order = torch.from_numpy(rng.permutation(n)[: self.max_examples])
+            for b in range(0, len(order), self.batch_size):
+                batch = order[b : b + self.batch_size]
+                if len(batch) < 2:
+                    continue
+                y = y_t[batch].to(device)
+                u = model.encode(x_t[batch].to(device))
+                neg = torch.from_numpy(rng.integers(0, n_items, n_neg)).to(device)
+                cand = torch.cat([y, neg])
+                logits = u @ model.item(cand).T + model.bias(cand).T - log_q[cand][None, :]
+                # A candidate that is the example's own target is not a negative for it.
+                same = y[:, None] == cand[None, :]
+                same[:, : len(y)] &= ~torch.eye(len(y), dtype=torch.bool, device=device)
+                logits = logits.masked_fill(same, float("-inf"))
+                loss = nn.functional.cross_entropy(logits, torch.arange(len(y), device=device))
+                for opt in optimizers:
+                    opt.zero_grad()
+                loss.backward()
+                for opt in optimizers:
+                    opt.step()
+                steps += 1
+                seen += len(batch)
+                loss_sum += float(loss.detach())
+        seconds = time.perf_counter() - start
+        self.train_stats_ = {
+            "examples": float(n),
+            "steps": float(steps),
+            "seconds": seconds,
+            "examples_per_second": seen / max(seconds, 1e-9),
+            "final_mean_loss": loss_sum / max(steps, 1),
+            "device": 1.0 if device.type == "cuda" else 0.0,
+        }
+        log.info("sequence: %d examples, %d steps in %.1fs on %s", n, steps, seconds, device)
+        model.eval()
+        with torch.no_grad():
+            emb = model.item.weight.detach().cpu().numpy().astype(np.float32)
+            bias = model.bias.weight.detach().cpu().numpy().astype(np.float32)
+            self.embedding_ = emb
+            self.item_factors_ = np.ascontiguousarray(np.concatenate([emb[:n_items], bias], axis=1))
+            self.gru_ = {
+                "w_ih": model.gru.weight_ih_l0.detach().cpu().numpy().astype(np.float32),
+                "w_hh": model.gru.weight_hh_l0.detach().cpu().numpy().astype(np.float32),
+                "b_ih": model.gru.bias_ih_l0.detach().cpu().numpy().astype(np.float32),
+                "b_hh": model.gru.bias_hh_l0.detach().cpu().numpy().astype(np.float32),
+            }
+            self.out_w_ = model.out.weight.detach().cpu().numpy().astype(np.float32)
+            self.out_b_ = model.out.bias.detach().cpu().numpy().astype(np.float32)
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    def sequence_row(self, items: np.ndarray) -> sp.csr_matrix:
+        """A (1, n_items) row for items in viewing order (-1: unknown, skipped): the session's
+        distinct items by their latest view, the latest weighing 1 and each step back half the
+        next, so that :meth:`user_vectors` reads the order back exactly."""
+        order = latest_order(items)[-self.max_len :]
+        order = order[order < self.n_items_]
+        weights = 0.5 ** np.arange(len(order))[::-1]
+        cols = np.argsort(order, kind="stable")
+        return sp.csr_matrix(
+            (
+                weights[cols].astype(np.float32),
+                order[cols].astype(np.int32),
+                np.array([0, len(order)], dtype=np.int32),
+            ),
+            shape=(1, self.n_items_),
+        )
+
+    def encode(self, prefixes: np.ndarray) -> np.ndarray:
+        """The session vectors ``[GRU output, 1]`` of (R, max_len) item indices left-padded
+        with -1: the same arithmetic as the trained network."""
+        prefixes = np.asarray(prefixes, dtype=np.int64)
+        x = self.embedding_[np.where(prefixes >= 0, prefixes, self.n_items_)]
+        g = self.gru_
+        gi = x @ g["w_ih"].T + g["b_ih"]  # (R, L, 3d): the input's part of every step at once
+        d = self.dim
+        h = np.zeros((len(prefixes), d), dtype=np.float32)
+        for t in range(prefixes.shape[1]):
+            gh = h @ g["w_hh"].T + g["b_hh"]
+            r = _sigmoid(gi[:, t, :d] + gh[:, :d])
+            z = _sigmoid(gi[:, t, d : 2 * d] + gh[:, d : 2 * d])
+            cand = np.tanh(gi[:, t, 2 * d :] + r * gh[:, 2 * d :])
+            h = (1.0 - z) * cand + z * h
+        u = h @ self.out_w_.T + self.out_b_
+        out: np.ndarray = np.concatenate([u, np.ones((len(u), 1), np.float32)], axis=1)
+        return out.astype(np.float32)
+
+    def user_vectors(self, user_items: sp.csr_matrix) -> np.ndarray:
+        """Each row's items in ascending weight order (oldest first: exact for
+        :meth:`sequence_row`, by confidence for other histories), the last ``max_len`` encoded;
+        an empty row gets a zero vector (the popular items)."""
+        rows = sp.csr_matrix(user_items, dtype=np.float32)
+        prefixes = np.full((rows.shape[0], self.max_len), -1, dtype=np.int64)
+        empty = np.diff(rows.indptr) == 0
+        for r in range(rows.shape[0]):
+            lo, hi = rows.indptr[r], rows.indptr[r + 1]
+            order = rows.indices[lo:hi][np.argsort(rows.data[lo:hi], kind="stable")]
+            order = order[-self.max_len :]
+            prefixes[r, self.max_len - len(order) :] = order
+        vectors = self.encode(prefixes)
+        vectors[empty] = 0.0
+        return vectors
+
+    def item_scores(self, row: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
+        """The scores of ``items`` (indices) for one history row, as ranking gives them (the
+        popularity tie-break left out)."""
+        scores: np.ndarray = self.item_factors_[items] @ self.user_vectors(row)[0]
+        return scores.astype(np.float32)

@@ -1,0 +1,114 @@
+"""The sequential session model: its examples, its numpy encoder, and a known answer that only
+order can give."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from retailrec.models import Dataset, make_model
+from retailrec.models.sequence import (
+    SequenceRecommender,
+    latest_order,
+    session_sequences,
+    training_examples,
+)
+from retailrec.training import evaluate as ev
+from tests.utils.factories import events_frame
+
+T = 1_500_000_000_000
+MIN = 60_000
+
+
+def test_sessions_and_examples_by_hand() -> None:
+    groups = np.array([1, 1, 1, 1, 1, 2, 3, 3])
+    items = np.array([5, 5, 6, 5, 7, 9, 4, 8])
+    sequences = session_sequences(groups, items)
+    # The repeat of 5 in a row collapses; a one-item session is no sequence.
+    assert [s.tolist() for s in sequences] == [[5, 6, 5, 7], [4, 8]]
+    prefixes, targets = training_examples(sequences, max_len=2)
+    # 5 back after 6 is not new to the session: no example; it moves 5 behind 6.
+    assert prefixes.tolist() == [[-1, 5], [6, 5], [-1, 4]]
+    assert targets.tolist() == [6, 7, 8]
+    assert latest_order(np.array([5, 3, -1, 5, 7])).tolist() == [3, 5, 7]
+
+
+#: Known-answer sessions: each starts at its own item (10 + k), goes through the same two items
+#: (1, then 2) and ends at its own item (20 + k). After 2, only the first item tells the end.
+PATTERNS = 4
+
+
+def pattern_log(n_sessions: int = 400, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_sessions):
+        k = int(rng.integers(PATTERNS))
+        for j, item in enumerate((10 + k, 1, 2, 20 + k)):
+            rows.append((T + s * 100 * MIN + j * MIN, s, "view", item, None))
+    return events_frame(rows)
+
+
+@pytest.fixture(scope="module")
+def patterns() -> tuple[Dataset, SequenceRecommender]:
+    data = Dataset.from_events(pattern_log())
+    model = make_model("sequence", dim=16, epochs=15, batch_size=64, lr=0.02, n_negatives=4)
+    model.fit(data)
+    assert isinstance(model, SequenceRecommender)
+    return data, model
+
+
+def test_order_decides_where_the_last_item_cannot(
+    patterns: tuple[Dataset, SequenceRecommender],
+) -> None:
+    """Known answer: the model remembers how the session began; sequential rules read the last
+    item, whose four successors are equally likely."""
+    data, model = patterns
+    examples = [(np.array([10 + k, 1, 2]), 20 + k) for k in range(PATTERNS)]
+
+    def sequence_rank(items: np.ndarray, n: int) -> np.ndarray:
+        idx = data.item_index(items)
+        blocked = np.zeros(data.n_items, dtype=bool)
+        blocked[idx] = True
+        found = model.recommend_one(model.sequence_row(idx), n, blocked)[0]
+        return np.asarray(data.item_ids[found])
+
+    assert ev.session_scores(sequence_rank, examples, 1) == (1.0, 1.0)
+    rules = ev.sequential_rules_ranker(pattern_log())
+    assert ev.session_scores(rules, examples, 1)[0] <= 0.5
+    assert ev.session_scores(rules, examples, PATTERNS)[0] == 1.0  # all four, in some order
+
+
+def test_the_numpy_encoder_is_the_trained_network(
+    patterns: tuple[Dataset, SequenceRecommender],
+) -> None:
+    _, model = patterns
+    gru = torch.nn.GRU(model.dim, model.dim, batch_first=True)
+    with torch.no_grad():
+        gru.weight_ih_l0.copy_(torch.from_numpy(model.gru_["w_ih"]))
+        gru.weight_hh_l0.copy_(torch.from_numpy(model.gru_["w_hh"]))
+        gru.bias_ih_l0.copy_(torch.from_numpy(model.gru_["b_ih"]))
+        gru.bias_hh_l0.copy_(torch.from_numpy(model.gru_["b_hh"]))
+        prefixes = np.array([[-1, -1, 2, 3], [0, 1, 2, 3], [-1, -1, -1, 5]])
+        x = torch.from_numpy(model.embedding_[np.where(prefixes >= 0, prefixes, model.n_items_)])
+        states, _ = gru(x)
+        expected = states[:, -1].numpy() @ model.out_w_.T + model.out_b_
+    got = model.encode(prefixes)
+    np.testing.assert_allclose(got[:, :-1], expected, rtol=1e-4, atol=1e-5)
+    assert (got[:, -1] == 1.0).all()  # the item bias's weight
+    assert (model.embedding_[model.n_items_] == 0).all()  # the padding embeds as nothing
+
+
+def test_a_row_reads_back_in_order(patterns: tuple[Dataset, SequenceRecommender]) -> None:
+    """``sequence_row`` keeps the order through the weights, so scoring the row is encoding the
+    session's distinct items by their latest view."""
+    _, model = patterns
+    row = model.sequence_row(np.array([4, 1, -1, 4, 2, 2]))
+    assert sorted(row.indices.tolist()) == [1, 2, 4]
+    vectors = model.user_vectors(row)
+    prefix = np.full((1, model.max_len), -1)
+    prefix[0, -3:] = [1, 4, 2]
+    np.testing.assert_allclose(vectors, model.encode(prefix), rtol=1e-6)
+    scores = model.item_scores(row, np.arange(model.n_items_))
+    np.testing.assert_allclose(scores, model.score(row)[0], rtol=1e-5, atol=1e-6)
