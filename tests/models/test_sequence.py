@@ -10,6 +10,7 @@ import torch
 
 from retailrec.models import Dataset, make_model
 from retailrec.models.sequence import (
+    UNTRAINED,
     SequenceRecommender,
     latest_order,
     session_sequences,
@@ -112,3 +113,29 @@ def test_a_row_reads_back_in_order(patterns: tuple[Dataset, SequenceRecommender]
     np.testing.assert_allclose(vectors, model.encode(prefix), rtol=1e-6)
     scores = model.item_scores(row, np.arange(model.n_items_))
     np.testing.assert_allclose(scores, model.score(row)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_items_never_a_target_rank_last_and_serving_scores_only_the_rest(
+    patterns: tuple[Dataset, SequenceRecommender],
+) -> None:
+    """The sessions' first items (10..13) are never a next item: they learned nothing to be
+    recommended for. They rank below every other item, and the serving path, which scores only
+    the trained items, ranks exactly as the whole catalogue does."""
+    data, model = patterns
+    untrained = data.item_index(np.arange(10, 10 + PATTERNS))
+    assert (model.item_factors_[untrained, -1] == UNTRAINED).all()
+    row = model.sequence_row(data.item_index(np.array([11, 1])))
+    full, _ = model.recommend(row, data.n_items, filter_already_liked_items=False)
+    assert set(full[0][-PATTERNS:].tolist()) == set(untrained.tolist())
+    model.prepare_serving()
+    for blocked_items in ([], [1, 2], [1, 2, 20, 21, 22]):
+        blocked = np.zeros(data.n_items, dtype=bool)
+        blocked[data.item_index(np.array(blocked_items, dtype=np.int64))] = True
+        expected = [i for i in full[0].tolist() if not blocked[i]]
+        trained = [i for i in expected if i not in untrained]
+        for n in (1, 3, data.n_items):  # all: past the trained items, the whole catalogue
+            got = model.recommend_one(row, n, blocked)[0].tolist()
+            assert got[: len(trained)] == trained[:n]
+            # Then untrained ones, which tie (their tie-break is below float32's resolution).
+            assert len(got) == min(n, len(expected))
+            assert set(got[len(trained) :]) <= set(untrained.tolist())

@@ -15,9 +15,9 @@ and served with numpy.
 
 Serving reads a session as a history row whose weights halve with each step back
 (:meth:`SequenceRecommender.sequence_row`): the order is read back from the weights, exactly. The
-session vector and the items' ``[embedding, bias]`` make a factor model, so serving finds the top
-items with the exact bounded scan of :class:`~retailrec.models.factors.FactorRecommender`. After
-fitting, the weights are copied to numpy: scoring needs no torch. Training uses the GPU when one
+session vector and the items' ``[embedding, bias]`` make a factor model; items that were never a
+training target score below all others, so serving scores only the trained ones. After fitting,
+the weights are copied to numpy: scoring needs no torch. Training uses the GPU when one
 is present.
 """
 
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from retailrec.models.base import TIE_BREAK, BaseRecommender
 from retailrec.models.data import Dataset
 from retailrec.models.factors import FactorRecommender
 
@@ -90,6 +91,10 @@ def training_examples(sequences: list[np.ndarray], max_len: int) -> tuple[np.nda
     return out, np.asarray(targets, dtype=np.int64)
 
 
+#: The score of an item that was never a training target: below any trained item's.
+UNTRAINED = -1e4
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     out: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow warnings
     return out
@@ -117,7 +122,7 @@ class SequenceRecommender(FactorRecommender):
         batch_size: int = 512,
         lr: float = 0.004,
         n_negatives: int = 1024,
-        max_examples: int = 150_000,
+        max_examples: int = 100_000,
         device: str = "auto",
         random_state: int = 0,
     ) -> None:
@@ -232,7 +237,13 @@ class SequenceRecommender(FactorRecommender):
             emb = model.item.weight.detach().cpu().numpy().astype(np.float32)
             bias = model.bias.weight.detach().cpu().numpy().astype(np.float32)
             self.embedding_ = emb
-            self.item_factors_ = np.ascontiguousarray(np.concatenate([emb[:n_items], bias], axis=1))
+            # An item that was never a training target learned nothing to be recommended for:
+            # it ranks below every item that was (and serving need not score it).
+            trained = np.bincount(targets, minlength=n_items) > 0
+            out = np.concatenate([emb[:n_items], bias], axis=1)
+            out[~trained] = 0.0
+            out[~trained, -1] = UNTRAINED
+            self.item_factors_ = np.ascontiguousarray(out)
             self.gru_ = {
                 "w_ih": model.gru.weight_ih_l0.detach().cpu().numpy().astype(np.float32),
                 "w_hh": model.gru.weight_hh_l0.detach().cpu().numpy().astype(np.float32),
@@ -295,6 +306,35 @@ class SequenceRecommender(FactorRecommender):
         vectors = self.encode(prefixes)
         vectors[empty] = 0.0
         return vectors
+
+    # -- serving: the trained items only ------------------------------------------------------
+
+    def _build_serving(self, key: str) -> Any:
+        if key == "trained":  # the items that were training targets, contiguous
+            items = np.flatnonzero(self.item_factors_[:, -1] > UNTRAINED / 2)
+            return items, np.ascontiguousarray(self.item_factors_[items]), self.prior_[items]
+        return super()._build_serving(key)
+
+    def prepare_serving(self) -> None:
+        BaseRecommender.prepare_serving(self)
+        self._serving("trained")
+
+    def _candidate_scores(
+        self, row: sp.csr_matrix, n: int, blocked: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Every trained item's score, one product: exact, since the untrained ones all score
+        below them (the factor models' bounded scan does not pay here: softmax-trained item
+        vectors are of much the same length, so it cannot stop early)."""
+        items, factors, prior = self._serving("trained")
+        u = self.user_vectors(row)[0]
+        if not u.any():
+            return None  # nothing to go on: the popular items, as recommend() gives them
+        ok = ~blocked[items]
+        if int(ok.sum()) < n:
+            return None  # fewer trained items left than asked for: the whole catalogue
+        scores = (factors @ u + TIE_BREAK * prior)[ok]
+        top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else slice(None)
+        return items[ok][top], scores[top]
 
     def item_scores(self, row: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
         """The scores of ``items`` (indices) for one history row, as ranking gives them (the
