@@ -92,13 +92,14 @@ def test_the_numpy_encoder_is_the_trained_network(
         gru.bias_ih_l0.copy_(torch.from_numpy(model.gru_["b_ih"]))
         gru.bias_hh_l0.copy_(torch.from_numpy(model.gru_["b_hh"]))
         prefixes = np.array([[-1, -1, 2, 3], [0, 1, 2, 3], [-1, -1, -1, 5]])
-        x = torch.from_numpy(model.embedding_[np.where(prefixes >= 0, prefixes, model.n_items_)])
+        at = np.where(prefixes >= 0, np.searchsorted(model.vocab_, prefixes), len(model.vocab_))
+        x = torch.from_numpy(model.embedding_[at])
         states, _ = gru(x)
         expected = states[:, -1].numpy() @ model.out_w_.T + model.out_b_
     got = model.encode(prefixes)
     np.testing.assert_allclose(got[:, :-1], expected, rtol=1e-4, atol=1e-5)
     assert (got[:, -1] == 1.0).all()  # the item bias's weight
-    assert (model.embedding_[model.n_items_] == 0).all()  # the padding embeds as nothing
+    assert (model.embedding_[len(model.vocab_)] == 0).all()  # the padding embeds as nothing
 
 
 def test_a_row_reads_back_in_order(patterns: tuple[Dataset, SequenceRecommender]) -> None:
@@ -118,13 +119,16 @@ def test_a_row_reads_back_in_order(patterns: tuple[Dataset, SequenceRecommender]
 def test_items_never_a_target_rank_last_and_serving_scores_only_the_rest(
     patterns: tuple[Dataset, SequenceRecommender],
 ) -> None:
-    """The sessions' first items (10..13) are never a next item: they learned nothing to be
-    recommended for. They rank below every other item, and the serving path, which scores only
-    the trained items, ranks exactly as the whole catalogue does."""
+    """The sessions' first items (10..13) are never a next item: the model does not recommend
+    them. They rank below every other item, and the serving path, which scores only the items it
+    recommends, ranks exactly as the whole catalogue does."""
     data, model = patterns
     untrained = data.item_index(np.arange(10, 10 + PATTERNS))
-    assert (model.item_factors_[untrained, -1] == UNTRAINED).all()
+    assert not np.isin(untrained, model.head_).any()
+    assert len(model.head_) == data.n_items - PATTERNS
     row = model.sequence_row(data.item_index(np.array([11, 1])))
+    assert (model.score(row)[0, untrained] == UNTRAINED).all()
+    assert (model.item_scores(row, untrained) == UNTRAINED).all()
     full, _ = model.recommend(row, data.n_items, filter_already_liked_items=False)
     assert set(full[0][-PATTERNS:].tolist()) == set(untrained.tolist())
     model.prepare_serving()
@@ -133,9 +137,20 @@ def test_items_never_a_target_rank_last_and_serving_scores_only_the_rest(
         blocked[data.item_index(np.array(blocked_items, dtype=np.int64))] = True
         expected = [i for i in full[0].tolist() if not blocked[i]]
         trained = [i for i in expected if i not in untrained]
-        for n in (1, 3, data.n_items):  # all: past the trained items, the whole catalogue
+        for n in (1, 3, data.n_items):  # all: past the recommended items, the whole catalogue
             got = model.recommend_one(row, n, blocked)[0].tolist()
             assert got[: len(trained)] == trained[:n]
-            # Then untrained ones, which tie (their tie-break is below float32's resolution).
+            # Then the others, which tie (their tie-break is below float32's resolution).
             assert len(got) == min(n, len(expected))
             assert set(got[len(trained) :]) <= set(untrained.tolist())
+
+
+def test_it_recommends_the_items_most_often_next() -> None:
+    """``max_items`` bounds what it recommends to the most frequent next items: 1 and 2 follow
+    in every session, each end item in a quarter of them."""
+    data = Dataset.from_events(pattern_log())
+    model = make_model("sequence", dim=8, epochs=1, max_items=2).fit(data)
+    assert isinstance(model, SequenceRecommender)
+    assert data.item_ids[model.head_].tolist() == [1, 2]
+    assert model.train_stats_["vocabulary"] == data.n_items
+    assert model.train_stats_["recommended_items"] == 2

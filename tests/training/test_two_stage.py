@@ -66,14 +66,26 @@ def tiny_val(tiny_shop: Shop) -> Stage:
     )
 
 
-def test_candidates_are_the_sources_tops_with_their_features(tiny_val: Stage) -> None:
+@pytest.mark.parametrize("share", [0.0, 0.5])
+def test_candidates_are_the_sources_tops_with_their_features(tiny_val: Stage, share: float) -> None:
+    """With the sequence model given a share of the session answer, the session source is that
+    answer: the sequence model proposes candidates for visitors too."""
+    tiny_val.aux()["session"].sequence_weight = share  # type: ignore[attr-defined]
+    try:
+        check_candidates(tiny_val, share)
+    finally:
+        tiny_val.aux()["session"].sequence_weight = 0.0  # type: ignore[attr-defined]
+
+
+def check_candidates(tiny_val: Stage, share: float) -> None:
     served = two_stage.stage_service(
         tiny_val, "itemknn_bm25", {}, make_model("itemknn_bm25").fit(tiny_val.data)
     )
     b = served.bundle
+    assert b.session.sequence_weight == share
     assert b.item_features is not None
     visitors = [int(v) for v in tiny_val.histories.visitors[:300]]
-    checked = 0
+    checked, sequence_proposed = 0, set[int]()
     for v in visitors:
         p = served.prepare(tiny_val.histories.get(v))
         now = max(tiny_val.clock_ms, p.newest_ms)
@@ -90,6 +102,12 @@ def test_candidates_are_the_sources_tops_with_their_features(tiny_val: Stage) ->
             if source == "popular_7d":
                 source_row = served._empty
             got, scores = b.models[source].recommend_one(source_row, rk.DEPTH[source], blocked)
+            if source == "session" and share > 0:
+                mixed = served.session_items(p.recent, rk.DEPTH[source], blocked, [])
+                got, scores = np.asarray(mixed[0]), np.asarray(mixed[1], dtype=np.float32)
+                sequence_proposed |= set(got.tolist()) - set(
+                    b.session.recommend_one(source_row, rk.DEPTH[source], blocked)[0].tolist()
+                )
             union |= set(got.tolist())
             at = np.searchsorted(items, got)
             assert (feats[at, len(rk.SOURCES) + j] == np.arange(1, len(got) + 1)).all()
@@ -110,6 +128,7 @@ def test_candidates_are_the_sources_tops_with_their_features(tiny_val: Stage) ->
         if checked == 15:
             break
     assert checked == 15
+    assert bool(sequence_proposed) == (share > 0)  # items only the sequence model proposed
 
 
 def test_item_features_are_the_feature_stores_snapshot(tmp_path: Path, tiny_shop: Shop) -> None:

@@ -14,10 +14,11 @@ and served with numpy.
   over-penalised as negatives.
 
 Serving reads a session as a history row whose weights halve with each step back
-(:meth:`SequenceRecommender.sequence_row`): the order is read back from the weights, exactly. The
-session vector and the items' ``[embedding, bias]`` make a factor model; items that were never a
-training target score below all others, so serving scores only the trained ones. After fitting,
-the weights are copied to numpy: scoring needs no torch. Training uses the GPU when one
+(:meth:`SequenceRecommender.sequence_row`): the order is read back from the weights, exactly. An
+item's score is the session vector's product with its ``[embedding, bias]``. The model reads only
+the items of its training sessions (its vocabulary) and recommends only the ``max_items`` most
+often a next item there; every other item scores below those, so serving scores only them. After
+fitting, the weights are copied to numpy: scoring needs no torch. Training uses the GPU when one
 is present.
 """
 
@@ -32,7 +33,6 @@ import scipy.sparse as sp
 
 from retailrec.models.base import TIE_BREAK, BaseRecommender
 from retailrec.models.data import Dataset
-from retailrec.models.factors import FactorRecommender
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def training_examples(sequences: list[np.ndarray], max_len: int) -> tuple[np.nda
     return out, np.asarray(targets, dtype=np.int64)
 
 
-#: The score of an item that was never a training target: below any trained item's.
+#: The score of an item the model does not recommend: below every item it does.
 UNTRAINED = -1e4
 
 
@@ -100,7 +100,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return out
 
 
-class SequenceRecommender(FactorRecommender):
+class SequenceRecommender(BaseRecommender):
     """GRU4Rec-style next-item model; see the module docstring.
 
     Args:
@@ -109,6 +109,9 @@ class SequenceRecommender(FactorRecommender):
         epochs, batch_size, lr: Training schedule (Adam).
         n_negatives: Items drawn uniformly per batch as extra negatives.
         max_examples: Examples drawn per epoch at most (a time budget on large logs).
+        max_items: The items it recommends at most: those most often a next item in training
+            (the rest learned too little; the session model covers them). Bounds serving's
+            work and the model's size on a large catalogue.
         device: ``auto`` (GPU when present), ``cpu`` or ``cuda``.
     """
 
@@ -123,22 +126,29 @@ class SequenceRecommender(FactorRecommender):
         lr: float = 0.004,
         n_negatives: int = 1024,
         max_examples: int = 100_000,
+        max_items: int = 30_000,
         device: str = "auto",
         random_state: int = 0,
     ) -> None:
         super().__init__()
         self.dim, self.max_len, self.epochs = dim, max_len, epochs
         self.batch_size, self.lr, self.n_negatives = batch_size, lr, n_negatives
-        self.max_examples = max_examples
+        self.max_examples, self.max_items = max_examples, max_items
         self.device = device
         self.random_state = random_state
-        #: (n_items + 1, dim) input embeddings; the last row is the padding (zeros).
+        #: (V,) sorted: the items of the training sessions, the only ones it can read.
+        self.vocab_ = np.zeros(0, dtype=np.int64)
+        #: (V + 1, dim) their input embeddings; the last row is the padding (zeros).
         self.embedding_ = np.zeros((1, dim), dtype=np.float32)
         self.gru_ = {
             name: np.zeros(0, dtype=np.float32) for name in ("w_ih", "w_hh", "b_ih", "b_hh")
         }
         self.out_w_ = np.zeros((dim, dim), dtype=np.float32)
         self.out_b_ = np.zeros(dim, dtype=np.float32)
+        #: (H,) the items it recommends (:attr:`max_items` at most), and their
+        #: ``[embedding, bias]`` (H, dim + 1); every other item scores :data:`UNTRAINED`.
+        self.head_ = np.zeros(0, dtype=np.int64)
+        self.head_factors_ = np.zeros((0, dim + 1), dtype=np.float32)
         self.train_stats_: dict[str, float] = {}
 
     # -- fitting ------------------------------------------------------------------------------
@@ -156,25 +166,26 @@ class SequenceRecommender(FactorRecommender):
         )
         ev = data.events.sort_values(["user", "session", "timestamp"], kind="stable")
         groups = ev["user"].to_numpy(np.int64) * 100_000 + ev["session"].to_numpy(np.int64)
+        sequences = session_sequences(groups, ev["item"].to_numpy(np.int64))
+        self.vocab_ = np.unique(np.concatenate(sequences)) if sequences else self.vocab_
+        n_vocab = pad = len(self.vocab_)  # positions in the vocabulary; the padding is last
         prefixes, targets = training_examples(
-            session_sequences(groups, ev["item"].to_numpy(np.int64)), self.max_len
+            [np.searchsorted(self.vocab_, seq) for seq in sequences], self.max_len
         )
-        n_items, pad = data.n_items, data.n_items  # the padding index is the last row
-        n_neg = min(self.n_negatives, n_items)
+        n_neg = min(self.n_negatives, max(n_vocab, 1))
         # logQ: the chance that an item is among a batch's candidates, its targets (by their
         # frequency) or the uniform draws.
-        q = (np.bincount(targets, minlength=n_items).astype(np.float64) + 1.0) / (
-            len(targets) + n_items
-        )
-        p_cand = -np.expm1(self.batch_size * np.log1p(-q)) + n_neg / n_items
+        counts = np.bincount(targets, minlength=n_vocab)
+        q = (counts.astype(np.float64) + 1.0) / (len(targets) + n_vocab)
+        p_cand = -np.expm1(self.batch_size * np.log1p(-q)) + n_neg / max(n_vocab, 1)
         log_q = torch.tensor(np.log(np.minimum(p_cand, 1.0)), dtype=torch.float32, device=device)
 
         class Net(nn.Module):  # type: ignore[misc]
             def __init__(self, dim: int) -> None:
                 super().__init__()
                 # Sparse gradients: a step touches its batch's rows, not the whole catalogue.
-                self.item = nn.Embedding(n_items + 1, dim, padding_idx=pad, sparse=True)
-                self.bias = nn.Embedding(n_items, 1, sparse=True)
+                self.item = nn.Embedding(n_vocab + 1, dim, padding_idx=pad, sparse=True)
+                self.bias = nn.Embedding(max(n_vocab, 1), 1, sparse=True)
                 self.gru = nn.GRU(dim, dim, batch_first=True)
                 self.out = nn.Linear(dim, dim)
                 nn.init.normal_(self.item.weight, std=0.05)
@@ -206,7 +217,7 @@ class SequenceRecommender(FactorRecommender):
                     continue
                 y = y_t[batch].to(device)
                 u = model.encode(x_t[batch].to(device))
-                neg = torch.from_numpy(rng.integers(0, n_items, n_neg)).to(device)
+                neg = torch.from_numpy(rng.integers(0, n_vocab, n_neg)).to(device)
                 cand = torch.cat([y, neg])
                 logits = u @ model.item(cand).T + model.bias(cand).T - log_q[cand][None, :]
                 # A candidate that is the example's own target is not a negative for it.
@@ -223,12 +234,17 @@ class SequenceRecommender(FactorRecommender):
                 seen += len(batch)
                 loss_sum += float(loss.detach())
         seconds = time.perf_counter() - start
+        # The items it recommends: those most often a next item (ties: the lower index).
+        ranked = np.argsort(-counts, kind="stable")
+        head = np.sort(ranked[: self.max_items][counts[ranked[: self.max_items]] > 0])
         self.train_stats_ = {
             "examples": float(n),
             "steps": float(steps),
             "seconds": seconds,
             "examples_per_second": seen / max(seconds, 1e-9),
             "final_mean_loss": loss_sum / max(steps, 1),
+            "vocabulary": float(n_vocab),
+            "recommended_items": float(len(head)),
             "device": 1.0 if device.type == "cuda" else 0.0,
         }
         log.info("sequence: %d examples, %d steps in %.1fs on %s", n, steps, seconds, device)
@@ -237,13 +253,10 @@ class SequenceRecommender(FactorRecommender):
             emb = model.item.weight.detach().cpu().numpy().astype(np.float32)
             bias = model.bias.weight.detach().cpu().numpy().astype(np.float32)
             self.embedding_ = emb
-            # An item that was never a training target learned nothing to be recommended for:
-            # it ranks below every item that was (and serving need not score it).
-            trained = np.bincount(targets, minlength=n_items) > 0
-            out = np.concatenate([emb[:n_items], bias], axis=1)
-            out[~trained] = 0.0
-            out[~trained, -1] = UNTRAINED
-            self.item_factors_ = np.ascontiguousarray(out)
+            self.head_ = self.vocab_[head].astype(np.int64)
+            self.head_factors_ = np.ascontiguousarray(
+                np.concatenate([emb[head], bias[head]], axis=1)
+            )
             self.gru_ = {
                 "w_ih": model.gru.weight_ih_l0.detach().cpu().numpy().astype(np.float32),
                 "w_hh": model.gru.weight_hh_l0.detach().cpu().numpy().astype(np.float32),
@@ -274,9 +287,14 @@ class SequenceRecommender(FactorRecommender):
 
     def encode(self, prefixes: np.ndarray) -> np.ndarray:
         """The session vectors ``[GRU output, 1]`` of (R, max_len) item indices left-padded
-        with -1: the same arithmetic as the trained network."""
+        with -1 (an item outside the vocabulary reads as padding): the same arithmetic as the
+        trained network."""
         prefixes = np.asarray(prefixes, dtype=np.int64)
-        x = self.embedding_[np.where(prefixes >= 0, prefixes, self.n_items_)]
+        at = np.minimum(np.searchsorted(self.vocab_, prefixes), max(len(self.vocab_) - 1, 0))
+        known = (
+            (prefixes >= 0) & (self.vocab_[at] == prefixes) if len(self.vocab_) else prefixes < -1
+        )
+        x = self.embedding_[np.where(known, at, len(self.vocab_))]
         g = self.gru_
         gi = x @ g["w_ih"].T + g["b_ih"]  # (R, L, 3d): the input's part of every step at once
         d = self.dim
@@ -307,37 +325,44 @@ class SequenceRecommender(FactorRecommender):
         vectors[empty] = 0.0
         return vectors
 
-    # -- serving: the trained items only ------------------------------------------------------
-
-    def _build_serving(self, key: str) -> Any:
-        if key == "trained":  # the items that were training targets, contiguous
-            items = np.flatnonzero(self.item_factors_[:, -1] > UNTRAINED / 2)
-            return items, np.ascontiguousarray(self.item_factors_[items]), self.prior_[items]
-        return super()._build_serving(key)
-
-    def prepare_serving(self) -> None:
-        BaseRecommender.prepare_serving(self)
-        self._serving("trained")
-
-    def _candidate_scores(
-        self, row: sp.csr_matrix, n: int, blocked: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray] | None:
-        """Every trained item's score, one product: exact, since the untrained ones all score
-        below them (the factor models' bounded scan does not pay here: softmax-trained item
-        vectors are of much the same length, so it cannot stop early)."""
-        items, factors, prior = self._serving("trained")
-        u = self.user_vectors(row)[0]
-        if not u.any():
-            return None  # nothing to go on: the popular items, as recommend() gives them
-        ok = ~blocked[items]
-        if int(ok.sum()) < n:
-            return None  # fewer trained items left than asked for: the whole catalogue
-        scores = (factors @ u + TIE_BREAK * prior)[ok]
-        top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else slice(None)
-        return items[ok][top], scores[top]
+    def score(self, user_items: sp.csr_matrix) -> np.ndarray:
+        """The recommended items' scores; every other item :data:`UNTRAINED`, below them."""
+        vectors = self.user_vectors(user_items)
+        out = np.full((len(vectors), self.n_items_), UNTRAINED, dtype=np.float32)
+        out[:, self.head_] = vectors @ self.head_factors_.T
+        return out
 
     def item_scores(self, row: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
         """The scores of ``items`` (indices) for one history row, as ranking gives them (the
         popularity tie-break left out)."""
-        scores: np.ndarray = self.item_factors_[items] @ self.user_vectors(row)[0]
-        return scores.astype(np.float32)
+        items = np.asarray(items, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.head_, items), max(len(self.head_) - 1, 0))
+        found = (self.head_[at] == items) if len(self.head_) else items < -1
+        scores = np.full(len(items), UNTRAINED, dtype=np.float32)
+        scores[found] = self.head_factors_[at[found]] @ self.user_vectors(row)[0]
+        return scores
+
+    # -- serving: the recommended items only ---------------------------------------------------
+
+    def _build_serving(self, key: str) -> Any:
+        if key == "head_prior":
+            return TIE_BREAK * self.prior_[self.head_]
+        return super()._build_serving(key)
+
+    def prepare_serving(self) -> None:
+        super().prepare_serving()
+        self._serving("head_prior")
+
+    def _candidate_scores(
+        self, row: sp.csr_matrix, n: int, blocked: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Every recommended item's score, one product: exact, since all others score below
+        them (the factor models' bounded scan would not pay here: softmax-trained item vectors
+        are of much the same length, so it cannot stop early)."""
+        u = self.user_vectors(row)[0]
+        ok = ~blocked[self.head_]
+        if not u.any() or int(ok.sum()) < n:
+            return None  # no history, or fewer recommended items left: the whole catalogue
+        scores = (self.head_factors_ @ u + self._serving("head_prior"))[ok]
+        top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else slice(None)
+        return self.head_[ok][top], scores[top]
