@@ -157,6 +157,7 @@ class SequenceRecommender(BaseRecommender):
         import torch
         from torch import nn
 
+        self.__dict__.pop("_serving_cache", None)  # what serving derived from earlier weights
         torch.manual_seed(self.random_state)
         rng = np.random.default_rng(self.random_state)
         device = torch.device(
@@ -296,18 +297,26 @@ class SequenceRecommender(BaseRecommender):
         )
         x = self.embedding_[np.where(known, at, len(self.vocab_))]
         g = self.gru_
-        gi = x @ g["w_ih"].T + g["b_ih"]  # (R, L, 3d): the input's part of every step at once
-        d = self.dim
-        h = np.zeros((len(prefixes), d), dtype=np.float32)
-        for t in range(prefixes.shape[1]):
-            gh = h @ g["w_hh"].T + g["b_hh"]
-            r = _sigmoid(gi[:, t, :d] + gh[:, :d])
-            z = _sigmoid(gi[:, t, d : 2 * d] + gh[:, d : 2 * d])
-            cand = np.tanh(gi[:, t, 2 * d :] + r * gh[:, 2 * d :])
-            h = (1.0 - z) * cand + z * h
+        # Leading steps where every row is padding all reach the same state: start from it.
+        padded = (~known).all(axis=0)
+        lead = int(np.argmin(padded)) if not padded.all() else prefixes.shape[1]
+        h = np.repeat(self._serving("pad_states")[lead][None, :], len(prefixes), axis=0)
+        gi = x[:, lead:] @ g["w_ih"].T + g["b_ih"]  # (R, L, 3d): the inputs' part at once
+        for t in range(gi.shape[1]):
+            h = self._gru_step(gi[:, t], h)
         u = h @ self.out_w_.T + self.out_b_
         out: np.ndarray = np.concatenate([u, np.ones((len(u), 1), np.float32)], axis=1)
         return out.astype(np.float32)
+
+    def _gru_step(self, gi: np.ndarray, h: np.ndarray) -> np.ndarray:
+        """One GRU step (PyTorch's gate order r, z, n) from the input's part ``gi``."""
+        g, d = self.gru_, self.dim
+        gh = h @ g["w_hh"].T + g["b_hh"]
+        r = _sigmoid(gi[:, :d] + gh[:, :d])
+        z = _sigmoid(gi[:, d : 2 * d] + gh[:, d : 2 * d])
+        cand = np.tanh(gi[:, 2 * d :] + r * gh[:, 2 * d :])
+        out: np.ndarray = (1.0 - z) * cand + z * h
+        return out
 
     def user_vectors(self, user_items: sp.csr_matrix) -> np.ndarray:
         """Each row's items in ascending weight order (oldest first: exact for
@@ -335,23 +344,45 @@ class SequenceRecommender(BaseRecommender):
     def item_scores(self, row: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
         """The scores of ``items`` (indices) for one history row, as ranking gives them (the
         popularity tie-break left out)."""
+        return self._scores_of(self.user_vectors(row)[0], items)
+
+    def _scores_of(self, u: np.ndarray, items: np.ndarray) -> np.ndarray:
         items = np.asarray(items, dtype=np.int64)
         at = np.minimum(np.searchsorted(self.head_, items), max(len(self.head_) - 1, 0))
         found = (self.head_[at] == items) if len(self.head_) else items < -1
         scores = np.full(len(items), UNTRAINED, dtype=np.float32)
-        scores[found] = self.head_factors_[at[found]] @ self.user_vectors(row)[0]
+        scores[found] = self.head_factors_[at[found]] @ u
         return scores
+
+    def top_and_scores(
+        self, row: sp.csr_matrix, n: int, blocked: np.ndarray, others: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``recommend_one(row, n, blocked)``'s items together with ``others`` (sorted, no
+        repeats) and all their scores (as :meth:`item_scores`), the session encoded once."""
+        u = self.user_vectors(row)[0]
+        found = self._top(u, n, blocked)
+        top = found[0] if found is not None else self.recommend_one(row, n, blocked)[0]
+        items = np.union1d(top, np.asarray(others, dtype=np.int64))
+        return items, self._scores_of(u, items)
 
     # -- serving: the recommended items only ---------------------------------------------------
 
     def _build_serving(self, key: str) -> Any:
         if key == "head_prior":
             return TIE_BREAK * self.prior_[self.head_]
+        if key == "pad_states":  # the state after 0, 1, ..., max_len padding steps
+            g = self.gru_
+            gi = self.embedding_[len(self.vocab_)][None, :] @ g["w_ih"].T + g["b_ih"]
+            states = [np.zeros((1, self.dim), dtype=np.float32)]
+            for _ in range(self.max_len):
+                states.append(self._gru_step(gi, states[-1]))
+            return np.concatenate(states).astype(np.float32)
         return super()._build_serving(key)
 
     def prepare_serving(self) -> None:
         super().prepare_serving()
         self._serving("head_prior")
+        self._serving("pad_states")
 
     def _candidate_scores(
         self, row: sp.csr_matrix, n: int, blocked: np.ndarray
@@ -359,7 +390,11 @@ class SequenceRecommender(BaseRecommender):
         """Every recommended item's score, one product: exact, since all others score below
         them (the factor models' bounded scan would not pay here: softmax-trained item vectors
         are of much the same length, so it cannot stop early)."""
-        u = self.user_vectors(row)[0]
+        return self._top(self.user_vectors(row)[0], n, blocked)
+
+    def _top(
+        self, u: np.ndarray, n: int, blocked: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         ok = ~blocked[self.head_]
         if not u.any() or int(ok.sum()) < n:
             return None  # no history, or fewer recommended items left: the whole catalogue

@@ -345,9 +345,7 @@ class RecommendationService:
         if have:
             blocked = blocked.copy()
             blocked[np.asarray(have, dtype=np.int64)] = True
-        g_items = seq.recommend_one(seq_row, depth, blocked)[0]
-        items = np.union1d(np.asarray(s_items, dtype=np.int64), g_items)
-        logits = seq.item_scores(seq_row, items)
+        items, logits = seq.top_and_scores(seq_row, depth, blocked, np.asarray(s_items))
         mixed = w * np.exp(logits - logits.max())
         if s_items:
             s = np.asarray(s_scores, dtype=np.float64)
