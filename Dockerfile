@@ -5,8 +5,9 @@ ARG BASE_IMAGE=python:3.11-slim
 
 # -- build: a virtual environment with the pinned requirements and the package ------------------
 FROM ${BASE_IMAGE} AS build
-# 1 adds PyTorch (about 700 MB) for training the two-tower model inside the container; serving
-# never needs it, and the other models train without it.
+# 1 adds PyTorch (about 700 MB) for training the two-tower and sequence models inside the
+# container; serving never needs it, and the other models train without it (session answers
+# then come from the session blend alone).
 ARG WITH_TORCH=0
 # Path of a CA bundle mounted at build time, for builds behind a TLS-inspecting proxy.
 ARG PIP_CERT=""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from retailrec.data_pipeline.feature_pipeline import FeatureConfig, item_catalogue
-from retailrec.errors import BundleError
+from retailrec.errors import BundleError, UsageError
 from retailrec.models import Dataset, make_model
 from retailrec.synthetic import synth
 from retailrec.training import evaluate as ev
@@ -114,3 +114,25 @@ def test_an_unknown_item_keeps_its_place_in_the_session(tiny_shop: Shop) -> None
     assert dict(zip(row.indices.tolist(), row.data.tolist(), strict=True)) == {3: 0.25, 7: 0.5}
     last_only = make_model("session", decay=0.0).fit(data)
     assert last_only.session_row(np.array([3, -1])).sum() == 0  # type: ignore[attr-defined]
+
+
+def test_without_pytorch_the_session_blend_gets_no_sequence_share(
+    tiny_shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A serving image leaves PyTorch out: training there fits no sequence model and gives it
+    no share; a blend that asks for one is a clear error, not a crash in PyTorch's import."""
+    from retailrec.training import train as tr
+
+    monkeypatch.setattr(tr, "torch_installed", lambda: False)
+    data = Dataset.from_events(tiny_shop.data.events)
+    assert "sequence" not in tr.aux_models(data)
+    events = tiny_shop.data.events.drop_duplicates()
+    split = time_split(events)
+    catalogue = item_catalogue(tiny_shop.data.item_properties, split.test_start_ms - 1)
+    stage = Stage.make(
+        "val", events, catalogue, split.val_start_ms, split.test_start_ms - 1, FeatureConfig()
+    )
+    assert tune_session(stage)["sequence_weight"] == 0.0
+    assert stage.served().bundle.sequence is None
+    with pytest.raises(UsageError, match="needs PyTorch"):
+        tr.aux_models(data, session={"sequence_weight": 0.5})

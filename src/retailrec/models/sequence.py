@@ -25,12 +25,12 @@ is present.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
+from retailrec.models import torch_fit
 from retailrec.models.base import TIE_BREAK, BaseRecommender
 from retailrec.models.data import Dataset
 
@@ -160,11 +160,7 @@ class SequenceRecommender(BaseRecommender):
         self.__dict__.pop("_serving_cache", None)  # what serving derived from earlier weights
         torch.manual_seed(self.random_state)
         rng = np.random.default_rng(self.random_state)
-        device = torch.device(
-            "cuda"
-            if self.device == "auto" and torch.cuda.is_available()
-            else ("cpu" if self.device == "auto" else self.device)
-        )
+        device = torch_fit.device(self.device)
         ev = data.events.sort_values(["user", "session", "timestamp"], kind="stable")
         groups = ev["user"].to_numpy(np.int64) * 100_000 + ev["session"].to_numpy(np.int64)
         sequences = session_sequences(groups, ev["item"].to_numpy(np.int64))
@@ -184,7 +180,6 @@ class SequenceRecommender(BaseRecommender):
         class Net(nn.Module):  # type: ignore[misc]
             def __init__(self, dim: int) -> None:
                 super().__init__()
-                # Sparse gradients: a step touches its batch's rows, not the whole catalogue.
                 self.item = nn.Embedding(n_vocab + 1, dim, padding_idx=pad, sparse=True)
                 self.bias = nn.Embedding(max(n_vocab, 1), 1, sparse=True)
                 self.gru = nn.GRU(dim, dim, batch_first=True)
@@ -199,56 +194,33 @@ class SequenceRecommender(BaseRecommender):
                 return self.out(states[:, -1])
 
         model = Net(self.dim).to(device)
-        sparse = [model.item.weight, model.bias.weight]
-        dense = [p for n, p in model.named_parameters() if not n.startswith(("item.", "bias."))]
-        optimizers = [
-            torch.optim.SparseAdam(sparse, lr=self.lr),
-            torch.optim.Adam(dense, lr=self.lr),
-        ]
         x_t = torch.tensor(np.where(prefixes >= 0, prefixes, pad), dtype=torch.long)
         y_t = torch.tensor(targets, dtype=torch.long)
         n = len(targets)
-        start, steps, loss_sum, seen = time.perf_counter(), 0, 0.0, 0
+        trainer = torch_fit.Trainer(model, ("item.", "bias."), self.lr)
         model.train()
-        for _epoch in range(self.epochs if n else 0):
-            order = torch.from_numpy(rng.permutation(n)[: self.max_examples])
-            for b in range(0, len(order), self.batch_size):
-                batch = order[b : b + self.batch_size]
-                if len(batch) < 2:
-                    continue
-                y = y_t[batch].to(device)
-                u = model.encode(x_t[batch].to(device))
-                neg = torch.from_numpy(rng.integers(0, n_vocab, n_neg)).to(device)
-                cand = torch.cat([y, neg])
-                logits = u @ model.item(cand).T + model.bias(cand).T - log_q[cand][None, :]
-                # A candidate that is the example's own target is not a negative for it.
-                same = y[:, None] == cand[None, :]
-                same[:, : len(y)] &= ~torch.eye(len(y), dtype=torch.bool, device=device)
-                logits = logits.masked_fill(same, float("-inf"))
-                loss = nn.functional.cross_entropy(logits, torch.arange(len(y), device=device))
-                for opt in optimizers:
-                    opt.zero_grad()
-                loss.backward()
-                for opt in optimizers:
-                    opt.step()
-                steps += 1
-                seen += len(batch)
-                loss_sum += float(loss.detach())
-        seconds = time.perf_counter() - start
+        for batch in trainer.batches(rng, n, self.epochs, self.max_examples, self.batch_size):
+            y = y_t[batch].to(device)
+            u = model.encode(x_t[batch].to(device))
+            neg = torch.from_numpy(rng.integers(0, n_vocab, n_neg)).to(device)
+            cand = torch.cat([y, neg])
+            logits = u @ model.item(cand).T + model.bias(cand).T - log_q[cand][None, :]
+            # A candidate that is the example's own target is not a negative for it.
+            same = y[:, None] == cand[None, :]
+            same[:, : len(y)] &= ~torch.eye(len(y), dtype=torch.bool, device=device)
+            logits = logits.masked_fill(same, float("-inf"))
+            trainer.step(
+                nn.functional.cross_entropy(logits, torch.arange(len(y), device=device)), len(y)
+            )
         # The items it recommends: those most often a next item (ties: the lower index).
         ranked = np.argsort(-counts, kind="stable")
         head = np.sort(ranked[: self.max_items][counts[ranked[: self.max_items]] > 0])
         self.train_stats_ = {
-            "examples": float(n),
-            "steps": float(steps),
-            "seconds": seconds,
-            "examples_per_second": seen / max(seconds, 1e-9),
-            "final_mean_loss": loss_sum / max(steps, 1),
+            **trainer.stats(n, device),
             "vocabulary": float(n_vocab),
             "recommended_items": float(len(head)),
-            "device": 1.0 if device.type == "cuda" else 0.0,
         }
-        log.info("sequence: %d examples, %d steps in %.1fs on %s", n, steps, seconds, device)
+        log.info("sequence: %d examples, %d steps on %s", n, trainer.steps, device)
         model.eval()
         with torch.no_grad():
             emb = model.item.weight.detach().cpu().numpy().astype(np.float32)

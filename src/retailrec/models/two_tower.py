@@ -17,13 +17,13 @@ Training uses the GPU when one is present.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from retailrec.events import event_codes
+from retailrec.models import torch_fit
 from retailrec.models.base import BaseRecommender
 from retailrec.models.data import Dataset
 
@@ -123,11 +123,7 @@ class TwoTowerRecommender(BaseRecommender):
 
         torch.manual_seed(self.random_state)
         rng = np.random.default_rng(self.random_state)
-        device = torch.device(
-            "cuda"
-            if self.device == "auto" and torch.cuda.is_available()
-            else ("cpu" if self.device == "auto" else self.device)
-        )
+        device = torch_fit.device(self.device)
         ctx_items, ctx_w, feats, targets = training_examples(data, self.history_len)
         n_items = data.n_items
         cats, cat_index = np.unique(data.item_category, return_inverse=True)
@@ -165,55 +161,31 @@ class TwoTowerRecommender(BaseRecommender):
 
         cat_t = torch.tensor(cat_index, dtype=torch.long, device=device)
         model = Towers(self.dim).to(device)
-        sparse = [model.item.weight, model.cat.weight]
-        dense = [p for n, p in model.named_parameters() if not n.startswith(("item.", "cat."))]
-        optimizers = [
-            torch.optim.SparseAdam(sparse, lr=self.lr),
-            torch.optim.Adam(dense, lr=self.lr, weight_decay=self.weight_decay),
-        ]
         ctx_t = torch.tensor(np.maximum(ctx_items, 0), dtype=torch.long)  # padding has weight 0
         w_t = torch.tensor(ctx_w)
         f_t = torch.tensor(feats)
         y_t = torch.tensor(targets, dtype=torch.long)
         n = len(targets)
-        start, steps, loss_sum = time.perf_counter(), 0, 0.0
+        trainer = torch_fit.Trainer(model, ("item.", "cat."), self.lr, self.weight_decay)
         model.train()
-        for _epoch in range(self.epochs):
-            order = torch.from_numpy(rng.permutation(n)[: self.max_examples])
-            for b in range(0, n - 1, self.batch_size):
-                batch = order[b : b + self.batch_size]
-                if len(batch) < 2:
-                    continue
-                y = y_t[batch].to(device)
-                u = model.users(
-                    ctx_t[batch].to(device), w_t[batch].to(device), f_t[batch].to(device)
-                )
-                v = model.items(y)
-                logits = u @ v.T / self.temperature - log_q[y][None, :]
-                # The same item twice in a batch is not a negative for itself.
-                same = (y[:, None] == y[None, :]) & ~torch.eye(
-                    len(y), dtype=torch.bool, device=device
-                )
-                logits = logits.masked_fill(same, float("-inf"))
-                loss = nn.functional.cross_entropy(logits, torch.arange(len(y), device=device))
-                for opt in optimizers:
-                    opt.zero_grad()
-                loss.backward()
-                for opt in optimizers:
-                    opt.step()
-                steps += 1
-                loss_sum += float(loss.detach())
-        seconds = time.perf_counter() - start
-        self.train_stats_ = {
-            "examples": float(n),
-            "steps": float(steps),
-            "seconds": seconds,
-            "examples_per_second": min(n, self.max_examples) * self.epochs / max(seconds, 1e-9),
-            "final_mean_loss": loss_sum / max(steps, 1),
-            "device": 1.0 if device.type == "cuda" else 0.0,
-        }
+        for batch in trainer.batches(rng, n, self.epochs, self.max_examples, self.batch_size):
+            y = y_t[batch].to(device)
+            u = model.users(ctx_t[batch].to(device), w_t[batch].to(device), f_t[batch].to(device))
+            v = model.items(y)
+            logits = u @ v.T / self.temperature - log_q[y][None, :]
+            # The same item twice in a batch is not a negative for itself.
+            same = (y[:, None] == y[None, :]) & ~torch.eye(len(y), dtype=torch.bool, device=device)
+            logits = logits.masked_fill(same, float("-inf"))
+            trainer.step(
+                nn.functional.cross_entropy(logits, torch.arange(len(y), device=device)), len(y)
+            )
+        self.train_stats_ = trainer.stats(n, device)
         log.info(
-            "two-tower: %d examples x %d epochs in %.1fs on %s", n, self.epochs, seconds, device
+            "two-tower: %d examples x %d epochs in %.1fs on %s",
+            n,
+            self.epochs,
+            self.train_stats_["seconds"],
+            device,
         )
         model.eval()
         with torch.no_grad():

@@ -86,7 +86,8 @@ CANDIDATES = (*DEFAULT_MODELS, "popular_7d")
 #: about 0.4 for EASE, ALS or item-kNN; docs/BENCHMARKS.md).
 NOT_A_BASE = ("popular", "popular_7d", "popular_category", "two_tower", "bpr")
 PRIMARY_METRIC = "ndcg_at_10"
-#: Models that need PyTorch, which a serving image may leave out.
+#: Models that need PyTorch, which a serving image may leave out (so does the sequence model,
+#: which ``aux_models`` fits only where PyTorch is installed).
 NEEDS_TORCH = ("two_tower",)
 
 
@@ -189,17 +190,26 @@ SESSION_GRID = tuple(
 def aux_models(
     data: Dataset, similar: str = "itemknn_bm25", session: dict[str, Any] | None = None
 ) -> dict[str, BaseRecommender]:
-    """The similar-items, session (and the sequence model it mixes in), bought-together and
-    popularity (overall, recent, in the visitor's categories) models, fitted on ``data``."""
-    return {
+    """The similar-items, session, bought-together and popularity (overall, recent, in the
+    visitor's categories) models, fitted on ``data``; and the sequence model that the session
+    answers mix in, where PyTorch is installed to train it (a serving image may leave it out:
+    the session blend then gets no sequence share)."""
+    models = {
         "similar": make_model(similar).fit(data),
         "session": make_model("session", **(session or {})).fit(data),
-        "sequence": make_model("sequence").fit(data),
         "bought_together": make_model("bought_together").fit(data),
         "popular": make_model("popular").fit(data),
         "popular_7d": make_model("popular_7d").fit(data),
         "popular_category": make_model("popular_category").fit(data),
     }
+    if torch_installed():
+        models["sequence"] = make_model("sequence").fit(data)
+    elif models["session"].sequence_weight > 0:  # type: ignore[attr-defined]
+        raise UsageError(
+            "the session blend mixes in the sequence model, which needs PyTorch: not installed"
+            " here (pip install torch==2.13.0, or build the image with --build-arg WITH_TORCH=1)"
+        )
+    return models
 
 
 def assemble(
