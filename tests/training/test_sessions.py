@@ -43,6 +43,14 @@ def test_next_item_examples_and_sequential_rules_by_hand() -> None:
     assert rules(np.array([10]), 3).tolist() == [12, 11, 13]
     assert ev.session_hit_rate(rules, [(np.array([10]), 12)], 1) == 1.0
     assert ev.session_hit_rate(rules, [(np.array([10]), 11)], 1) == 0.0
+    # Session-kNN: the sessions holding 10 are {10, 11, 12} and {10, 12}; by cosine with {10}
+    # they weigh 1/sqrt(3) and 1/sqrt(2), so 12 scores both and 11 the first; then popularity.
+    knn = ev.session_knn_ranker(log)
+    assert knn(np.array([10]), 3).tolist() == [12, 11, 13]
+    assert knn(np.array([99]), 2).tolist() == [10, 12]  # an unknown item: the popular ones
+    # MRR: 12 at rank 1 and 11 at rank 2 of the rules' answer; 13 is not in a top 2.
+    examples = [(np.array([10]), 12), (np.array([10]), 11), (np.array([10]), 13)]
+    assert ev.session_scores(rules, examples, 2) == pytest.approx((2 / 3, (1 + 1 / 2) / 3))
 
 
 @pytest.mark.slow

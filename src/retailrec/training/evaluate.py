@@ -592,8 +592,8 @@ def session_knn_ranker(events: pd.DataFrame, k: int = 100) -> SessionRanker:
 
     def rank(current: np.ndarray, n: int) -> np.ndarray:
         distinct = np.unique(current)
-        at = np.minimum(np.searchsorted(ids, distinct), len(ids) - 1)
-        known = at[ids[at] == distinct]
+        at = np.minimum(np.searchsorted(ids, distinct), max(len(ids) - 1, 0))
+        known = at[ids[at] == distinct] if len(ids) else at[:0]
         picked: list[int] = []
         if len(known):
             overlap = np.asarray(by_item[known].sum(axis=0)).ravel()
