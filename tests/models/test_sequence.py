@@ -154,3 +154,17 @@ def test_it_recommends_the_items_most_often_next() -> None:
     assert data.item_ids[model.head_].tolist() == [1, 2]
     assert model.train_stats_["vocabulary"] == data.n_items
     assert model.train_stats_["recommended_items"] == 2
+
+
+def test_it_reads_the_items_most_often_in_sessions_and_leaves_out_the_rest() -> None:
+    """``max_vocab`` bounds what it reads: with two, only 1 and 2 (in every session); an end
+    item is then left out of a session as if it were not there, in training and in serving."""
+    data = Dataset.from_events(pattern_log())
+    model = make_model("sequence", dim=8, epochs=1, max_vocab=2).fit(data)
+    assert isinstance(model, SequenceRecommender)
+    assert data.item_ids[model.vocab_].tolist() == [1, 2]
+    assert data.item_ids[model.head_].tolist() == [2]  # the only next item it saw
+    assert model.embedding_.shape == (3, 8)  # two items and the padding
+    with_other = model.sequence_row(data.item_index(np.array([11, 1, 21])))
+    alone = model.sequence_row(data.item_index(np.array([1])))
+    np.testing.assert_array_equal(model.user_vectors(with_other), model.user_vectors(alone))

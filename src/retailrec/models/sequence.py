@@ -16,10 +16,10 @@ and served with numpy.
 Serving reads a session as a history row whose weights halve with each step back
 (:meth:`SequenceRecommender.sequence_row`): the order is read back from the weights, exactly. An
 item's score is the session vector's product with its ``[embedding, bias]``. The model reads only
-the items of its training sessions (its vocabulary) and recommends only the ``max_items`` most
-often a next item there; every other item scores below those, so serving scores only them. After
-fitting, the weights are copied to numpy: scoring needs no torch. Training uses the GPU when one
-is present.
+the ``max_vocab`` items most often in its training sessions (its vocabulary; other items of a
+session are left out) and recommends only the ``max_items`` most often a next item there; every
+other item scores below those, so serving scores only them. After fitting, the weights are
+copied to numpy: scoring needs no torch. Training uses the GPU when one is present.
 """
 
 from __future__ import annotations
@@ -112,6 +112,9 @@ class SequenceRecommender(BaseRecommender):
         max_items: The items it recommends at most: those most often a next item in training
             (the rest learned too little; the session model covers them). Bounds serving's
             work and the model's size on a large catalogue.
+        max_vocab: The items it reads at most: those most often in training sessions; any
+            other item in a session is left out, in training and in serving. Bounds the
+            model's size (``max_vocab * dim`` floats) on a large catalogue.
         device: ``auto`` (GPU when present), ``cpu`` or ``cuda``.
     """
 
@@ -127,16 +130,17 @@ class SequenceRecommender(BaseRecommender):
         n_negatives: int = 1024,
         max_examples: int = 100_000,
         max_items: int = 30_000,
+        max_vocab: int = 50_000,
         device: str = "auto",
         random_state: int = 0,
     ) -> None:
         super().__init__()
         self.dim, self.max_len, self.epochs = dim, max_len, epochs
         self.batch_size, self.lr, self.n_negatives = batch_size, lr, n_negatives
-        self.max_examples, self.max_items = max_examples, max_items
+        self.max_examples, self.max_items, self.max_vocab = max_examples, max_items, max_vocab
         self.device = device
         self.random_state = random_state
-        #: (V,) sorted: the items of the training sessions, the only ones it can read.
+        #: (V,) sorted: the items it reads (:attr:`max_vocab` at most); others are left out.
         self.vocab_ = np.zeros(0, dtype=np.int64)
         #: (V + 1, dim) their input embeddings; the last row is the padding (zeros).
         self.embedding_ = np.zeros((1, dim), dtype=np.float32)
@@ -164,10 +168,13 @@ class SequenceRecommender(BaseRecommender):
         ev = data.events.sort_values(["user", "session", "timestamp"], kind="stable")
         groups = ev["user"].to_numpy(np.int64) * 100_000 + ev["session"].to_numpy(np.int64)
         sequences = session_sequences(groups, ev["item"].to_numpy(np.int64))
-        self.vocab_ = np.unique(np.concatenate(sequences)) if sequences else self.vocab_
+        # The vocabulary: the items most often in training sessions (ties: the lower index).
+        every = np.concatenate(sequences) if sequences else np.zeros(0, dtype=np.int64)
+        seen, times = np.unique(every, return_counts=True)
+        self.vocab_ = np.sort(seen[np.argsort(-times, kind="stable")[: self.max_vocab]])
         n_vocab = pad = len(self.vocab_)  # positions in the vocabulary; the padding is last
         prefixes, targets = training_examples(
-            [np.searchsorted(self.vocab_, seq) for seq in sequences], self.max_len
+            [self._in_vocabulary(seq) for seq in sequences], self.max_len
         )
         n_neg = min(self.n_negatives, max(n_vocab, 1))
         # logQ: the chance that an item is among a batch's candidates, its targets (by their
@@ -239,6 +246,13 @@ class SequenceRecommender(BaseRecommender):
             self.out_w_ = model.out.weight.detach().cpu().numpy().astype(np.float32)
             self.out_b_ = model.out.bias.detach().cpu().numpy().astype(np.float32)
 
+    def _in_vocabulary(self, items: np.ndarray) -> np.ndarray:
+        """The vocabulary positions of ``items``, those outside it left out."""
+        at = np.minimum(np.searchsorted(self.vocab_, items), max(len(self.vocab_) - 1, 0))
+        known = self.vocab_[at] == items if len(self.vocab_) else np.zeros(len(items), bool)
+        out: np.ndarray = at[known]
+        return out
+
     # -- scoring ------------------------------------------------------------------------------
 
     def sequence_row(self, items: np.ndarray) -> sp.csr_matrix:
@@ -265,7 +279,9 @@ class SequenceRecommender(BaseRecommender):
         prefixes = np.asarray(prefixes, dtype=np.int64)
         at = np.minimum(np.searchsorted(self.vocab_, prefixes), max(len(self.vocab_) - 1, 0))
         known = (
-            (prefixes >= 0) & (self.vocab_[at] == prefixes) if len(self.vocab_) else prefixes < -1
+            (prefixes >= 0) & (self.vocab_[at] == prefixes)
+            if len(self.vocab_)
+            else np.zeros(prefixes.shape, dtype=bool)
         )
         x = self.embedding_[np.where(known, at, len(self.vocab_))]
         g = self.gru_
@@ -300,7 +316,7 @@ class SequenceRecommender(BaseRecommender):
         for r in range(rows.shape[0]):
             lo, hi = rows.indptr[r], rows.indptr[r + 1]
             order = rows.indices[lo:hi][np.argsort(rows.data[lo:hi], kind="stable")]
-            order = order[-self.max_len :]
+            order = self.vocab_[self._in_vocabulary(order)][-self.max_len :]  # as in training
             prefixes[r, self.max_len - len(order) :] = order
         vectors = self.encode(prefixes)
         vectors[empty] = 0.0
@@ -321,7 +337,7 @@ class SequenceRecommender(BaseRecommender):
     def _scores_of(self, u: np.ndarray, items: np.ndarray) -> np.ndarray:
         items = np.asarray(items, dtype=np.int64)
         at = np.minimum(np.searchsorted(self.head_, items), max(len(self.head_) - 1, 0))
-        found = (self.head_[at] == items) if len(self.head_) else items < -1
+        found = self.head_[at] == items if len(self.head_) else np.zeros(len(items), bool)
         scores = np.full(len(items), UNTRAINED, dtype=np.float32)
         scores[found] = self.head_factors_[at[found]] @ u
         return scores
