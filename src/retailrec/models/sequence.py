@@ -95,6 +95,16 @@ def training_examples(sequences: list[np.ndarray], max_len: int) -> tuple[np.nda
 UNTRAINED = -1e4
 
 
+def _lookup(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(positions, found)``: where each of ``ids`` sits in ``sorted_ids`` (any shape), and
+    whether it is there at all."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if not len(sorted_ids):
+        return np.zeros(ids.shape, dtype=np.int64), np.zeros(ids.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return at, sorted_ids[at] == ids
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     out: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow warnings
     return out
@@ -248,8 +258,7 @@ class SequenceRecommender(BaseRecommender):
 
     def _in_vocabulary(self, items: np.ndarray) -> np.ndarray:
         """The vocabulary positions of ``items``, those outside it left out."""
-        at = np.minimum(np.searchsorted(self.vocab_, items), max(len(self.vocab_) - 1, 0))
-        known = self.vocab_[at] == items if len(self.vocab_) else np.zeros(len(items), bool)
+        at, known = _lookup(self.vocab_, items)
         out: np.ndarray = at[known]
         return out
 
@@ -277,12 +286,7 @@ class SequenceRecommender(BaseRecommender):
         with -1 (an item outside the vocabulary reads as padding): the same arithmetic as the
         trained network."""
         prefixes = np.asarray(prefixes, dtype=np.int64)
-        at = np.minimum(np.searchsorted(self.vocab_, prefixes), max(len(self.vocab_) - 1, 0))
-        known = (
-            (prefixes >= 0) & (self.vocab_[at] == prefixes)
-            if len(self.vocab_)
-            else np.zeros(prefixes.shape, dtype=bool)
-        )
+        at, known = _lookup(self.vocab_, prefixes)  # -1 is never in the vocabulary
         x = self.embedding_[np.where(known, at, len(self.vocab_))]
         g = self.gru_
         # Leading steps where every row is padding all reach the same state: start from it.
@@ -336,8 +340,7 @@ class SequenceRecommender(BaseRecommender):
 
     def _scores_of(self, u: np.ndarray, items: np.ndarray) -> np.ndarray:
         items = np.asarray(items, dtype=np.int64)
-        at = np.minimum(np.searchsorted(self.head_, items), max(len(self.head_) - 1, 0))
-        found = self.head_[at] == items if len(self.head_) else np.zeros(len(items), bool)
+        at, found = _lookup(self.head_, items)
         scores = np.full(len(items), UNTRAINED, dtype=np.float32)
         scores[found] = self.head_factors_[at[found]] @ u
         return scores
