@@ -111,6 +111,49 @@ def test_save_and_load_give_the_same_answers(
     np.testing.assert_allclose(sa, sb, rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_bundle_from_before_a_new_parameter_still_loads(
+    name: str, data: Dataset, fitted: dict[str, BaseRecommender], tmp_path: Path
+) -> None:
+    """An upgrade adds a constructor argument: a model pickled before it lacks the attribute.
+    Loading fills in the default (it failed with AttributeError at serving time before: a
+    ``SessionRecommender`` written before ``sequence_weight`` existed)."""
+    import inspect
+    import pickle
+
+    model = fitted[name]
+    state = model.__getstate__()
+    defaults = {
+        key: p.default
+        for key, p in inspect.signature(type(model).__init__).parameters.items()
+        if key != "self" and p.default is not p.empty and state.get(key) == p.default
+    }
+    assert defaults, f"{name}: no argument at its default to drop"
+    old = {key: value for key, value in state.items() if key not in defaults}
+    path = tmp_path / "old.pkl"
+    path.write_bytes(pickle.dumps(_OldBundle(type(model), old)))
+    again = BaseRecommender.load(path)
+    assert {key: getattr(again, key) for key in defaults} == defaults
+    a, sa = model.recommend(data.matrix[:5], 5)
+    b, sb = again.recommend(data.matrix[:5], 5)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(sa, sb, rtol=1e-6)
+
+
+class _OldBundle:
+    """Pickles as ``kind`` with exactly ``state``: what an older release would have written."""
+
+    def __init__(self, kind: type, state: dict[str, object]) -> None:
+        self.kind, self.state = kind, state
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_blank, (self.kind,), self.state)
+
+
+def _blank(kind: type) -> object:
+    return kind.__new__(kind)
+
+
 @pytest.mark.parametrize("name", PERSONAL)
 def test_similar_items_excludes_the_item_and_stays_in_group(
     name: str, fitted: dict[str, BaseRecommender]

@@ -205,6 +205,14 @@ class BaseRecommender:
         state.pop("_serving_cache", None)  # derived after loading; never stored in a bundle
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a bundle's model; a hyper-parameter added since the bundle was written takes
+        its constructor default, so that an upgrade still serves the champion it finds."""
+        for name, param in inspect.signature(type(self).__init__).parameters.items():
+            if name != "self" and name not in state and param.default is not param.empty:
+                state[name] = param.default
+        self.__dict__.update(state)
+
     def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Items most like each of ``items`` (indices): the ranking for a one-item history."""
         items = np.asarray(items, dtype=np.int64)
