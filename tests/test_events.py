@@ -83,6 +83,42 @@ def test_offline_and_serving_build_identical_history_rows(tiny_shop: Shop) -> No
         assert weights[row, 0] == pytest.approx(float(expected[0]), rel=1e-6)
 
 
+def test_a_kept_history_is_brought_to_a_later_clock_by_one_factor(tiny_shop: Shop) -> None:
+    """Serving keeps a history's confidences as of its newest event and multiplies by
+    ``decay(time since)``: the same as weighing each event again at the later clock, whether
+    an hour, forty days or three years later; a clock behind the history counts as its newest
+    event."""
+    config = fp.FeatureConfig(recency_half_life_days=9.0)
+    log = tiny_shop.data.events.drop_duplicates()
+    data = Dataset.from_events(log, config=config)
+    pop = make_model("popular").fit(data)
+    bundle = ModelBundle.from_dataset(
+        dict.fromkeys(
+            ("retrieval", "similar", "session", "bought_together", "popular", "popular_7d"), pop
+        ),
+        data,
+        {"model": "popular", "recency_half_life_days": config.recency_half_life_days},
+    )
+    served = RecommendationService(bundle, "1")
+    conn = store.connect(":memory:")
+    store.append_events(conn, log)
+    busy = log.groupby("visitorid").size()
+    for v in busy[busy > 5].index[:40]:
+        history = store.visitor_history(conn, int(v))
+        kept = served.prepare(history)
+        idx = bundle.item_index(history.itemid)
+        for later in (0, 3_600_000, 40 * DAY, 3 * 365 * DAY):
+            now = kept.newest_ms + later
+            conf = config.confidence(history.event_code, history.timestamp, now)
+            cols, inverse = np.unique(idx, return_inverse=True)
+            expected = np.bincount(inverse, weights=conf).astype(np.float32)
+            row = served.history_row(kept, now)
+            assert row.indices.tolist() == cols.tolist()
+            np.testing.assert_allclose(row.data, expected, rtol=1e-6, atol=0)
+        behind = served.history_row(kept, kept.newest_ms - 5 * DAY)
+        np.testing.assert_array_equal(behind.data, served.history_row(kept, kept.newest_ms).data)
+
+
 def test_the_clock_is_the_newest_accepted_event() -> None:
     conn = store.connect(":memory:")
     assert store.shop_clock(conn) is None

@@ -92,8 +92,19 @@ def confidence(
     Returns:
         float64 confidences, the broadcast shape.
     """
-    age_days = np.maximum(np.asarray(now_ms, dtype=np.int64) - timestamps, 0) / DAY_MS
-    out: np.ndarray = weights[codes] * np.power(0.5, age_days / half_life_days)
+    age_ms = np.maximum(np.asarray(now_ms, dtype=np.int64) - timestamps, 0)
+    out: np.ndarray = weights[codes] * decay(age_ms, half_life_days)
+    return out
+
+
+def decay(age_ms: int | np.ndarray, half_life_days: float) -> np.ndarray:
+    """What an event ``age_ms`` old still weighs: ``0.5 ** (age_days / half_life_days)``.
+
+    Ages add, so weights multiply: at a clock ``d`` ms later every event of a history weighs
+    ``decay(d)`` times what it did. Serving keeps an active visitor's confidences as of their
+    newest event and brings them to the shop's clock with that one factor (the same values to
+    float rounding, a test checks)."""
+    out: np.ndarray = np.power(0.5, np.asarray(age_ms) / DAY_MS / half_life_days)
     return out
 
 

@@ -333,3 +333,36 @@ def test_the_serving_path_past_the_ordered_head(
     for r in rng.choice(data.n_users, 20, replace=False):
         blocked = rng.random(data.n_items) < 0.99  # so that the top 10 lies deep in the order
         _same_ranking(model, data.matrix[int(r)], 10, blocked)
+
+
+def test_large_unpickled_arrays_move_to_memory_numpy_owns(
+    data: Dataset,
+    fitted: dict[str, BaseRecommender],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Serving copies a loaded model's item factors out of the pickle's buffer into numpy's own
+    allocation (transparent huge pages), once, with implicit's model pointing at the same copy,
+    and answers as before."""
+    import pickle
+
+    from retailrec.models import base, factors
+
+    big = pickle.loads(pickle.dumps(np.ones((1024, 1024), dtype=np.float32)))  # 4 MiB
+    assert not big.flags.owndata
+    moved = base.in_huge_pages(big)
+    assert moved.flags.owndata and moved is not big and np.array_equal(moved, big)
+    assert base.in_huge_pages(moved) is moved  # owned already
+    small = pickle.loads(pickle.dumps(np.ones(10, dtype=np.float32)))
+    assert base.in_huge_pages(small) is small  # not worth a copy
+
+    monkeypatch.setattr(base, "HUGE_PAGE_BYTES", 0)  # the checkerboard's factors are tiny
+    fitted["als"].save(tmp_path / "als.pkl")
+    als = BaseRecommender.load(tmp_path / "als.pkl")
+    assert isinstance(als, factors.ALSRecommender)
+    assert not als.item_factors_.flags.owndata
+    als.prepare_serving()
+    assert als.item_factors_.flags.owndata
+    assert als.model_.item_factors is als.item_factors_  # one copy in memory, not two
+    expected, _ = fitted["als"].recommend(data.matrix[:5], 5)
+    np.testing.assert_array_equal(als.recommend(data.matrix[:5], 5)[0], expected)

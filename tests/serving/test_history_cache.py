@@ -115,7 +115,7 @@ def test_short_histories_are_not_kept(
 def test_a_kept_history_is_compact(
     served_shop: tuple[RecommendationService, Path, list[int]],
 ) -> None:
-    """The cache's memory bound rests on this: about 14 bytes an event, so 2,048 visitors of
+    """The cache's memory bound rests on this: at most 16 bytes an event, so 2,048 visitors of
     500 events each hold under 16 MiB."""
     served, path, active = served_shop
     history = store.visitor_history(store.connect(path), active[0], limit=HISTORY_LIMIT)

@@ -51,3 +51,48 @@ def test_a_category_keeps_only_its_available_items(rules: CatalogueRules) -> Non
     assert np.flatnonzero(~inside).tolist() == [2]  # 103 unavailable, 105 bought
     with pytest.raises(UnknownEntityError, match="unknown category 9"):
         rules.blocked(Rules(category=9), NONE, NONE)
+
+
+def test_blocking_marks_a_kept_mask_and_clears_it_on_the_way_out(rules: CatalogueRules) -> None:
+    """An answer's rules block its few items in a per-thread mask instead of copying the
+    catalogue's; nested blocks add more and put back what they found; an error inside clears
+    too; the catalogue's own mask is never written."""
+    seen, bought = np.array([0, 1]), np.array([2])
+    with rules.blocking(Rules(exclude=[105]), seen, bought) as outer:
+        assert np.flatnonzero(outer).tolist() == [2, 3, 5]
+        assert outer is not rules.unavailable and outer.flags.writeable
+        with rules.marked(outer, np.array([0, 2])) as inner:
+            assert inner is outer  # the same mask, two more items (2 was blocked already)
+            assert np.flatnonzero(inner).tolist() == [0, 2, 3, 5]
+        assert np.flatnonzero(outer).tolist() == [2, 3, 5]  # 2 stays: the outer block has it
+        with pytest.raises(RuntimeError), rules.marked(outer, np.array([4])):
+            raise RuntimeError("a model failed")
+        assert np.flatnonzero(outer).tolist() == [2, 3, 5]
+    assert np.flatnonzero(outer).tolist() == [3]  # the kept mask is the catalogue's again
+    assert rules.unavailable.tolist() == [False, False, False, True, False, False]
+    # The same mask again, not a new copy; a category's mask is built as before.
+    with rules.blocking(Rules(), seen, bought) as again:
+        assert again is outer and np.flatnonzero(again).tolist() == [2, 3]
+        with rules.blocking(Rules(), NONE, np.array([4])) as second:  # in use: a copy
+            assert second is not outer and np.flatnonzero(second).tolist() == [3, 4]
+        assert np.flatnonzero(again).tolist() == [2, 3]
+    with rules.blocking(Rules(category=1), NONE, NONE) as inside:
+        assert np.flatnonzero(~inside).tolist() == [0, 1]
+
+
+def test_each_thread_has_a_mask_of_its_own(rules: CatalogueRules) -> None:
+    import threading
+
+    seen_in_thread: list[list[int]] = []
+    with rules.blocking(Rules(), NONE, np.array([0])) as here:
+
+        def other() -> None:
+            with rules.blocking(Rules(), NONE, np.array([1])) as there:
+                assert there is not here
+                seen_in_thread.append(np.flatnonzero(there).tolist())
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        assert np.flatnonzero(here).tolist() == [0, 3]
+    assert seen_in_thread == [[1, 3]]

@@ -74,6 +74,10 @@ class FeatureConfig:
             codes, timestamps, now_ms, self._code_weights, self.recency_half_life_days
         )
 
+    def decay(self, age_ms: int | np.ndarray) -> np.ndarray:
+        """:func:`retailrec.events.decay` with this half-life."""
+        return ev_.decay(age_ms, self.recency_half_life_days)
+
     @functools.cached_property
     def _code_weights(self) -> np.ndarray:
         # Built once per config: serving weighs a history on every request.

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from scipy.linalg.lapack import sgesv, sposv
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
-from retailrec.models.base import TIE_BREAK, BaseRecommender, first_unblocked
+from retailrec.models.base import TIE_BREAK, BaseRecommender, first_unblocked, in_huge_pages
 from retailrec.models.data import Dataset
 
 
@@ -82,6 +82,7 @@ class FactorRecommender(BaseRecommender):
 
     def prepare_serving(self) -> None:
         super().prepare_serving()
+        self.item_factors_ = in_huge_pages(self.item_factors_)
         self._serving("norm_order")
         self._serving("ordered_factors")
 
@@ -184,7 +185,10 @@ class ALSRecommender(FactorRecommender):
         return super()._build_serving(key)
 
     def prepare_serving(self) -> None:
+        shared = self.model_ is not None and self.model_.item_factors is self.item_factors_
         super().prepare_serving()
+        if shared:  # implicit's model holds the same factors: one copy in memory, not two
+            self.model_.item_factors = self.item_factors_
         self._serving("gram")
 
 

@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 
 #: Histories shorter than this are read again each time: cheap, and they would crowd the cache.
 MIN_EVENTS = 64
-#: Entries kept (least recently used dropped first): at most 500 events of about 14 bytes each
+#: Entries kept (least recently used dropped first): at most 500 events of at most 16 bytes each
 #: (see ``service.Prepared``), so under 16 MiB when full.
 CAPACITY = 2048
 

@@ -41,14 +41,12 @@ NON_PERSONAL = ("popular", "popular_7d")
 @dataclass(frozen=True)
 class Prepared:
     """A visitor's history in one bundle's item space: all an answer needs of it but the clock
-    (see :meth:`RecommendationService.prepare`). Compact, as the service keeps many: about
-    14 bytes an event."""
+    (see :meth:`RecommendationService.prepare`). Compact, as the service keeps many: at most
+    16 bytes an event (12 a distinct item, 4 a purchase)."""
 
-    timestamp: np.ndarray  # int64: the events of items the bundle knows, oldest first
-    event_code: np.ndarray  # int8: those events' codes
-    inverse: np.ndarray  # int32: those events' positions in cols
     cols: np.ndarray  # int32, read-only: the distinct known items, sorted (the row's columns)
-    purchased: np.ndarray  # the known items bought
+    decayed: np.ndarray  # float64, per col: the item's confidence as of newest_ms
+    purchased: np.ndarray  # int32: the known items bought
     recent: np.ndarray  # the last 20 events' items, in order (-1: unknown to the bundle)
     newest_ms: int  # the newest event's time, known item or not (0: no events)
     n_events: int
@@ -108,24 +106,30 @@ class RecommendationService:
         cols = cols.astype(np.int32)
         cols.flags.writeable = False  # the rows made from a kept history share it
         n = len(idx)
+        newest_ms = int(history.timestamp[-1]) if n else 0
+        conf = self.config.confidence(
+            history.event_code[known], history.timestamp[known], newest_ms
+        )
         return Prepared(
-            timestamp=history.timestamp[known],
-            event_code=history.event_code[known].astype(np.int8),
-            inverse=inverse.ravel().astype(np.int32),
             cols=cols,
-            purchased=idx[known & (history.event_code == TRANSACTION)],
+            decayed=np.bincount(inverse.ravel(), weights=conf, minlength=len(cols)),
+            purchased=idx[known & (history.event_code == TRANSACTION)].astype(np.int32),
             recent=idx[-20:].copy(),  # not a view: it would keep all of idx alive
-            newest_ms=int(history.timestamp[-1]) if n else 0,
+            newest_ms=newest_ms,
             n_events=n,
         )
 
     def history_row(self, history: store.History | Prepared, now_ms: int) -> sp.csr_matrix:
         """The visitor's confidences at the shop's time ``now_ms``, in the bundle's item space:
-        the same confidence function, weights and half-life that built the training matrix."""
+        the same confidence function, weights and half-life that built the training matrix.
+
+        The history is never weighed behind itself: a clock before its newest event counts as
+        that event's time. The confidences as of then (:meth:`prepare`) are brought to the
+        clock with one factor, :func:`retailrec.events.decay` of the time since, rather than
+        weighing every event again."""
         p = history if isinstance(history, Prepared) else self.prepare(history)
-        conf = self.config.confidence(p.event_code, p.timestamp, now_ms)
-        data = np.bincount(p.inverse, weights=conf, minlength=len(p.cols)).astype(np.float32)
-        return self._row(p.cols, data)
+        factor = self.config.decay(max(int(now_ms), p.newest_ms) - p.newest_ms)
+        return self._row(p.cols, (p.decayed * factor).astype(np.float32))
 
     def _row(self, cols: np.ndarray, data: np.ndarray) -> sp.csr_matrix:
         """A (1, n_items) CSR row from distinct, sorted int32 ``cols`` and float32 ``data``,
@@ -139,11 +143,8 @@ class RecommendationService:
     def _take(
         self, role: str, row: sp.csr_matrix, k: int, blocked: np.ndarray, have: list[int]
     ) -> tuple[list[int], list[float]]:
-        model = self.bundle.models[role]
-        if have:
-            blocked = blocked.copy()
-            blocked[np.asarray(have, dtype=np.int64)] = True
-        items, scores = model.recommend_one(row, k, blocked)
+        with self.rules.marked(blocked, np.asarray(have, dtype=np.int64)) as without:
+            items, scores = self.bundle.models[role].recommend_one(row, k, without)
         # A model with nothing to say falls back to popularity; only real signal (above the
         # tie-break) counts for the item-to-item roles.
         if role in ("session", "similar", "bought_together"):
@@ -168,11 +169,8 @@ class RecommendationService:
         return answer
 
     def _ids(self, items: list[int]) -> list[int]:
-        return (
-            [int(i) for i in self.bundle.item_ids[np.asarray(items, dtype=np.int64)]]
-            if items
-            else []
-        )
+        ids: list[int] = self.bundle.item_ids[np.asarray(items, dtype=np.int64)].tolist()
+        return ids
 
     # -- endpoints ------------------------------------------------------------------------------
 
@@ -210,14 +208,13 @@ class RecommendationService:
         p = history if isinstance(history, Prepared) else self.prepare(history)
         now = max(int(now_ms or 0), p.newest_ms)  # never behind the history it weighs
         row = self.history_row(p, now)
-        blocked = self.rules.blocked(rules, p.cols, p.purchased)
-        if self.repeat is None or rules.exclude_seen or not row.nnz:
-            return self._new_items(p, row, k, blocked, now)
-        seen = self.seen_items(row, blocked)
-        new_only = blocked.copy()
-        new_only[p.cols] = True
-        answer = self._new_items(p, row, k, new_only, now)
-        items, scores, placed = self.repeat.merge(answer.items, self._ids(seen.tolist()), k)
+        with self.rules.blocking(rules, p.cols, p.purchased) as blocked:
+            if self.repeat is None or rules.exclude_seen or not row.nnz:
+                return self._new_items(p, row, k, blocked, now)
+            seen = self.seen_items(row, blocked)
+            with self.rules.marked(blocked, p.cols) as new_only:
+                answer = self._new_items(p, row, k, new_only, now)
+        items, scores, placed = self.repeat.merge(answer.items, self._ids(seen[:k].tolist()), k)
         return Answer(items, scores, "personalized" if placed else answer.strategy)
 
     def seen_items(self, row: sp.csr_matrix, blocked: np.ndarray) -> np.ndarray:
@@ -342,10 +339,8 @@ class RecommendationService:
             return self._take("session", row, k, blocked, have)
         depth = max(k, SESSION_DEPTH)
         s_items, s_scores = self._take("session", row, depth, blocked, have)
-        if have:
-            blocked = blocked.copy()
-            blocked[np.asarray(have, dtype=np.int64)] = True
-        items, logits = seq.top_and_scores(seq_row, depth, blocked, np.asarray(s_items))
+        with self.rules.marked(blocked, np.asarray(have, dtype=np.int64)) as without:
+            items, logits = seq.top_and_scores(seq_row, depth, without, np.asarray(s_items))
         mixed = w * np.exp(logits - logits.max())
         if s_items:
             s = np.asarray(s_scores, dtype=np.float64)
@@ -358,8 +353,10 @@ class RecommendationService:
         idx = self.bundle.item_index(np.asarray([item_id]))
         if idx[0] < 0:
             raise UnknownEntityError(f"unknown item {item_id}")
-        blocked = self.rules.unavailable.copy()
-        blocked[idx] = True
+        with self.rules.marked(self.rules.unavailable, idx) as blocked:
+            return self._for_item(idx, k, role, blocked)
+
+    def _for_item(self, idx: np.ndarray, k: int, role: str, blocked: np.ndarray) -> Answer:
         one = _one_row(idx, np.ones(1), self.bundle.n_items)
         answer = Answer([], [], "")
         roles = (role, "similar") if role == "bought_together" else (role,)
