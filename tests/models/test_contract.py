@@ -366,3 +366,31 @@ def test_large_unpickled_arrays_move_to_memory_numpy_owns(
     assert als.model_.item_factors is als.item_factors_  # one copy in memory, not two
     expected, _ = fitted["als"].recommend(data.matrix[:5], 5)
     np.testing.assert_array_equal(als.recommend(data.matrix[:5], 5)[0], expected)
+
+
+def test_models_fitted_on_one_dataset_share_their_popularity(
+    data: Dataset, fitted: dict[str, BaseRecommender], tmp_path: Path
+) -> None:
+    """A bundle's models each hold the same popularity array and its order: serving keeps one
+    copy for all of them, and their answers do not change."""
+    fitted["als"].save(tmp_path / "als.pkl")
+    fitted["itemknn_bm25"].save(tmp_path / "knn.pkl")
+    als, knn = (
+        BaseRecommender.load(tmp_path / "als.pkl"),
+        BaseRecommender.load(tmp_path / "knn.pkl"),
+    )
+    before = (
+        knn.recommend(data.matrix[:5], 5)[0],
+        knn.recommend_one(sp.csr_matrix((1, 30)), 5, np.zeros(30, bool))[0],
+    )
+    assert knn.prior_ is not als.prior_
+    assert knn.share_popularity(als)
+    assert knn.prior_ is als.prior_ and knn._serving("prior_order") is als._serving("prior_order")
+    after = (
+        knn.recommend(data.matrix[:5], 5)[0],
+        knn.recommend_one(sp.csr_matrix((1, 30)), 5, np.zeros(30, bool))[0],
+    )
+    np.testing.assert_array_equal(before[0], after[0])
+    np.testing.assert_array_equal(before[1], after[1])
+    other = make_model("popular").fit(Dataset.from_events(checkerboard_events().head(200)))
+    assert not other.share_popularity(als) and other.prior_ is not als.prior_

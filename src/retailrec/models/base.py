@@ -189,6 +189,18 @@ class BaseRecommender:
         """Build what the serving path walks (orderings), so that no request pays for it."""
         self._serving("prior_order")
 
+    def share_popularity(self, other: BaseRecommender) -> bool:
+        """Hold ``other``'s popularity array, and its serving order, where they equal this
+        model's own, as they do for every model fitted on one dataset: one copy then serves a
+        whole bundle (about 30 MB fewer at the full shop's scale). Returns whether they are
+        shared."""
+        if self.prior_ is not other.prior_ and np.array_equal(self.prior_, other.prior_):
+            self.prior_ = other.prior_
+            self.__dict__.setdefault("_serving_cache", {})["prior_order"] = other._serving(
+                "prior_order"
+            )
+        return self.prior_ is other.prior_
+
     def _serving(self, key: str) -> Any:
         cache: dict[str, Any] = self.__dict__.setdefault("_serving_cache", {})
         if key not in cache:

@@ -90,7 +90,9 @@ class RecommendationService:
         self._empty = _one_row(np.zeros(0, np.int64), np.zeros(0), b.n_items)
         for part in (self._empty.data, self._empty.indices, self._empty.indptr):
             part.flags.writeable = False
+        first = next(iter(b.models.values()))
         for model in b.models.values():
+            model.share_popularity(first)
             model.prepare_serving()
         if b.ranker is not None:
             b.ranker.prepare_serving()
