@@ -245,7 +245,7 @@ def repeat_curves(
     rules = Rules()
     for v in visitors:
         p = served.prepare(histories.get(int(v)))
-        row = served.history_row(p, max(now_ms, p.newest_ms))
+        row = served.history_row(p, now_ms)  # never weighed behind the history itself
         blocked = served.rules.blocked(rules, p.cols, p.purchased)
         seen = served.bundle.item_ids[served.seen_items(row, blocked)[:depth]]
         seen_counts[: len(seen)] += 1
