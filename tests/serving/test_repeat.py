@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from retailrec.data_pipeline.feature_pipeline import FeatureConfig, item_catalogue
+from retailrec.events import DAY_MS
 from retailrec.models import make_model
 from retailrec.models.bundle import ModelBundle
 from retailrec.serving.repeat import DEPTH, RepeatCurves, position_curve
@@ -96,8 +97,7 @@ def test_an_answer_that_allows_seen_items_is_the_new_answer_merged_with_the_visi
         # exclude_seen=true: the curves change nothing.
         assert new == plain.for_history(history, 10, ev.EVAL_RULES, stage.clock_ms)
         p = service.prepare(history)
-        row = service.history_row(p, max(stage.clock_ms, p.newest_ms))
-        seen = service.seen_items(row, service.rules.blocked(Rules(), p.cols, p.purchased))
+        seen = service.seen_items(p, service.rules.blocked(Rules(), p.cols, p.purchased), 10)
         answer = service.for_history(history, 10, Rules(), stage.clock_ms)
         items, scores, placed = curves.merge(new.items, service._ids(seen.tolist()), 10)
         assert (answer.items, answer.scores) == (items, scores)
@@ -117,13 +117,14 @@ def test_seen_items_lead_or_sink_as_the_curves_say(
     for v in _returning(stage, 10):
         history = stage.histories.get(v)
         p = service.prepare(history)
-        row = service.history_row(p, max(stage.clock_ms, p.newest_ms))
-        seen = service._ids(
-            service.seen_items(row, service.rules.blocked(Rules(), p.cols, p.purchased)).tolist()
-        )
-        # Highest confidence first: the visitor's most weighed item leads.
-        conf = dict(zip(service._ids(row.indices.tolist()), row.data.tolist(), strict=True))
-        assert [conf[i] for i in seen] == sorted((conf[i] for i in seen), reverse=True)
+        blocked = service.rules.blocked(Rules(), p.cols, p.purchased)
+        seen = service._ids(service.seen_items(p, blocked, len(p.cols)).tolist())
+        assert set(seen) == set(service._ids(p.cols[~blocked[p.cols]].tolist()))
+        # Highest confidence first, at the clock and years later: the most weighed item leads.
+        for clock in (max(stage.clock_ms, p.newest_ms), p.newest_ms + 3 * 365 * DAY_MS):
+            row = service.history_row(p, clock)
+            conf = dict(zip(service._ids(row.indices.tolist()), row.data.tolist(), strict=True))
+            assert [conf[i] for i in seen] == sorted((conf[i] for i in seen), reverse=True)
         first = keen.for_history(history, 10, Rules(), stage.clock_ms).items
         assert first[: min(10, len(seen))] == seen[:10]
         last = never.for_history(history, 10, Rules(), stage.clock_ms).items
@@ -170,7 +171,6 @@ def test_curves_fitted_on_validation_beat_every_single_list_on_all_items() -> No
     curves = ev.repeat_curves(
         val.served(),
         val.histories,
-        val.clock_ms,
         val.window,
         per_visitor["visitors"],
         per_visitor["hits_at_rank"],

@@ -34,8 +34,10 @@ async def get_connections(request: Request) -> Connections:
     return connections
 
 
-async def get_recommender(request: Request) -> RecommendationService:
-    """The model as of now: one reference for the whole request, whatever reloads happen."""
+def current_service(request: Request) -> RecommendationService:
+    """The model as of now: one reference for the whole request, whatever reloads happen; 503
+    while none is loaded. Called directly by the hottest route, where a dependency's resolution
+    costs more than the lookup."""
     holder: ModelHolder = request.app.state.holder
     served = holder.current
     if served is None:
@@ -43,6 +45,11 @@ async def get_recommender(request: Request) -> RecommendationService:
             status_code=503, detail="no model loaded yet: run `retailrec pipeline`, then reload"
         )
     return served
+
+
+async def get_recommender(request: Request) -> RecommendationService:
+    """:func:`current_service` as a dependency."""
+    return current_service(request)
 
 
 async def get_holder(request: Request) -> ModelHolder:

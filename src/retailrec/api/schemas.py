@@ -49,6 +49,21 @@ class Recommendations(BaseModel):
     recommendation_id: str
 
 
+class VisitorQuery(BaseModel):
+    """The query of ``GET /v1/users/{visitor_id}/recommendations``, read in one check by
+    :class:`retailrec.api.query.QueryModel`."""
+
+    k: int = Field(default=10, ge=1, le=MAX_K, description="How many items, 1 to 100.")
+    exclude_purchased: bool = True
+    exclude_seen: bool = False
+    category: int | None = Field(
+        default=None, ge=0, le=MAX_ID, description="Only items of this category."
+    )
+    exclude: list[Id] | None = Field(
+        default=None, max_length=1000, description="Item ids never to return."
+    )
+
+
 class SessionRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"item_ids": [355908, 248676], "k": 10}]}

@@ -22,7 +22,7 @@ answer are these probabilities.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,13 @@ class RepeatCurves:
     seen: np.ndarray
     new: np.ndarray
     visitors: int
+    # Both curves as Python floats, made once: a merge runs on every answer.
+    _seen: list[float] = field(init=False, repr=False, compare=False)
+    _new: list[float] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_seen", np.asarray(self.seen, dtype=np.float64).tolist())
+        object.__setattr__(self, "_new", np.asarray(self.new, dtype=np.float64).tolist())
 
     def to_metadata(self) -> dict[str, Any]:
         return {
@@ -60,30 +67,25 @@ class RepeatCurves:
             int(meta.get("visitors", 0)),
         )
 
-    @staticmethod
-    def _at(curve: np.ndarray, positions: int) -> np.ndarray:
-        idx = np.minimum(np.arange(positions), len(curve) - 1)
-        out: np.ndarray = curve[idx]
-        return out
-
     def merge(
         self, new: Sequence[int], seen: Sequence[int], k: int
     ) -> tuple[list[int], list[float], int]:
         """The top ``k`` of the two lists (item ids, best first) by their positions' probability,
         ties to the new item: ``(items, probabilities, how many seen items were placed)``."""
-        p_new = self._at(self.new, len(new))
-        p_seen = self._at(self.seen, len(seen))
+        p_new, p_seen = self._new, self._seen
+        last_new, last_seen = len(p_new) - 1, len(p_seen) - 1
+        n_new, n_seen = len(new), len(seen)
         items: list[int] = []
         scores: list[float] = []
         i = j = 0
-        while len(items) < k and (i < len(new) or j < len(seen)):
-            if j < len(seen) and (i == len(new) or p_seen[j] > p_new[i]):
+        for _ in range(min(k, n_new + n_seen)):
+            if j < n_seen and (i == n_new or p_seen[min(j, last_seen)] > p_new[min(i, last_new)]):
                 items.append(int(seen[j]))
-                scores.append(float(p_seen[j]))
+                scores.append(p_seen[min(j, last_seen)])
                 j += 1
             else:
                 items.append(int(new[i]))
-                scores.append(float(p_new[i]))
+                scores.append(p_new[min(i, last_new)])
                 i += 1
         return items, scores, j
 

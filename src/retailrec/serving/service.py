@@ -42,10 +42,13 @@ NON_PERSONAL = ("popular", "popular_7d")
 class Prepared:
     """A visitor's history in one bundle's item space: all an answer needs of it but the clock
     (see :meth:`RecommendationService.prepare`). Compact, as the service keeps many: at most
-    16 bytes an event (12 a distinct item, 4 a purchase)."""
+    20 bytes an event (16 a distinct item, 4 a purchase)."""
 
     cols: np.ndarray  # int32, read-only: the distinct known items, sorted (the row's columns)
     decayed: np.ndarray  # float64, per col: the item's confidence as of newest_ms
+    #: int32: ``cols`` by confidence, highest first (ties: the lower index). One factor brings
+    #: every confidence to the clock, so this order holds at any clock.
+    by_confidence: np.ndarray
     purchased: np.ndarray  # int32: the known items bought
     recent: np.ndarray  # the last 20 events' items, in order (-1: unknown to the bundle)
     newest_ms: int  # the newest event's time, known item or not (0: no events)
@@ -112,9 +115,11 @@ class RecommendationService:
         conf = self.config.confidence(
             history.event_code[known], history.timestamp[known], newest_ms
         )
+        decayed = np.bincount(inverse.ravel(), weights=conf, minlength=len(cols))
         return Prepared(
             cols=cols,
-            decayed=np.bincount(inverse.ravel(), weights=conf, minlength=len(cols)),
+            decayed=decayed,
+            by_confidence=cols[np.argsort(-decayed, kind="stable")],
             purchased=idx[known & (history.event_code == TRANSACTION)].astype(np.int32),
             recent=idx[-20:].copy(),  # not a view: it would keep all of idx alive
             newest_ms=newest_ms,
@@ -145,8 +150,11 @@ class RecommendationService:
     def _take(
         self, role: str, row: sp.csr_matrix, k: int, blocked: np.ndarray, have: list[int]
     ) -> tuple[list[int], list[float]]:
-        with self.rules.marked(blocked, np.asarray(have, dtype=np.int64)) as without:
-            items, scores = self.bundle.models[role].recommend_one(row, k, without)
+        if have:
+            with self.rules.marked(blocked, np.asarray(have, dtype=np.int64)) as without:
+                items, scores = self.bundle.models[role].recommend_one(row, k, without)
+        else:
+            items, scores = self.bundle.models[role].recommend_one(row, k, blocked)
         # A model with nothing to say falls back to popularity; only real signal (above the
         # tie-break) counts for the item-to-item roles.
         if role in ("session", "similar", "bought_together"):
@@ -213,18 +221,17 @@ class RecommendationService:
         with self.rules.blocking(rules, p.cols, p.purchased) as blocked:
             if self.repeat is None or rules.exclude_seen or not row.nnz:
                 return self._new_items(p, row, k, blocked, now)
-            seen = self.seen_items(row, blocked)
+            seen = self.seen_items(p, blocked, k)
             with self.rules.marked(blocked, p.cols) as new_only:
                 answer = self._new_items(p, row, k, new_only, now)
-        items, scores, placed = self.repeat.merge(answer.items, self._ids(seen[:k].tolist()), k)
+        items, scores, placed = self.repeat.merge(answer.items, self._ids(seen.tolist()), k)
         return Answer(items, scores, "personalized" if placed else answer.strategy)
 
-    def seen_items(self, row: sp.csr_matrix, blocked: np.ndarray) -> np.ndarray:
-        """The visitor's own items (bundle indices) that ``blocked`` leaves, by their confidence
-        in the history ``row``, highest first (ties: the lower index)."""
-        ok = ~blocked[row.indices]
-        cols, conf = row.indices[ok], row.data[ok]
-        out: np.ndarray = cols[np.argsort(-conf, kind="stable")].astype(np.int64)
+    def seen_items(self, p: Prepared, blocked: np.ndarray, n: int) -> np.ndarray:
+        """The visitor's first ``n`` own items (bundle indices) that ``blocked`` leaves, by their
+        confidence in the history, highest first at any clock (ties: the lower index)."""
+        ordered = p.by_confidence
+        out: np.ndarray = ordered[~blocked[ordered]][:n].astype(np.int64)
         return out
 
     def candidates(

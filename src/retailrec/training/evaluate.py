@@ -229,7 +229,6 @@ def recently_viewed_ranker(histories: Histories) -> Ranker:
 def repeat_curves(
     served: RecommendationService,
     histories: Histories,
-    now_ms: int,
     window: pd.DataFrame,
     visitors: np.ndarray,
     new_hits: np.ndarray,
@@ -245,9 +244,8 @@ def repeat_curves(
     rules = Rules()
     for v in visitors:
         p = served.prepare(histories.get(int(v)))
-        row = served.history_row(p, now_ms)  # never weighed behind the history itself
         blocked = served.rules.blocked(rules, p.cols, p.purchased)
-        seen = served.bundle.item_ids[served.seen_items(row, blocked)[:depth]]
+        seen = served.bundle.item_ids[served.seen_items(p, blocked, depth)]
         seen_counts[: len(seen)] += 1
         seen_hits[: len(seen)] += np.isin(seen, touched.get(int(v), np.zeros(0, np.int64)))
     n = len(visitors)

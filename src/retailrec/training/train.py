@@ -698,7 +698,7 @@ def train(
         step("measuring repeat interest on the validation window")
         v = prep.val
         curves = ev.repeat_curves(
-            v.served(), v.histories, v.clock_ms, v.window, val_visitors, val_hits[best]
+            v.served(), v.histories, v.window, val_visitors, val_hits[best]
         ).to_metadata()
         mlflow.log_metrics(
             {f"val_repeat_seen_at_{j + 1}": curves["seen"][j] for j in (0, 4, 9)}

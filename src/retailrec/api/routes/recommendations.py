@@ -15,14 +15,16 @@ from typing import Annotated, cast
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 
-from retailrec.api.deps import RecommenderDep
+from retailrec.api.deps import RecommenderDep, current_service
 from retailrec.api.metrics import Metrics
+from retailrec.api.query import QueryModel
 from retailrec.api.schemas import (
     MAX_K,
     Recommendations,
     ScoredItem,
     SessionRequest,
     Strategy,
+    VisitorQuery,
 )
 from retailrec.errors import UnknownEntityError
 from retailrec.events import MAX_ID
@@ -79,26 +81,24 @@ def _connection(request: Request) -> sqlite3.Connection:
     return connections.get()
 
 
-@router.get("/users/{visitor_id}/recommendations", response_model=Recommendations)
-async def recommend_for_visitor(
-    visitor_id: VisitorId,
-    request: Request,
-    served: RecommenderDep,
-    k: K = 10,
-    exclude_purchased: bool = True,
-    exclude_seen: bool = False,
-    category: Category = None,
-    exclude: Annotated[
-        list[Annotated[int, Query(ge=0, le=MAX_ID)]] | None,
-        Query(max_length=1000, description="Item ids never to return."),
-    ] = None,
-) -> Recommendations:
+#: The hot route's query, checked in one call (see :mod:`retailrec.api.query`).
+VISITOR_QUERY = QueryModel(VisitorQuery)
+
+
+@router.get(
+    "/users/{visitor_id}/recommendations",
+    response_model=Recommendations,
+    openapi_extra=VISITOR_QUERY.openapi(),
+)
+async def recommend_for_visitor(visitor_id: VisitorId, request: Request) -> Recommendations:
     """Personalised from the visitor's history as it is now (events posted a moment ago count);
     falls back to their recent session, then to popular items. Unavailable items never appear."""
     started = time.perf_counter()
-    rules = Rules(exclude_purchased, exclude_seen, category, exclude or ())
+    served = current_service(request)
+    query = VISITOR_QUERY(request)
+    rules = Rules(query.exclude_purchased, query.exclude_seen, query.category, query.exclude or ())
     try:
-        answer = served.for_visitor(_connection(request), visitor_id, k, rules)
+        answer = served.for_visitor(_connection(request), visitor_id, query.k, rules)
     except UnknownEntityError as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from exc
     return _respond(request, answer, visitor_id, served.version, "user", started)
