@@ -6,7 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retailrec.models.factors import SPARE, _top_unblocked
+from retailrec.models import make_model
+from retailrec.models.data import Dataset
+from retailrec.models.factors import SPARE, ALSRecommender, _top_unblocked, fold_in
+from tests.utils.factories import Shop
 
 
 @pytest.mark.parametrize("blocked_top", [0, 5, SPARE, SPARE + 20, 500])
@@ -37,3 +40,23 @@ def test_a_chunk_with_fewer_unblocked_items_than_asked_gives_them_all() -> None:
     blocked[[3, 70]] = False
     items, _ = _top_unblocked(chunk, scores, blocked, 10)
     assert sorted(items.tolist()) == [3, 70]
+
+
+def test_a_one_item_history_folds_in_as_the_full_solve(tiny_shop: Shop) -> None:
+    """Sherman-Morrison on the kept inverse gives the vector implicit's least squares gives."""
+    data = Dataset.from_events(tiny_shop.data.events)
+    model = make_model("als", iterations=3).fit(data)
+    assert isinstance(model, ALSRecommender)
+    model.prepare_serving()
+    one = np.flatnonzero(np.diff(data.matrix.indptr) == 1)[:50]
+    assert len(one) >= 20
+    rows = data.matrix[one]
+    ours = model.user_vectors(rows)
+    theirs = model.model_.recalculate_user(np.arange(len(one)), rows)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5 * np.abs(theirs).max())
+    gram = model._serving("gram")
+    for c in (0.3, 1.0, 7.5):  # below one, one (no change to the matrix), above
+        item, conf = np.array([int(rows.indices[0])]), np.array([c], dtype=np.float32)
+        solved = fold_in(model.item_factors_, gram, item, conf)
+        kept = fold_in(model.item_factors_, gram, item, conf, model._serving("gram_inverse"))
+        np.testing.assert_allclose(kept, solved, rtol=1e-5, atol=1e-6 * np.abs(solved).max())

@@ -197,12 +197,16 @@ class ALSRecommender(FactorRecommender):
         rows = user_items
         if not (sp.isspmatrix_csr(rows) and rows.dtype == np.float32):
             rows = sp.csr_matrix(user_items, dtype=np.float32)
-        gram = self._serving("gram")
+        gram, gram_inverse = self._serving("gram"), self._serving("gram_inverse")
         vectors = np.zeros((rows.shape[0], self.item_factors_.shape[1]), dtype=np.float32)
         with one_blas_thread():
             for u, (lo, hi) in enumerate(zip(rows.indptr[:-1], rows.indptr[1:], strict=True)):
                 vectors[u] = fold_in(
-                    self.item_factors_, gram, rows.indices[lo:hi], self.alpha * rows.data[lo:hi]
+                    self.item_factors_,
+                    gram,
+                    rows.indices[lo:hi],
+                    self.alpha * rows.data[lo:hi],
+                    gram_inverse,
                 )
         return vectors
 
@@ -213,6 +217,9 @@ class ALSRecommender(FactorRecommender):
                 y.shape[1], dtype=np.float32
             )
             return gram
+        if key == "gram_inverse":  # for one-item histories (see fold_in); float64, 32 KB
+            inverse: np.ndarray = np.linalg.inv(self._serving("gram").astype(np.float64))
+            return inverse
         return super()._build_serving(key)
 
     def prepare_serving(self) -> None:
@@ -221,6 +228,7 @@ class ALSRecommender(FactorRecommender):
         if shared:  # implicit's model holds the same factors: one copy in memory, not two
             self.model_.item_factors = self.item_factors_
         self._serving("gram")
+        self._serving("gram_inverse")
 
 
 class BPRRecommender(FactorRecommender):
@@ -269,7 +277,11 @@ class BPRRecommender(FactorRecommender):
 
 
 def fold_in(
-    item_factors: np.ndarray, gram: np.ndarray, items: np.ndarray, confidence: np.ndarray
+    item_factors: np.ndarray,
+    gram: np.ndarray,
+    items: np.ndarray,
+    confidence: np.ndarray,
+    gram_inverse: np.ndarray | None = None,
 ) -> np.ndarray:
     """One visitor's ALS vector from a history: the user step of implicit's least squares,
     ``(Y'Y + lambda I + sum_i (c_i - 1) y_i y_i') x = sum_{c_i > 0} c_i y_i`` (Hu, Koren and
@@ -281,9 +293,20 @@ def fold_in(
     average) where ``recalculate_user`` took 0.26 ms with the model's threads and 0.15 ms on
     one. The same vector to float32 rounding (a test checks it against implicit). An empty
     history gives 0.
+
+    With ``gram_inverse`` (``gram``'s inverse, float64), a one-item history, most visitors',
+    takes Sherman-Morrison instead of a solve: ``(G + w y y')^-1 c y = c G^-1 y / (1 + w y'
+    G^-1 y)`` with ``w = |c| - 1``: 4 us against 22 us, and closer to the exact vector (float64
+    throughout). The denominator stays positive: ``w >= -1``, and ``y' G^-1 y < 1`` as ``G``
+    holds ``y y' + lambda I``.
     """
     if not len(items):
         return np.zeros(item_factors.shape[1], dtype=np.float32)
+    if len(items) == 1 and gram_inverse is not None:
+        y1 = item_factors[items[0]].astype(np.float64)
+        z = gram_inverse @ y1
+        c1 = float(confidence[0])
+        return (max(c1, 0.0) * z / (1.0 + (abs(c1) - 1.0) * float(y1 @ z))).astype(np.float32)
     y = item_factors[items]
     c = np.asarray(confidence, dtype=np.float32)
     a = gram + (y.T * (np.abs(c) - np.float32(1.0))) @ y
