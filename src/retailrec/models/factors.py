@@ -306,7 +306,8 @@ def fold_in(
         y1 = item_factors[items[0]].astype(np.float64)
         z = gram_inverse @ y1
         c1 = float(confidence[0])
-        return (max(c1, 0.0) * z / (1.0 + (abs(c1) - 1.0) * float(y1 @ z))).astype(np.float32)
+        one: np.ndarray = (max(c1, 0.0) / (1.0 + (abs(c1) - 1.0) * float(y1 @ z))) * z
+        return one.astype(np.float32)
     y = item_factors[items]
     c = np.asarray(confidence, dtype=np.float32)
     a = gram + (y.T * (np.abs(c) - np.float32(1.0))) @ y
