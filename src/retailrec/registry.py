@@ -34,8 +34,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc.model import PythonModel
 
 from retailrec.config import Settings
-from retailrec.errors import BundleError, RegistryError
-from retailrec.models.bundle import ModelBundle
+from retailrec.errors import (
+    BundleError,
+    NoChampionError,
+    RegistryError,
+    RetailRecError,
+    error_line,
+)
+from retailrec.models.bundle import ModelBundle, folder_digest
 
 log = logging.getLogger(__name__)
 
@@ -77,18 +83,6 @@ def _gate_key(settings: Settings) -> bytes:
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_hex(32) + "\n")
     return path.read_bytes().strip()
-
-
-def bundle_digest(bundle_dir: Path) -> str:
-    """SHA-256 over a bundle folder's files: each relative path, then its bytes, in path order."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in Path(bundle_dir).rglob("*") if p.is_file()):
-        h.update(path.relative_to(bundle_dir).as_posix().encode() + b"\0")
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 def _approval(client: MlflowClient, name: str, version: str, digest: str) -> str:
@@ -196,7 +190,7 @@ def register_bundle(
         pip_requirements=_requirements(),
         input_example=pd.DataFrame({"item_ids": [[0]]}),
     )
-    tags = {**tags, DIGEST_TAG: bundle_digest(bundle_dir)}
+    tags = {**tags, DIGEST_TAG: folder_digest(bundle_dir)}
     mv = mlflow.register_model(info.model_uri, settings.model_name, tags=tags)
     return str(mv.version)
 
@@ -364,6 +358,23 @@ def load_bundle(
     Raises:
         RegistryError: not approved by the gate; BundleError: changed since registration.
     """
+    with tempfile.TemporaryDirectory(prefix=f"{name}-v{version}-") as tmp:
+        path, _digest = verified_download(
+            client, name, version, Path(tmp), require_approval=require_approval
+        )
+        return ModelBundle.load(path)
+
+
+def verified_download(
+    client: MlflowClient, name: str, version: str, dest: Path, *, require_approval: bool
+) -> tuple[Path, str]:
+    """A version's bundle folder downloaded into ``dest``, once the gate's approval checks out
+    (with ``require_approval``) and its files match the checksum recorded at registration:
+    ``(folder, checksum)``. Nothing in it is unpickled.
+
+    Raises:
+        RegistryError: not approved by the gate; BundleError: changed since registration.
+    """
     mv = client.get_model_version(name, version)
     if require_approval and not approved(client, mv):
         log.error(
@@ -374,22 +385,56 @@ def load_bundle(
             " alias moved, or a tag edited, by hand?): refused; promote it with `retailrec"
             " promote`"
         )
-    with tempfile.TemporaryDirectory(prefix=f"{name}-v{version}-") as tmp:
-        path = download_bundle(client, name, version, Path(tmp))
-        expected, found = mv.tags.get(DIGEST_TAG), bundle_digest(path)
-        if expected != found:
-            log.error(
-                "refused version %s of %s: its bundle's checksum %s is not the registered %s",
-                version,
-                name,
-                found[:12],
-                (expected or "(none)")[:12],
-            )
-            raise BundleError(
-                f"version {version} of {name}: the bundle's files are not those registered"
-                " (checksum mismatch): refused"
-            )
-        return ModelBundle.load(path)
+    path = download_bundle(client, name, version, dest)
+    expected, found = mv.tags.get(DIGEST_TAG), folder_digest(path)
+    if expected != found:
+        log.error(
+            "refused version %s of %s: its bundle's checksum %s is not the registered %s",
+            version,
+            name,
+            found[:12],
+            (expected or "(none)")[:12],
+        )
+        raise BundleError(
+            f"version {version} of {name}: the bundle's files are not those registered"
+            " (checksum mismatch): refused"
+        )
+    return path, found
+
+
+def fetch_approved(settings: Settings, version: str | None, dest: Path) -> tuple[str, Path, str]:
+    """What the API serves, fetched for it in a child process (see
+    :meth:`retailrec.serving.holder.ModelHolder.load`): ``version`` (default: the champion),
+    approved by the gate and checksummed, downloaded into ``dest``:
+    ``(version, folder, checksum)``.
+
+    Errors come back as RetailRec's own (an MLflow error would make the parent import MLflow to
+    read it).
+
+    Raises:
+        NoChampionError: no champion; RegistryError: not approved, or the registry failed;
+        BundleError: the files changed since registration.
+    """
+    try:
+        client = configure(settings)
+        if version is None:
+            found = champion(client, settings.model_name)
+            if found is None:
+                raise NoChampionError(
+                    f"no champion for {settings.model_name}: run `retailrec pipeline`"
+                )
+            version = str(found.version)
+        path, digest = verified_download(
+            client, settings.model_name, version, dest, require_approval=True
+        )
+    except RetailRecError:
+        raise
+    except Exception as exc:
+        raise RegistryError(
+            f"the registry failed to give version {version or 'champion'} of"
+            f" {settings.model_name}: {type(exc).__name__}: {error_line(exc)}"
+        ) from None
+    return version, path, digest
 
 
 # -- read-only views for the dashboard ------------------------------------------------------------

@@ -19,6 +19,7 @@ A bundle is a folder::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import shutil
@@ -172,3 +173,16 @@ class ModelBundle:
                     f"{path}: model {role} has {model.n_items_} items, catalogue {bundle.n_items}"
                 )
         return bundle
+
+
+def folder_digest(bundle_dir: Path) -> str:
+    """SHA-256 over a bundle folder's files: each relative path, then its bytes, in path order.
+    Recorded at registration; a bundle whose files give another is never loaded."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(bundle_dir).rglob("*") if p.is_file()):
+        h.update(path.relative_to(bundle_dir).as_posix().encode() + b"\0")
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()

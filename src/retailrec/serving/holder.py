@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from pathlib import Path
 
 from retailrec.config import Settings
-from retailrec.errors import BundleError, NoChampionError
-from retailrec.models.bundle import ModelBundle
+from retailrec.errors import BundleError
+from retailrec.models.bundle import ModelBundle, folder_digest
+from retailrec.serving.fetch import fetch
 from retailrec.serving.rules import Rules
 from retailrec.serving.service import RecommendationService
 
@@ -24,24 +26,28 @@ class ModelHolder:
     def load(self, version: str | None = None) -> tuple[RecommendationService, str | None]:
         """Load ``version`` (default: the champion) and swap it in; returns (new, previous version).
 
-        Raises:
-            NoChampionError: no champion; BundleError: the bundle does not load or answer.
-        """
-        from retailrec import registry  # MLflow loads when a model does, not with the API
+        The registry is read in a child process (:mod:`retailrec.serving.fetch`): it resolves
+        the version, checks the gate's approval and the bundle's checksum and downloads the files
+        into a folder of ours. MLflow and its database layer never enter the serving process
+        (about 100 MB resident, docs/BENCHMARKS.md). The files are checked against the
+        checksum once more here, then loaded; the folder is removed whether they load or not.
 
-        with self._lock:  # one reload at a time; serving never waits on this lock
-            client = registry.configure(self.settings)
-            if version is None:
-                champion = registry.champion(client, self.settings.model_name)
-                if champion is None:
-                    raise NoChampionError(
-                        f"no champion for {self.settings.model_name}: run `retailrec pipeline`"
-                    )
-                version = str(champion.version)
-            bundle = registry.load_bundle(
-                client, self.settings.model_name, version, require_approval=True
-            )
-            served = RecommendationService(bundle, version)
+        Raises:
+            NoChampionError: no champion; RegistryError: not approved, or the registry failed;
+            BundleError: the bundle does not load or answer.
+        """
+        name = self.settings.model_name
+        with (
+            self._lock,  # one reload at a time; serving never waits on this lock
+            tempfile.TemporaryDirectory(prefix=f"{name}-v{version or 'champion'}-") as tmp,
+        ):
+            version, path, digest = fetch(self.settings, version, Path(tmp))
+            if folder_digest(path) != digest:
+                raise BundleError(
+                    f"version {version} of {name}: the bundle's files changed after they were"
+                    " checked (checksum mismatch): refused"
+                )
+            served = RecommendationService(ModelBundle.load(path), version)
             _smoke_test(served)
             previous = None if self.current is None else self.current.version
             self.current = served
