@@ -39,8 +39,12 @@ class QueryModel(Generic[M]):
         parameters = []
         for name in self.fields:
             schema = self._schema["properties"][name]
-            parameter = {"name": name, "in": "query", "required": name in required}
-            parameter["schema"] = schema
+            parameter = {
+                "name": name,
+                "in": "query",
+                "required": name in required,
+                "schema": schema,
+            }
             if "description" in schema:
                 parameter["description"] = schema["description"]
             parameters.append(parameter)

@@ -112,11 +112,9 @@ class FactorRecommender(BaseRecommender):
                 scores = self.item_factors_[chunk] @ u + TIE_BREAK * self.prior_[chunk]
             items, scores = _top_unblocked(chunk, scores, blocked, n)
             if len(found_items):
-                items = np.concatenate([found_items, items])
-                scores = np.concatenate([found_scores, scores])
-                if len(items) > n:
-                    keep = np.argpartition(scores, len(scores) - n)[len(scores) - n :]
-                    items, scores = items[keep], scores[keep]
+                items, scores = _best(
+                    np.concatenate([found_items, items]), np.concatenate([found_scores, scores]), n
+                )
             found_items, found_scores = items, scores
             end = start + step
             if end >= len(order):
@@ -145,15 +143,17 @@ def _top_unblocked(
         top = np.argpartition(scores, len(scores) - m)[len(scores) - m :]
         ok = ~blocked[chunk[top]]
         if np.count_nonzero(ok) >= n:
-            top = top[ok]
-            best = np.argpartition(scores[top], len(top) - n)[len(top) - n :]
-            return chunk[top[best]], scores[top[best]]
+            return _best(chunk[top[ok]], scores[top[ok]], n)
     ok = ~blocked[chunk]
-    items, kept = chunk[ok], scores[ok]
-    if len(items) > n:
-        best = np.argpartition(kept, len(kept) - n)[len(kept) - n :]
-        items, kept = items[best], kept[best]
-    return items, kept
+    return _best(chunk[ok], scores[ok], n)
+
+
+def _best(items: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` items with the highest ``scores`` (in no order); all of them if fewer."""
+    if len(items) <= n:
+        return items, scores
+    keep = np.argpartition(scores, len(scores) - n)[len(scores) - n :]
+    return items[keep], scores[keep]
 
 
 class ALSRecommender(FactorRecommender):

@@ -15,8 +15,8 @@ from typing import Generic, TypeVar
 
 #: Histories shorter than this are read again each time: cheap, and they would crowd the cache.
 MIN_EVENTS = 64
-#: Entries kept (least recently used dropped first): at most 500 events of at most 16 bytes each
-#: (see ``service.Prepared``), so under 16 MiB when full.
+#: Entries kept (least recently used dropped first): at most 500 events of at most 20 bytes each
+#: (see ``service.Prepared``), so under 20 MiB when full.
 CAPACITY = 2048
 
 T = TypeVar("T")

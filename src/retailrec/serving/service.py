@@ -150,11 +150,8 @@ class RecommendationService:
     def _take(
         self, role: str, row: sp.csr_matrix, k: int, blocked: np.ndarray, have: list[int]
     ) -> tuple[list[int], list[float]]:
-        if have:
-            with self.rules.marked(blocked, np.asarray(have, dtype=np.int64)) as without:
-                items, scores = self.bundle.models[role].recommend_one(row, k, without)
-        else:
-            items, scores = self.bundle.models[role].recommend_one(row, k, blocked)
+        with self.rules.marked(blocked, np.asarray(have, dtype=np.int64)) as without:
+            items, scores = self.bundle.models[role].recommend_one(row, k, without)
         # A model with nothing to say falls back to popularity; only real signal (above the
         # tie-break) counts for the item-to-item roles.
         if role in ("session", "similar", "bought_together"):
