@@ -7,7 +7,8 @@ ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE} AS build
 # 1 adds PyTorch (about 700 MB) for training the two-tower and sequence models inside the
 # container; serving never needs it, and the other models train without it (session answers
-# then come from the session blend alone).
+# then come from the session blend alone). PySpark (the spark engine, about 450 MB and a Java
+# runtime) is never installed: Spark jobs run where Spark runs (README, "Past one machine").
 ARG WITH_TORCH=0
 # Path of a CA bundle mounted at build time, for builds behind a TLS-inspecting proxy.
 ARG PIP_CERT=""
@@ -19,8 +20,8 @@ WORKDIR /src
 COPY requirements.txt pyproject.toml README.md ./
 COPY src ./src
 RUN if [ -n "$PIP_CERT" ]; then export PIP_CERT; else unset PIP_CERT; fi; \
-    if [ "$WITH_TORCH" = "1" ]; then cp requirements.txt /tmp/requirements.txt; \
-    else grep -v '^torch==' requirements.txt > /tmp/requirements.txt; fi; \
+    grep -v -E '^(pyspark|py4j)==' requirements.txt > /tmp/requirements.txt; \
+    if [ "$WITH_TORCH" != "1" ]; then sed -i '/^torch==/d' /tmp/requirements.txt; fi; \
     python3 -m venv /opt/venv; \
     /opt/venv/bin/pip install -r /tmp/requirements.txt; \
     /opt/venv/bin/pip install --no-deps .

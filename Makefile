@@ -33,6 +33,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_synth.py
 	$(BIN)/python bench/bench_etl.py
+	$(BIN)/python bench/bench_spark_etl.py
 	$(BIN)/python bench/bench_models.py
 	$(BIN)/python bench/bench_pipeline.py
 	$(BIN)/python bench/bench_api.py

@@ -245,7 +245,7 @@ def test_serve_bootstrap_trains_a_first_champion_then_serves(
     args = ["serve", "--bootstrap", "--bootstrap-scale", "tiny", "--bootstrap-models", "popular"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
-    assert len(served) == 1 and served[0]["port"] == 8000
+    assert len(served) == 1 and served[0]["port"] == 8000, first.output
     settings = get_settings()
     client = registry.configure(settings)
     assert str(registry.champion(client, settings.model_name).version) == "1"

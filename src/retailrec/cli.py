@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 failure (with a one-line reason), 2 bad usage.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import warnings
@@ -208,27 +209,52 @@ RawOption = Annotated[
 ]
 
 
+#: ``--engine`` of ``etl`` and ``pipeline``.
+EngineOption = Annotated[
+    str,
+    typer.Option(
+        help="embedded (pandas and Arrow, the default) or spark (pyspark and Java 17; master:"
+        " RETAILREC_SPARK_MASTER, default local[2]). Same rules, same report."
+    ),
+]
+ENGINES = ("embedded", "spark")
+
+
+def _engine(name: str) -> str:
+    if name not in ENGINES:
+        raise CommandError(f"unknown engine {name!r}: choose {' or '.join(ENGINES)}")
+    return name
+
+
 @app.command()
 @_one_line_errors
 def etl(
     raw: RawOption = None,
+    engine: EngineOption = "embedded",
 ) -> None:
     """Validate, quarantine, dedupe and load the raw files into the feature store and parquet."""
     from retailrec.data_pipeline.etl import run_etl
     from retailrec.feature_store import open_store
 
     settings = get_settings()
-    progress, task = _spinner("reading")
-    with progress, open_store(settings.feature_store_path) as conn:
-        report = run_etl(
-            raw if raw is not None else settings.raw_dir,
-            conn=conn,
-            rejected_dir=settings.rejected_dir,
-            processed_dir=settings.processed_dir,
-            reports_dir=settings.reports_dir,
-            config=_feature_config(),
-            progress=lambda stage: progress.update(task, description=stage),
-        )
+    with contextlib.ExitStack() as stack:
+        spark = None
+        if _engine(engine) == "spark":
+            from retailrec.data_pipeline import spark_etl
+
+            spark = stack.enter_context(spark_etl.running(settings.spark_master))
+        progress, task = _spinner("reading")
+        with progress, open_store(settings.feature_store_path) as conn:
+            report = run_etl(
+                raw if raw is not None else settings.raw_dir,
+                conn=conn,
+                rejected_dir=settings.rejected_dir,
+                processed_dir=settings.processed_dir,
+                reports_dir=settings.reports_dir,
+                config=_feature_config(),
+                progress=lambda stage: progress.update(task, description=stage),
+                spark=spark,
+            )
     _print_etl(report)
 
 
@@ -509,6 +535,7 @@ def pipeline(
     seed: Annotated[int, typer.Option(help="Seed for the synthetic data.")] = 42,
     test_days: TestDaysOption = None,
     val_days: ValDaysOption = None,
+    engine: EngineOption = "embedded",
 ) -> None:
     """Synth when there is no raw data, then etl, features, train and promote.
 
@@ -536,6 +563,7 @@ def pipeline(
             val_days=val_days,
             progress=lambda stage: progress.update(task, description=stage),
             on_stage=lambda stage, result: printers[stage](result),
+            engine=_engine(engine),
         )
 
 

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
         gt=0,
         description="An interaction this old counts half as much.",
     )
+    spark_master: str = Field(
+        default="local[2]",
+        description="Where `--engine spark` runs: local[N], spark://host:7077, yarn, k8s://…"
+        " (spark-submit's own --master wins when the command runs under it).",
+    )
     events_key: str | None = Field(
         default=None,
         description="When set, POST /v1/events needs it in X-Events-Key (or the API key): the"

@@ -77,8 +77,10 @@ def run_pipeline(
     val_days: float | None = None,
     progress: Progress | None = None,
     on_stage: StageHook | None = None,
+    engine: str = "embedded",
 ) -> PipelineResult:
     """Synth when the default raw folder has no event log, then etl, features, train, promote.
+    ``engine="spark"``: the ETL runs on Spark (:mod:`retailrec.data_pipeline.spark_etl`).
 
     Only the default raw folder gets a synthetic shop: a folder or file given as ``raw`` is the
     user's data, so when it holds no event log that is an error, not a reason to write there.
@@ -90,6 +92,7 @@ def run_pipeline(
     from retailrec.data_pipeline.etl import run_etl
     from retailrec.data_pipeline.feature_pipeline import FeatureConfig, build_features
     from retailrec.data_pipeline.files import locate
+    from retailrec.data_pipeline.spark_etl import holds_events_csv
     from retailrec.feature_store import open_store
 
     step = progress or _quiet
@@ -98,7 +101,8 @@ def run_pipeline(
     raw_dir = raw if raw is not None else settings.raw_dir
     written = None
     try:
-        locate(raw_dir)
+        if engine != "spark" or raw is None or holds_events_csv(raw_dir):
+            locate(raw_dir)  # Spark reads parts and Parquet too: it says what it cannot read
     except DataFileError:
         if raw is not None:
             raise
@@ -108,7 +112,12 @@ def run_pipeline(
         written = write_shop(scale, seed, raw_dir, progress=step)
         hook("synth", written)
     step("etl")
-    with open_store(settings.feature_store_path) as conn:
+    with contextlib.ExitStack() as stack, open_store(settings.feature_store_path) as conn:
+        spark = None
+        if engine == "spark":
+            from retailrec.data_pipeline import spark_etl
+
+            spark = stack.enter_context(spark_etl.running(settings.spark_master))
         etl_report = run_etl(
             raw_dir,
             conn=conn,
@@ -117,7 +126,9 @@ def run_pipeline(
             reports_dir=settings.reports_dir,
             config=feature_config,
             progress=step,
+            spark=spark,
         )
+        stack.close()  # Spark's memory is not the training's
         hook("etl", etl_report)
         step("features")
         snapshot = build_features(conn, None, feature_config)
@@ -260,8 +271,19 @@ def in_child(func: Callable[..., Any], *args: Any) -> Any:
     ``func`` must be a module-level function and its arguments picklable.
     """
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_name_main) as pool:
         return pool.submit(func, *args).result()
+
+
+def _name_main() -> None:
+    """The child of a ``python -m`` parent (``python -m retailrec``, ``python -m pytest``) starts
+    with a bare ``__main__``: no file, no spec. PySpark's Spark Connect check takes that for a
+    doctest run and exits the process, and MLflow imports ``pyspark.sql`` wherever it is
+    installed (logging a model with an input example): the child would quit, status 0, at
+    registration. The child's main is multiprocessing's spawn module, so it is named so."""
+    main = sys.modules["__main__"]
+    if getattr(main, "__spec__", None) is None and not hasattr(main, "__file__"):
+        main.__file__ = multiprocessing.spawn.__file__
 
 
 @contextlib.contextmanager

@@ -30,16 +30,20 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from retailrec.data_pipeline import csv_input, feature_pipeline, schema
+from retailrec.data_pipeline import csv_input, feature_pipeline, schema, spark_etl
 from retailrec.data_pipeline import files as files_
+from retailrec.errors import UsageError
 from retailrec.events import EVENT_COLUMNS
 from retailrec.feature_store import store
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -293,26 +297,35 @@ def load_category_tree(
 
 
 def write_processed(
-    conn: sqlite3.Connection, processed_dir: Path, config: feature_pipeline.FeatureConfig
+    conn: sqlite3.Connection,
+    processed_dir: Path,
+    config: feature_pipeline.FeatureConfig,
+    *,
+    events: bool = True,
 ) -> dict[str, Path]:
-    """Rewrite the parquet files from the store (so they also hold events posted to the API)."""
+    """Rewrite the parquet files from the store (so they also hold events posted to the API).
+
+    ``events=False``: the catalogue's files only (the spark engine writes the events as a
+    dataset partitioned by day, and leaves the confidences to ``retailrec features``)."""
     processed_dir.mkdir(parents=True, exist_ok=True)
-    events = store.read_events(conn)
-    paths = {
-        name: processed_dir / f"{name}.parquet"
-        for name in ("events", "interactions", "items", "category_tree")
-    }
-    if events.empty:
+    frames: dict[str, pd.DataFrame] = {}
+    if events:
+        log_ = store.read_events(conn)
+        if log_.empty:
+            return {}
+        as_of = int(log_["timestamp"].max())
+        log_["session"] = feature_pipeline.session_numbers(log_, config.session_gap_ms)
+        frames |= {
+            "events": log_,
+            "interactions": feature_pipeline.interactions(log_, as_of, config),
+        }
+    elif store.event_count(conn) == 0:
         return {}
-    as_of = int(events["timestamp"].max())
-    events["session"] = feature_pipeline.session_numbers(events, config.session_gap_ms)
-    catalogue = feature_pipeline.item_category_as_of(conn, None)
-    frames = {
-        "events": events,
-        "interactions": feature_pipeline.interactions(events, as_of, config),
-        "items": catalogue,
+    frames |= {
+        "items": feature_pipeline.item_category_as_of(conn, None),
         "category_tree": store.read_categories(conn),
     }
+    paths = {name: processed_dir / f"{name}.parquet" for name in frames}
     for name, frame in frames.items():
         tmp = paths[name].with_suffix(".tmp")
         frame.to_parquet(tmp, index=False)
@@ -329,8 +342,13 @@ def run_etl(
     reports_dir: Path | None = None,
     config: feature_pipeline.FeatureConfig | None = None,
     progress: Callable[[str], None] | None = None,
+    spark: SparkSession | None = None,
 ) -> EtlReport:
     """Run the whole ETL on the files in ``raw_dir``.
+
+    With ``spark``, the event log goes through the spark engine (:mod:`.spark_etl`): ``raw_dir``
+    may then also be a folder of CSV parts, Parquet, or a URL Spark reads. The catalogue's files
+    (item properties, category tree), found beside an ``events.csv``, are read as by default.
 
     Raises:
         DataFileError: no ``events.csv``, or one of the files is empty, lacks a required column
@@ -339,10 +357,17 @@ def run_etl(
     config = config or feature_pipeline.FeatureConfig()
     step = progress or (lambda _s: None)
     start = time.perf_counter()
-    files = files_.locate(raw_dir)
-    report = EtlReport(source=files.source, started_ms=int(time.time() * 1000))
+    if spark is not None and not spark_etl.holds_events_csv(raw_dir):
+        # Parts, Parquet or a URL: the event log alone.
+        files = files_.RawFiles(events=Path(str(raw_dir)))
+        report = EtlReport(source=str(raw_dir), started_ms=int(time.time() * 1000))
+    else:
+        files = files_.locate(raw_dir)
+        report = EtlReport(source=files.source, started_ms=int(time.time() * 1000))
     with contextlib.ExitStack() as scratch:
         if files.archive is not None:
+            if spark is not None:
+                raise UsageError(f"{files.archive}: unzip it first for the spark engine")
             step(f"unpacking {files.archive.name}")
             processed_dir.mkdir(parents=True, exist_ok=True)
             tmp = scratch.enter_context(
@@ -351,19 +376,24 @@ def run_etl(
             files = files_.unpack(files, Path(tmp))
         # Every file's header is checked before anything is loaded: a bad optional file fails
         # the run at once, not after the events went in.
-        csv_input.csv_layout(files.events, EVENT_COLUMNS, scan=False)
+        if spark is None:
+            csv_input.csv_layout(files.events, EVENT_COLUMNS, scan=False)
         for path in files.item_properties:
             csv_input.csv_layout(path, csv_input.ITEM_PROPERTIES_COLUMNS, scan=False)
         if files.category_tree is not None:
             csv_input.csv_layout(files.category_tree, csv_input.CATEGORY_TREE_COLUMNS, scan=False)
-        load_events(conn, files.events, rejected_dir, report, step)
+        if spark is None:
+            load_events(conn, files.events, rejected_dir, report, step)
+        else:
+            source = str(files.events) if spark_etl.holds_events_csv(raw_dir) else str(raw_dir)
+            spark_etl.load_events(spark, conn, source, rejected_dir, processed_dir, report, step)
         if files.item_properties:
             step("loading item properties")
             load_item_properties(conn, files.item_properties, rejected_dir, report)
         if files.category_tree is not None:
             load_category_tree(conn, files.category_tree, rejected_dir, report)
     step("writing parquet")
-    write_processed(conn, processed_dir, config)
+    write_processed(conn, processed_dir, config, events=spark is None)
     report.events_in_store = store.event_count(conn)
     report.seconds = round(time.perf_counter() - start, 3)
     report.check()

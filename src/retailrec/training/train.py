@@ -24,11 +24,15 @@ on all of it, registered as unevaluated (it becomes champion only where there is
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import hashlib
 import importlib.util
 import json
 import logging
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from retailrec.config import Settings
 from retailrec.data_pipeline import feature_pipeline as fp
@@ -529,7 +534,6 @@ def train(
     import mlflow
 
     from retailrec import registry
-    from retailrec.training import tune
 
     config = config or TrainConfig()
     feature_config = feature_config or fp.FeatureConfig()
@@ -567,15 +571,6 @@ def train(
             events,
         )
     rows: list[dict[str, Any]] = []
-    chosen_params: dict[str, dict[str, Any]] = {}
-    val_per_visitor: dict[str, np.ndarray] = {}
-    val_hits: dict[str, np.ndarray] = {}
-    val_visitors = np.zeros(0, dtype=np.int64)
-    best_learned: tuple[float, str, tuple[BaseRecommender, BaseRecommender] | None] = (
-        -1.0,
-        "",
-        None,
-    )
     data_fp, commit = fingerprint(prep.events), git_commit()
 
     with mlflow.start_run(
@@ -620,45 +615,10 @@ def train(
                 mlflow.set_tag("role", "oracle")
                 mlflow.log_metrics({**scores[1], **{f"val_{k}": v for k, v in scores[0].items()}})
 
-        for name in config.models:
-            if name == "ranker":
-                continue  # after the others: it builds on the best of them
-            params = dict(config.params.get(name, {}))
-            tuned: tuple[BaseRecommender, float] | None = None
-            if config.trials and name in tune.SPACES:
-                step(f"tuning {name} ({config.trials} trials)")
-
-                def objective(p: dict[str, Any], name: str = name) -> float:
-                    model = make_model(name, **p).fit(prep.val.data)
-                    return prep.val.score(name, p, model)[config.primary_metric]
-
-                params |= tune.tune(name, objective, config.trials)
-            elif name == "ease" and "lam" not in params:
-                step("choosing EASE's lambda (validation)")
-                tuned = tune_ease(prep.val, params, config.primary_metric)
-                params["lam"] = tuned[0].params()["lam"]
-            step(f"fitting {name} (validation)")
-            model, seconds = tuned or _fit(name, params, prep.val.data)
-            per_visitor: dict[str, np.ndarray] = {}
-            val = prep.val.score(name, params, model, per_visitor)
-            val_per_visitor[name] = per_visitor["ndcg_at_10"]
-            val_hits[name], val_visitors = per_visitor["hits_at_rank"], per_visitor["visitors"]
-            step(f"fitting {name} (test)")
-            test_model, _ = _fit(name, params, prep.test.data)
-            test = prep.test.score(name, params, test_model)
-            chosen_params[name] = {**model.params(), **params}
-            rows.append(_row(name, chosen_params[name], val, test, seconds))
-            if name not in NOT_A_BASE and val[config.primary_metric] > best_learned[0]:
-                # The ranker's base is the best of these: its two fits are kept for it.
-                best_learned = (val[config.primary_metric], name, (model, test_model))
-            with mlflow.start_run(run_name=name, nested=True, tags=registry.process_tags()):
-                mlflow.set_tags({"role": "candidate", "model": name})
-                mlflow.log_params(chosen_params[name])
-                mlflow.log_metrics(
-                    {**test, **{f"val_{k}": v for k, v in val.items()}, "fit_seconds": seconds}
-                )
-                if hasattr(model, "train_stats_"):
-                    mlflow.log_metrics({f"train_{k}": v for k, v in model.train_stats_.items()})
+        scored = _candidates(prep, config, step)
+        rows += scored.rows
+        chosen_params, val_per_visitor = scored.chosen_params, scored.val_per_visitor
+        val_hits, val_visitors = scored.val_hits, scored.val_visitors
 
         ranked: two_stage.Fitted | None = None
         if "ranker" in config.models:
@@ -667,8 +627,9 @@ def train(
             )
             base_params = chosen_params.get(base, dict(config.params.get(base, {})))
             step(f"training the ranker over {base}'s candidates (validation window)")
-            fitted = best_learned[2] if best_learned[1] == base else None
-            ranked = two_stage.fit_and_score(prep.val, prep.test, base, base_params, fitted)
+            ranked = two_stage.fit_and_score(
+                prep.val, prep.test, base, base_params, scored.fits.pop(base, None)
+            )
             if ranked is None:
                 log.warning("no returning visitor of the validation window touched a candidate")
             else:
@@ -696,31 +657,36 @@ def train(
         champion_metric, champion_version = _champion_on_window(client, settings, prep, config)
 
         step("measuring repeat interest on the validation window")
-        v = prep.val
         curves = ev.repeat_curves(
-            v.served(), v.histories, v.window, val_visitors, val_hits[best]
+            prep.val.served(), prep.val.histories, prep.val.window, val_visitors, val_hits[best]
         ).to_metadata()
         mlflow.log_metrics(
             {f"val_repeat_seen_at_{j + 1}": curves["seen"][j] for j in (0, 4, 9)}
             | {f"val_repeat_new_at_{r + 1}": curves["new"][r] for r in (0, 4, 9)}
         )
 
-        step(f"refitting {best} on all the data")
+        served, served_params, serving_ranker = best, chosen_params[best], None
         if best == "ranker" and ranked is not None:
             step("training the served ranker on the test window's labels")
-            bundle = _bundle(
-                prep,
-                ranked.base,
-                ranked.base_params,
-                candidates,
-                feature_config,
-                session_params,
-                ranker=ranked.for_serving(prep.test),
-            )
-        else:
-            bundle = _bundle(
-                prep, best, chosen_params[best], candidates, feature_config, session_params
-            )
+            serving_ranker = ranked.for_serving(prep.test)
+            served, served_params = ranked.base, ranked.base_params
+        events, catalogue = prep.events, prep.catalogue_all
+        # Past here the windows' stages (each a Dataset, Histories and fitted models) and the
+        # candidates fitted on them are not needed: freed before the final refit, which would
+        # otherwise hold its own beside them (docs/BENCHMARKS.md, "Whole pipeline").
+        del prep, scored, ranked
+        _release_memory()
+        step(f"refitting {best} on all the data")
+        bundle = _bundle(
+            events,
+            catalogue,
+            served,
+            served_params,
+            candidates,
+            feature_config,
+            session_params,
+            ranker=serving_ranker,
+        )
         bundle.metadata |= {
             "repeat": curves,
             "run_id": parent.info.run_id,
@@ -764,6 +730,83 @@ def train(
         windows=windows,
         sessions=sessions,
     )
+
+
+@dataclass
+class _Scored:
+    """The candidates' figures, from :func:`_candidates`."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    chosen_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    val_per_visitor: dict[str, np.ndarray] = field(default_factory=dict)
+    val_hits: dict[str, np.ndarray] = field(default_factory=dict)
+    val_visitors: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: The ranker's base is the best of the learned models (not in NOT_A_BASE) on validation:
+    #: its two fits (before the validation and the test windows) are kept for it, by name.
+    fits: dict[str, tuple[BaseRecommender, BaseRecommender]] = field(default_factory=dict)
+
+
+def _candidates(prep: _Prepared, config: TrainConfig, step: Callable[[str], None]) -> _Scored:
+    """Tune, fit and score each candidate but the ranker on both windows, each in a nested run.
+    Each fit is let go once scored, but for the best learned model's (:attr:`_Scored.fits`)."""
+    import mlflow
+
+    from retailrec import registry
+    from retailrec.training import tune
+
+    out = _Scored()
+    best_learned = -1.0
+    for name in config.models:
+        if name == "ranker":
+            continue  # after the others: it builds on the best of them
+        params = dict(config.params.get(name, {}))
+        tuned: tuple[BaseRecommender, float] | None = None
+        if config.trials and name in tune.SPACES:
+            step(f"tuning {name} ({config.trials} trials)")
+
+            def objective(p: dict[str, Any], name: str = name) -> float:
+                model = make_model(name, **p).fit(prep.val.data)
+                return prep.val.score(name, p, model)[config.primary_metric]
+
+            params |= tune.tune(name, objective, config.trials)
+        elif name == "ease" and "lam" not in params:
+            step("choosing EASE's lambda (validation)")
+            tuned = tune_ease(prep.val, params, config.primary_metric)
+            params["lam"] = tuned[0].params()["lam"]
+        step(f"fitting {name} (validation)")
+        model, seconds = tuned or _fit(name, params, prep.val.data)
+        per_visitor: dict[str, np.ndarray] = {}
+        val = prep.val.score(name, params, model, per_visitor)
+        out.val_per_visitor[name] = per_visitor["ndcg_at_10"]
+        out.val_hits[name] = per_visitor["hits_at_rank"]
+        out.val_visitors = per_visitor["visitors"]
+        step(f"fitting {name} (test)")
+        test_model, _ = _fit(name, params, prep.test.data)
+        test = prep.test.score(name, params, test_model)
+        chosen = out.chosen_params[name] = {**model.params(), **params}
+        out.rows.append(_row(name, chosen, val, test, seconds))
+        if name not in NOT_A_BASE and val[config.primary_metric] > best_learned:
+            best_learned = val[config.primary_metric]
+            out.fits = {name: (model, test_model)}
+        with mlflow.start_run(run_name=name, nested=True, tags=registry.process_tags()):
+            mlflow.set_tags({"role": "candidate", "model": name})
+            mlflow.log_params(chosen)
+            mlflow.log_metrics(
+                {**test, **{f"val_{k}": v for k, v in val.items()}, "fit_seconds": seconds}
+            )
+            if hasattr(model, "train_stats_"):
+                mlflow.log_metrics({f"train_{k}": v for k, v in model.train_stats_.items()})
+    return out
+
+
+def _release_memory() -> None:
+    """Collect what is no longer referenced and hand the freed pages back to the system: glibc's
+    allocator keeps freed heap pages resident until trimmed, and Arrow's pool its buffers."""
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc (musl): nothing to trim
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _refusal(why: str, champion: str, events: pd.DataFrame) -> LogTooShortError:
@@ -892,7 +935,8 @@ def _champion_on_window(
 
 
 def _bundle(
-    prep: _Prepared,
+    events: pd.DataFrame,
+    catalogue: pd.DataFrame,
     best: str,
     params: dict[str, Any],
     candidates: pd.DataFrame,
@@ -902,7 +946,7 @@ def _bundle(
 ) -> ModelBundle:
     """Fit the served models on all the data, up to the last event (with ``ranker``: the
     two-stage bundle, ``best`` its base)."""
-    data = Dataset.from_events(prep.events, prep.catalogue_all, config=feature_config)
+    data = Dataset.from_events(events, catalogue, config=feature_config)
     similar = "itemknn_bm25"
     if {"itemknn_bm25", "itemknn_cosine"} <= set(candidates.index):
         key = f"val_{PRIMARY_METRIC}"
@@ -916,7 +960,7 @@ def _bundle(
         aux_models(data, similar, session),
         similar,
     )
-    bundle.metadata["n_events"] = len(prep.events)
+    bundle.metadata["n_events"] = len(events)
     if ranker is not None:
         two_stage.attach(two_stage.with_item_features(bundle, data), ranker)
     return bundle

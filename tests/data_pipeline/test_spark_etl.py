@@ -1,0 +1,231 @@
+"""The spark engine against the embedded one, on the same files: the same counts, the same
+quarantined rows with the same reasons and details, the same stored events (pyspark in
+``local[2]``; skipped where pyspark or Java is missing)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.dataset as pads
+import pytest
+
+from retailrec.data_pipeline import etl, rules
+from retailrec.feature_store import store
+from tests.data_pipeline.test_etl import BAD_ROWS, GOOD_ROWS, HEADER, T, _lines
+from tests.data_pipeline.test_schema import GOOD, NOW, RULE_CASES
+from tests.utils.factories import Shop
+
+COUNTS = (
+    "rows_read",
+    "loaded",
+    "duplicates",
+    "duplicates_in_file",
+    "duplicates_in_store",
+    "rejected",
+    "rejected_by_reason",
+    "extra_columns",
+    "events_in_store",
+    "item_properties_read",
+    "item_properties_kept",
+    "item_properties_rejected",
+    "categories_read",
+    "categories_rejected",
+)
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[Any]:
+    pytest.importorskip("pyspark")
+    if shutil.which("java") is None:
+        pytest.skip("the spark engine needs Java (17)")
+    from retailrec.data_pipeline import spark_etl
+
+    session = spark_etl.session("local[2]")
+    yield session
+    session.stop()
+
+
+def _etl(raw: Path, work: Path, spark: Any = None) -> tuple[etl.EtlReport, pd.DataFrame]:
+    with store.open_store(work / "fs.sqlite") as conn:
+        report = etl.run_etl(
+            raw,
+            conn=conn,
+            rejected_dir=work / "rejected",
+            processed_dir=work / "processed",
+            spark=spark,
+        )
+        return report, store.read_events(conn)
+
+
+def _quarantined(report: etl.EtlReport) -> pd.DataFrame:
+    if report.rejected_file is None:
+        return pd.DataFrame()
+    rows = pd.read_csv(report.rejected_file, dtype=str, keep_default_na=False)
+    return rows.sort_values(list(rows.columns)).reset_index(drop=True)
+
+
+def _same(raw: Path, tmp_path: Path, spark: Any) -> tuple[etl.EtlReport, etl.EtlReport]:
+    """Both engines on ``raw``, each into its own store: asserts they agree, returns reports."""
+    embedded, events = _etl(raw, tmp_path / "embedded")
+    sparked, spark_events = _etl(raw, tmp_path / "spark", spark)
+    for name in COUNTS:
+        assert getattr(sparked, name) == getattr(embedded, name), name
+    pd.testing.assert_frame_equal(_quarantined(sparked), _quarantined(embedded))
+    pd.testing.assert_frame_equal(spark_events, events)
+    sparked.check()
+    return embedded, sparked
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    raw = tmp_path / "raw"
+    raw.mkdir(exist_ok=True)
+    (raw / "events.csv").write_text(text)
+    return raw
+
+
+def test_every_bad_row_of_the_etl_tests_is_judged_alike(tmp_path: Path, spark: Any) -> None:
+    rows = [row for row, _ in BAD_ROWS]
+    raw = _write(tmp_path, _lines(*GOOD_ROWS, *rows, GOOD_ROWS[0], GOOD_ROWS[2]))
+    embedded, _ = _same(raw, tmp_path, spark)
+    assert embedded.rejected == len(BAD_ROWS)
+    assert embedded.duplicates_in_file == 2
+
+
+def _cell(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"' if any(c in value for c in ',"') else value
+
+
+#: Values that only the rules' declared parse tells apart: signs, fractions, padding, case,
+#: 19 digits (within int64 or not), texts for "no value".
+EDGE_CASES: list[dict[str, str]] = [
+    {"itemid": "+12"},
+    {"itemid": "12.000"},
+    {"itemid": "12."},
+    {"itemid": " 12 "},
+    {"itemid": "\u00a012\u00a0"},
+    {"itemid": "007"},
+    {"itemid": "+-5"},
+    {"itemid": "9223372036854775807"},
+    {"itemid": "9223372036854775808"},
+    {"itemid": "-9223372036854775808"},
+    {"itemid": "123456789012345678901"},
+    {"visitorid": "N/A"},
+    {"event": " View "},
+    {"event": "TRANSACTION", "transactionid": "5.0"},
+    {"event": "#N/A"},
+    {"transactionid": "none"},
+    {"timestamp": "1442004589439.0"},
+    {"timestamp": "2015-09-11"},
+    {"timestamp": "1.442E12"},
+]
+
+
+def test_every_rule_case_and_parse_edge_is_judged_alike(tmp_path: Path, spark: Any) -> None:
+    cases = [changes for changes, _ in RULE_CASES] + EDGE_CASES
+    rows = [",".join(_cell({**GOOD, **c}[col]) for col in HEADER.split(",")) for c in cases]
+    raw = _write(tmp_path, _lines(*rows))
+    # "now" is the clock for both engines: the rule cases' future timestamps are relative to
+    # NOW (2015), which is long past, so they are far enough from today's clock either way.
+    assert pd.Timestamp.now().value // 10**6 > NOW
+    embedded, _ = _same(raw, tmp_path, spark)
+    assert embedded.rows_read == len(cases)
+    reasons = set(embedded.rejected_by_reason)
+    assert {rules.NOT_INTEGER.format(col="itemid"), rules.TIMESTAMP_DATE} <= reasons
+
+
+def test_the_tiny_shop_with_its_catalogue_loads_alike(
+    tmp_path: Path, spark: Any, tiny_shop: Shop
+) -> None:
+    embedded, sparked = _same(tiny_shop.dir, tmp_path, spark)
+    assert embedded.loaded > 10_000
+    # The processed dataset: the same events, partitioned by day.
+    days = pads.dataset(
+        tmp_path / "spark" / "processed" / "events", format="parquet", partitioning="hive"
+    )
+    assert days.count_rows() == sparked.loaded
+    assert len(list((tmp_path / "spark" / "processed" / "events").glob("day=*"))) > 20
+
+
+def test_the_real_sample_loads_alike(tmp_path: Path, spark: Any, real_sample: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(real_sample, raw / "events.csv")
+    embedded, _ = _same(raw, tmp_path, spark)
+    assert (embedded.rows_read, embedded.loaded, embedded.duplicates) == (2_771, 2_770, 1)
+
+
+def test_a_second_run_appends_nothing(tmp_path: Path, spark: Any) -> None:
+    raw = _write(tmp_path, _lines(*GOOD_ROWS, f"{T},2,view,-10,"))
+    first, events = _etl(raw, tmp_path / "spark", spark)
+    again, events_again = _etl(raw, tmp_path / "spark", spark)
+    assert (first.loaded, again.loaded, again.duplicates_in_store) == (3, 0, 3)
+    pd.testing.assert_frame_equal(events_again, events)
+    dataset = pads.dataset(tmp_path / "spark" / "processed" / "events", format="parquet")
+    assert dataset.count_rows() == 3
+    assert again.rejected_file == first.rejected_file  # the same input: the same quarantine
+
+
+def test_parts_and_parquet_are_read(tmp_path: Path, spark: Any) -> None:
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "part-0.csv").write_text(_lines(*GOOD_ROWS[:2]))
+    (parts / "part-1.csv").write_text(_lines(GOOD_ROWS[2], f"{T},2,click,10,"))
+    report, events = _etl(parts, tmp_path / "from-parts", spark)
+    assert (report.rows_read, report.loaded, report.rejected) == (4, 3, 1)
+    assert report.rejected_by_reason == {rules.UNKNOWN_EVENT: 1}
+    # The processed dataset of one run is the input of another (Parquet, typed columns).
+    again, same = _etl(tmp_path / "from-parts" / "processed" / "events", tmp_path / "pq", spark)
+    assert (again.rows_read, again.loaded, again.rejected) == (3, 3, 0)
+    pd.testing.assert_frame_equal(same, events)
+
+
+def test_the_pipeline_on_spark_ends_in_a_served_champion(tmp_path: Path, spark: Any) -> None:
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from retailrec.api.main import create_app
+    from retailrec.cli import app
+    from retailrec.config import get_settings
+
+    args = ["pipeline", "--engine", "spark", "--scale", "tiny", "--models", "popular,itemknn_bm25"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "promoted: version 1" in result.output
+    settings = get_settings()
+    assert any((settings.processed_dir / "events").glob("day=*/*.parquet"))
+    assert spark.getActiveSession() is not None  # the command used this session, left running
+    with store.open_store(settings.feature_store_path) as conn:
+        visitor = store.sample_visitors(conn, n=1)[0]
+    with TestClient(create_app()) as client:
+        answer = client.get(f"/v1/users/{visitor}/recommendations", params={"k": 5})
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["items"]) == 5
+
+
+def test_an_unknown_engine_is_a_one_line_error() -> None:
+    from typer.testing import CliRunner
+
+    from retailrec.cli import app
+
+    result = CliRunner().invoke(app, ["etl", "--engine", "hadoop"])
+    assert result.exit_code == 1
+    assert "unknown engine 'hadoop': choose embedded or spark" in result.output
+
+
+def test_a_file_the_spark_engine_cannot_read_is_refused_in_one_line(
+    tmp_path: Path, spark: Any
+) -> None:
+    from retailrec.errors import UsageError
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "events.csv").write_bytes(_lines(*GOOD_ROWS).encode("utf-16"))
+    with pytest.raises(UsageError, match=r"reads UTF-8 only; this file is utf-16") as caught:
+        _etl(raw, tmp_path / "spark", spark)
+    assert "\n" not in str(caught.value)
+    with store.open_store(tmp_path / "spark" / "fs.sqlite") as conn:
+        assert store.event_count(conn) == 0  # nothing loaded
