@@ -756,6 +756,7 @@ def _candidates(prep: _Prepared, config: TrainConfig, step: Callable[[str], None
 
     out = _Scored()
     best_learned = -1.0
+    val_model: BaseRecommender | None = None
     for name in config.models:
         if name == "ranker":
             continue  # after the others: it builds on the best of them
@@ -780,22 +781,31 @@ def _candidates(prep: _Prepared, config: TrainConfig, step: Callable[[str], None
         out.val_per_visitor[name] = per_visitor["ndcg_at_10"]
         out.val_hits[name] = per_visitor["hits_at_rank"]
         out.val_visitors = per_visitor["visitors"]
+        chosen = out.chosen_params[name] = {**model.params(), **params}
+        stats = dict(getattr(model, "train_stats_", {}))
+        kept = name not in NOT_A_BASE and val[config.primary_metric] > best_learned
+        if kept:  # the best learned model so far: the ranker's base, unless a better one comes
+            best_learned, out.fits, val_model = val[config.primary_metric], {}, model
+        # Only one window's fit is alive while the other is fitted (issue 15's memory).
+        del model
+        tuned = None
+        _release_memory()
         step(f"fitting {name} (test)")
         test_model, _ = _fit(name, params, prep.test.data)
         test = prep.test.score(name, params, test_model)
-        chosen = out.chosen_params[name] = {**model.params(), **params}
         out.rows.append(_row(name, chosen, val, test, seconds))
-        if name not in NOT_A_BASE and val[config.primary_metric] > best_learned:
-            best_learned = val[config.primary_metric]
-            out.fits = {name: (model, test_model)}
+        if kept and val_model is not None:
+            out.fits = {name: (val_model, test_model)}
+        del test_model
+        val_model = None
         with mlflow.start_run(run_name=name, nested=True, tags=registry.process_tags()):
             mlflow.set_tags({"role": "candidate", "model": name})
             mlflow.log_params(chosen)
             mlflow.log_metrics(
                 {**test, **{f"val_{k}": v for k, v in val.items()}, "fit_seconds": seconds}
             )
-            if hasattr(model, "train_stats_"):
-                mlflow.log_metrics({f"train_{k}": v for k, v in model.train_stats_.items()})
+            if stats:
+                mlflow.log_metrics({f"train_{k}": v for k, v in stats.items()})
     return out
 
 
