@@ -199,10 +199,15 @@ def validate_events(raw: pd.DataFrame, now_ms: int | None = None) -> Validated:
         texts = parsed.text(col) if raw[col].dtype.kind not in "iuf" else None
         values[col], empty[col], unparsable[col] = _parse_int(raw[col], texts)
     ev = parsed.text("event")
-    # Matched without case (an export's "View"); "NA" and the like are empty (rules.NA_TEXTS).
-    event = pc.fill_null(pc.index_in(pc.utf8_lower(ev), value_set=EVENT_NAMES), -1).to_numpy()
+    event = pc.fill_null(pc.index_in(ev, value_set=EVENT_NAMES), -1).to_numpy()
+    empty["event"] = _blank(ev)
+    if (event[~empty["event"]] < 0).any():
+        # Some name is not one as written: match without case (an export's "View"), and read
+        # "NA" and the like as empty (rules.NA_TEXTS). Where every name matched, that changes
+        # nothing: the fast path gives the declared parse.
+        event = pc.fill_null(pc.index_in(pc.utf8_lower(ev), value_set=EVENT_NAMES), -1).to_numpy()
+        empty["event"] = _no_value(ev)
     values["event"] = event.astype(np.int8)
-    empty["event"] = _no_value(ev)
     unparsable["event"] = np.zeros(len(raw), dtype=bool)
 
     n = len(raw)
