@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +39,20 @@ def real_sample() -> Path:
     if not SHARED_SAMPLE.is_file():
         pytest.skip(f"real sample not found at {SHARED_SAMPLE}")
     return SHARED_SAMPLE
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[Any]:
+    """A Spark session on ``local[2]`` for a module's tests (the commands under test find it
+    active and use it); skipped where pyspark or Java is missing."""
+    pytest.importorskip("pyspark")
+    if shutil.which("java") is None:
+        pytest.skip("the spark engine needs Java (17)")
+    from retailrec.spark import session
+
+    running = session("local[2]")
+    yield running
+    running.stop()
 
 
 @pytest.fixture(autouse=True)

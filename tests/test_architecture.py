@@ -21,6 +21,7 @@ FLOORS: dict[str, int] = {
     "retailrec.errors": 0,
     "retailrec.config": 1,
     "retailrec.reports": 1,
+    "retailrec.spark": 1,
     "retailrec.feature_store": 2,
     "retailrec.data_pipeline": 3,
     "retailrec.synthetic": 3,

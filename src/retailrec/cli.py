@@ -209,18 +209,22 @@ RawOption = Annotated[
 ]
 
 
-#: ``--engine`` of ``etl`` and ``pipeline``.
+#: ``--engine`` of ``etl``, ``train`` and ``pipeline``.
 EngineOption = Annotated[
     str,
     typer.Option(
-        help="embedded (pandas and Arrow, the default) or spark (pyspark and Java 17; master:"
-        " RETAILREC_SPARK_MASTER, default local[2]). Same rules, same report."
+        help="embedded (in process: pandas, Arrow, implicit; the default; also 'local') or spark"
+        " (pyspark and Java 17; master: RETAILREC_SPARK_MASTER, default local[2]): the ETL,"
+        " and ALS's fit (MLlib). Same rules, same report, same bundle."
     ),
 ]
 ENGINES = ("embedded", "spark")
+#: Other names an engine answers to: DESIGN.md writes the embedded one ``local``.
+ENGINE_ALIASES = {"local": "embedded"}
 
 
 def _engine(name: str) -> str:
+    name = ENGINE_ALIASES.get(name, name)
     if name not in ENGINES:
         raise CommandError(f"unknown engine {name!r}: choose {' or '.join(ENGINES)}")
     return name
@@ -240,9 +244,9 @@ def etl(
     with contextlib.ExitStack() as stack:
         spark = None
         if _engine(engine) == "spark":
-            from retailrec.data_pipeline import spark_etl
+            from retailrec.spark import running
 
-            spark = stack.enter_context(spark_etl.running(settings.spark_master))
+            spark = stack.enter_context(running(settings.spark_master))
         progress, task = _spinner("reading")
         with progress, open_store(settings.feature_store_path) as conn:
             report = run_etl(
@@ -427,6 +431,7 @@ def _train(
     test_days: float | None = None,
     val_days: float | None = None,
     truth: Path | None = None,
+    engine: str = "embedded",
 ) -> Any:
     from retailrec.training.train import TrainConfig, default_models
     from retailrec.training.train import train as run_train
@@ -443,6 +448,7 @@ def _train(
                 test_days=test_days,
                 val_days=val_days,
                 truth_dir=truth,
+                engine=engine,
             ),
             _feature_config(),
             progress=lambda stage: progress.update(task, description=stage),
@@ -485,10 +491,11 @@ def train(
     test_days: TestDaysOption = None,
     val_days: ValDaysOption = None,
     truth: TruthOption = None,
+    engine: EngineOption = "embedded",
 ) -> None:
     """Fit, evaluate through the serving path on a global time split, log to MLflow and register
     a model bundle."""
-    _train(models, trials, test_days, val_days, truth)
+    _train(models, trials, test_days, val_days, truth, _engine(engine))
 
 
 def _registry() -> Any:

@@ -80,7 +80,8 @@ def run_pipeline(
     engine: str = "embedded",
 ) -> PipelineResult:
     """Synth when the default raw folder has no event log, then etl, features, train, promote.
-    ``engine="spark"``: the ETL runs on Spark (:mod:`retailrec.data_pipeline.spark_etl`).
+    ``engine="spark"``: the ETL runs on Spark (:mod:`retailrec.data_pipeline.spark_etl`), and so
+    does ALS's fit (MLlib).
 
     Only the default raw folder gets a synthetic shop: a folder or file given as ``raw`` is the
     user's data, so when it holds no event log that is an error, not a reason to write there.
@@ -115,9 +116,9 @@ def run_pipeline(
     with contextlib.ExitStack() as stack, open_store(settings.feature_store_path) as conn:
         spark = None
         if engine == "spark":
-            from retailrec.data_pipeline import spark_etl
+            from retailrec.spark import running
 
-            spark = stack.enter_context(spark_etl.running(settings.spark_master))
+            spark = stack.enter_context(running(settings.spark_master))
         etl_report = run_etl(
             raw_dir,
             conn=conn,
@@ -144,6 +145,7 @@ def run_pipeline(
         feature_config=feature_config,
         progress=step,
         on_stage=hook,
+        engine=engine,
     )
     return PipelineResult(
         raw_dir, written, etl_report, snapshot, outcome.training, outcome.promotion
@@ -179,6 +181,7 @@ def retrain_and_promote(
     feature_config: FeatureConfig | None = None,
     progress: Progress | None = None,
     on_stage: StageHook | None = None,
+    engine: str = "embedded",
 ) -> Retrained:
     """Train on everything in the feature store, then promote through the registry's gate (the
     challenger must beat the champion on the same test window)."""
@@ -193,6 +196,7 @@ def retrain_and_promote(
         test_days=test_days,
         val_days=val_days,
         truth_dir=truth_dir,
+        engine=engine,
     )
     step("training")
     result = train(

@@ -5,7 +5,6 @@ quarantined rows with the same reasons and details, the same stored events (pysp
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +34,6 @@ COUNTS = (
     "categories_read",
     "categories_rejected",
 )
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[Any]:
-    pytest.importorskip("pyspark")
-    if shutil.which("java") is None:
-        pytest.skip("the spark engine needs Java (17)")
-    from retailrec.data_pipeline import spark_etl
-
-    session = spark_etl.session("local[2]")
-    yield session
-    session.stop()
 
 
 def _etl(raw: Path, work: Path, spark: Any = None) -> tuple[etl.EtlReport, pd.DataFrame]:
@@ -184,6 +171,7 @@ def test_parts_and_parquet_are_read(tmp_path: Path, spark: Any) -> None:
 
 
 def test_the_pipeline_on_spark_ends_in_a_served_champion(tmp_path: Path, spark: Any) -> None:
+    import mlflow
     from fastapi.testclient import TestClient
     from typer.testing import CliRunner
 
@@ -191,11 +179,14 @@ def test_the_pipeline_on_spark_ends_in_a_served_champion(tmp_path: Path, spark: 
     from retailrec.cli import app
     from retailrec.config import get_settings
 
-    args = ["pipeline", "--engine", "spark", "--scale", "tiny", "--models", "popular,itemknn_bm25"]
+    models = "popular,itemknn_bm25,als"
+    args = ["pipeline", "--engine", "spark", "--scale", "tiny", "--models", models]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "promoted: version 1" in result.output
     settings = get_settings()
+    als = mlflow.search_runs(search_all_experiments=True, filter_string="tags.model = 'als'")
+    assert list(als["params.engine"]) == ["spark"]  # ALS fitted on Spark too (MLlib)
     assert any((settings.processed_dir / "events").glob("day=*/*.parquet"))
     assert spark.getActiveSession() is not None  # the command used this session, left running
     with store.open_store(settings.feature_store_path) as conn:

@@ -26,7 +26,6 @@ the same files and compares counts, quarantined rows and stored events.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import logging
@@ -58,53 +57,6 @@ LOAD_BATCH_ROWS = 500_000
 #: The corrupt-record column: a line whose number of fields is not the header's.
 _CORRUPT = "_corrupt_record"
 _REASON = "_reason"
-#: Settings of the session :func:`session` starts (a cluster's own settings win where given).
-SESSION_CONF = {
-    "spark.ui.enabled": "false",
-    "spark.sql.session.timeZone": "UTC",
-    "spark.sql.shuffle.partitions": "8",
-    # Every input value is text; values are compared as written, never inferred.
-    "spark.sql.caseSensitive": "true",
-}
-
-
-def spark_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("pyspark") is not None
-
-
-def session(master: str | None = None, conf: dict[str, str] | None = None) -> SparkSession:
-    """A Spark session: on ``master`` (default ``local[2]``, or what ``spark-submit`` set)."""
-    if not spark_installed():
-        raise UsageError(
-            "the spark engine needs pyspark (pip install -r requirements.txt) and Java 17"
-        )
-    from pyspark.sql import SparkSession
-
-    builder = SparkSession.builder.appName("retailrec-etl")
-    if master is not None:
-        builder = builder.master(master)
-    for key, value in {**SESSION_CONF, **(conf or {})}.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
-    return spark
-
-
-@contextlib.contextmanager
-def running(master: str | None = None) -> Iterator[SparkSession]:
-    """A session for one command: the active one where there is one (under ``spark-submit``, or
-    a test's), left running; else a new one on ``master``, stopped at the end."""
-    from pyspark.sql import SparkSession
-
-    active = SparkSession.getActiveSession() if spark_installed() else None
-    spark = active or session(master)
-    try:
-        yield spark
-    finally:
-        if active is None:
-            spark.stop()
 
 
 def _is_url(source: str) -> bool:

@@ -18,6 +18,9 @@
 7. Refit the chosen configuration on all the data, so what is served knows the latest days;
    bundle it with the similar-items, session, bought-together and popularity models; register it.
 
+With ``engine="spark"`` ALS fits on Apache Spark (MLlib, ``ALSRecommender(engine="spark")``) on
+one session for the whole run; everything else is the same, evaluation included.
+
 A log too short for any split still gets a bundle: popularity and the item-to-item models fitted
 on all of it, registered as unevaluated (it becomes champion only where there is none).
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import hashlib
 import importlib.util
@@ -94,6 +98,10 @@ PRIMARY_METRIC = "ndcg_at_10"
 #: Models that need PyTorch, which a serving image may leave out (so does the sequence model,
 #: which ``aux_models`` fits only where PyTorch is installed).
 NEEDS_TORCH = ("two_tower",)
+#: Where training runs: ``embedded`` (in process), or ``spark``, where the models in
+#: :data:`ON_SPARK` fit on Apache Spark (the others have no distributed fit and stay in process).
+ENGINES = ("embedded", "spark")
+ON_SPARK = ("als",)
 
 
 def torch_installed() -> bool:
@@ -119,6 +127,8 @@ class TrainConfig:
     #: The synthetic shop's ``truth/`` folder: score the oracle beside the models (a test
     #: instrument: only the synthetic generator writes one).
     truth_dir: Path | None = None
+    #: One of :data:`ENGINES`.
+    engine: str = "embedded"
 
 
 @dataclass
@@ -530,12 +540,36 @@ def train(
     feature_config: fp.FeatureConfig | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Run the whole training procedure described in the module docstring."""
+    """Run the whole training procedure described in the module docstring; with
+    ``config.engine == "spark"``, ALS's fits on one Spark session (``settings.spark_master``)."""
+    config = config or TrainConfig()
+    if config.engine not in ENGINES:
+        raise UsageError(f"unknown engine {config.engine!r}: choose {' or '.join(ENGINES)}")
+    on_spark = [m for m in config.models if m in ON_SPARK] if config.engine == "spark" else []
+    if config.engine == "spark" and not on_spark:
+        log.warning("--engine spark: none of %s fits on Spark (%s do)", config.models, ON_SPARK)
+    with contextlib.ExitStack() as stack:
+        if on_spark:
+            from retailrec.spark import running
+
+            stack.enter_context(running(settings.spark_master))
+            params = dict(config.params)
+            for name in on_spark:
+                params[name] = {"engine": "spark", **params.get(name, {})}
+            config = dataclasses.replace(config, params=params)
+        return _train(settings, config, feature_config, progress)
+
+
+def _train(
+    settings: Settings,
+    config: TrainConfig,
+    feature_config: fp.FeatureConfig | None,
+    progress: Callable[[str], None] | None,
+) -> TrainResult:
     import mlflow
 
     from retailrec import registry
 
-    config = config or TrainConfig()
     feature_config = feature_config or fp.FeatureConfig()
     step = progress or (lambda _s: None)
     unknown = [m for m in config.models if m not in CANDIDATES]
@@ -765,8 +799,10 @@ def _candidates(prep: _Prepared, config: TrainConfig, step: Callable[[str], None
         if config.trials and name in tune.SPACES:
             step(f"tuning {name} ({config.trials} trials)")
 
-            def objective(p: dict[str, Any], name: str = name) -> float:
-                model = make_model(name, **p).fit(prep.val.data)
+            def objective(
+                p: dict[str, Any], name: str = name, fixed: dict[str, Any] = params
+            ) -> float:
+                model = make_model(name, **(fixed | p)).fit(prep.val.data)
                 return prep.val.score(name, p, model)[config.primary_metric]
 
             params |= tune.tune(name, objective, config.trials)
