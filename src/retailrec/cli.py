@@ -147,7 +147,11 @@ def _session_figures(figures: list[tuple[str, float, float]], steps: int) -> str
 @_one_line_errors
 def synth(
     scale: Annotated[
-        str, typer.Option(help="tiny (1%), small (10%) or full (100%) of Retailrocket.")
+        str,
+        typer.Option(
+            help="tiny (1%), small (10%), full (100%) or 10x (ten full shops side by side) of"
+            " Retailrocket."
+        ),
     ] = "small",
     seed: Annotated[
         int, typer.Option(help="Random seed: the same seed writes identical files.")
@@ -188,10 +192,11 @@ def _print_synth(written: Any) -> None:
     for key in ("view_share", "addtocart_share", "transaction_share", "one_event_visitor_share"):
         table.add_row(key, f"{stats[key]:.2%}")
     console.print(table)
-    console.print(
-        f"wrote {', '.join(str(p) for p in written.paths.values())} and {written.truth_dir}/",
-        soft_wrap=True,
-    )
+    files = ", ".join(str(p) for p in written.paths.values())
+    if written.truth_dir is None:
+        console.print(f"wrote {files} (shards past full scale: no truth/)", soft_wrap=True)
+    else:
+        console.print(f"wrote {files} and {written.truth_dir}/", soft_wrap=True)
 
 
 def _feature_config() -> Any:

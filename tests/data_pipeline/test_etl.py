@@ -8,10 +8,11 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from retailrec.data_pipeline import etl
+from retailrec.data_pipeline import etl, feature_pipeline
 from retailrec.errors import DataFileError
 from retailrec.feature_store import store
 from tests.utils.factories import Shop
@@ -537,3 +538,53 @@ def test_a_run_killed_after_its_events_committed_is_still_counted(
     finished = store.last_etl_report(conn)
     assert finished is not None and finished["finished"] is True
     assert finished["item_properties_read"] > 0
+
+
+def test_duplicates_are_found_as_pandas_finds_them() -> None:
+    """The sort-based dedupe keeps exactly one of each distinct row (an empty transaction equal
+    to an empty one), as ``DataFrame.drop_duplicates`` does, and leaves the store's key order."""
+    rng = np.random.default_rng(3)
+    n = 5_000
+    frame = pd.DataFrame(
+        {
+            "timestamp": rng.integers(0, 10, n) * 1_000,
+            "visitorid": rng.integers(0, 10, n),
+            "event": rng.choice(["view", "addtocart", "transaction"], n),
+            "itemid": rng.integers(0, 6, n),
+            "transactionid": pd.array(
+                np.where(rng.random(n) < 0.8, None, rng.integers(0, 3, n)), dtype="Int64"
+            ),
+        }
+    )
+    columns = store.event_columns(frame)
+    dropped = etl._drop_duplicates(columns)
+    expected = frame.drop_duplicates()
+    assert dropped == n - len(expected) > 1000
+    ours = pd.DataFrame(columns)
+    assert ours[["visitorid", "timestamp"]].apply(tuple, axis=1).is_monotonic_increasing
+    theirs = store.event_columns(expected)
+    assert sorted(zip(*ours.to_dict("list").values(), strict=True)) == sorted(
+        zip(*theirs.values(), strict=True)
+    )
+
+
+def test_the_processed_files_are_written_a_block_of_visitors_at_a_time(
+    tmp_path: Path, conn: sqlite3.Connection, tiny_shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written in blocks of ~500 rows (whole visitors each), events.parquet and
+    interactions.parquet hold what one pass over the whole log computes."""
+    monkeypatch.setattr(etl, "BLOCK_ROWS", 500)
+    etl.run_etl(tiny_shop.dir, conn=conn, rejected_dir=tmp_path / "rej", processed_dir=tmp_path)
+    log_ = store.read_events(conn)
+    assert len(log_) > 20 * 500
+    key = ["visitorid", "timestamp", "itemid", "event"]
+    events = pd.read_parquet(tmp_path / "events.parquet")
+    assert events[["visitorid", "timestamp"]].apply(tuple, axis=1).is_monotonic_increasing
+    log_["session"] = feature_pipeline.session_numbers(log_)
+    pd.testing.assert_frame_equal(
+        events.sort_values(key, ignore_index=True),
+        log_.sort_values(key, ignore_index=True),
+        check_dtype=False,
+    )
+    whole = feature_pipeline.interactions(log_, int(log_["timestamp"].max()))
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "interactions.parquet"), whole)

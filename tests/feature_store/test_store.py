@@ -114,6 +114,23 @@ def test_read_events_round_trips_types_and_order(
     assert not conn.execute("SELECT name FROM sqlite_temp_master").fetchall()
 
 
+def test_the_log_is_read_in_blocks_of_whole_visitors(
+    conn: sqlite3.Connection, tmp_path: Path
+) -> None:
+    """Blocks of about ``rows`` rows, never splitting a visitor: one with more events than that
+    comes whole, in a block of its own; together they are the log, in key order."""
+    counts = {1: 3, 2: 10, 3: 2, 4: 1, 5: 4, 6: 3}
+    rows = [(T + i, v, "view", 10 + i % 3, None) for v, n in counts.items() for i in range(n)]
+    store.append_events(conn, events_frame(rows))
+    blocks = list(store.iter_visitor_blocks(conn, rows=4))
+    assert [sorted(set(b["visitorid"])) for b in blocks] == [[1], [2], [3, 4], [5], [6]]
+    assert [len(b) for b in blocks] == [3, 10, 3, 4, 3]
+    whole = pd.concat(blocks, ignore_index=True)
+    log_ = store.read_events(conn).sort_values(["visitorid", "timestamp"], ignore_index=True)
+    pd.testing.assert_frame_equal(whole, log_)
+    assert list(store.iter_visitor_blocks(store.connect(tmp_path / "empty.sqlite"))) == []
+
+
 def test_a_failed_bulk_write_rolls_back_and_the_next_one_works(
     conn: sqlite3.Connection, append_path: str
 ) -> None:

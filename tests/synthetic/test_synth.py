@@ -228,3 +228,38 @@ def test_drift_shifts_the_last_three_weeks(tiny_shop: Shop, tiny_drift_shop: Sho
 def test_unknown_scale_is_a_clear_error() -> None:
     with pytest.raises(UsageError, match="unknown scale 'huge'"):
         synth.config_for("huge")
+
+
+def test_a_shop_past_full_scale_is_written_as_disjoint_shards(tmp_path: Path) -> None:
+    """``10x`` is ten full shops side by side; here two tiny ones: ids never meet, the files
+    hold both, and the combined statistics are those of the whole file."""
+    (tmp_path / "truth").mkdir()
+    (tmp_path / "truth" / "params.json").write_text("{}")  # an earlier shop's oracle
+    config = synth.config_for(0.02)
+    written = synth.write_sharded("2 x tiny", config, 5, tmp_path, shards=2)
+    assert written.truth_dir is None and not (tmp_path / "truth").exists()
+    events = pd.read_csv(written.paths["events"], dtype={"transactionid": "Int64"})
+    shard = events["visitorid"] // synth.SHARD_ID_STRIDE
+    assert set(shard) == {0, 1}
+    assert set(events["itemid"] // synth.SHARD_ID_STRIDE) == {0, 1}
+    first = synth.generate(synth.config_for(0.01), random_state=5_000)
+    assert (shard == 0).sum() == len(first.events)  # shard 0 is the tiny shop of its own seed
+    for k in (0, 1):  # a visitor's items and transactions are of its own shard
+        own = events[shard == k]
+        assert (own["itemid"] // synth.SHARD_ID_STRIDE == k).all()
+        assert (own["transactionid"].dropna() // synth.SHARD_ID_STRIDE == k).all()
+    whole = synth.summarize(events)
+    for key, value in written.stats.items():
+        assert value == pytest.approx(whole[key], rel=1e-9), key
+    _stats_within_targets(whole, config)
+
+    tree = pd.read_csv(written.paths["category_tree"], dtype="Int64")
+    props = pd.read_csv(written.paths["item_properties"])
+    assert tree["categoryid"].is_unique
+    assert set(tree["parentid"].dropna()) <= set(tree["categoryid"])
+    categories = props.loc[props["property"] == "categoryid"]
+    assert set(categories["value"].astype(np.int64)) <= set(tree["categoryid"])
+    assert set(categories["itemid"] // synth.SHARD_ID_STRIDE) == {0, 1}
+    assert categories.groupby(categories["itemid"] // synth.SHARD_ID_STRIDE)["value"].apply(
+        lambda v: set(v.astype(np.int64) // synth.SHARD_ID_STRIDE)
+    ).to_dict() == {0: {0}, 1: {1}}

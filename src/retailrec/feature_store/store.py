@@ -241,7 +241,7 @@ def migrate(conn: sqlite3.Connection) -> int:
 # Events
 
 
-def _event_columns(events: pd.DataFrame) -> Columns:
+def event_columns(events: pd.DataFrame) -> Columns:
     """int64 arrays per column (event as its position in EVENT_TYPES, -1 for no transaction)."""
     event = events["event"]
     codes = event_codes(event)
@@ -356,11 +356,28 @@ def append_events(
     """
     if events.empty:
         return 0
-    # Inserting in key order keeps the B-tree appends local: about twice as fast. The columns are
-    # taken in that order, not the whole frame sorted first (a copy of the log).
-    columns = _event_columns(events)
-    order = np.lexsort((columns["timestamp"], columns["visitorid"]))
-    columns = {name: values[order] for name, values in columns.items()}
+    return append_event_columns(conn, event_columns(events), source=source, then=then)
+
+
+def append_event_columns(
+    conn: sqlite3.Connection,
+    columns: Columns,
+    *,
+    source: str = "etl",
+    then: Callable[[sqlite3.Connection, int], None] | None = None,
+    in_key_order: bool = False,
+) -> int:
+    """:func:`append_events` for rows given as :func:`event_columns` (which it may reorder in
+    place); ``in_key_order``: they are sorted by visitor and time already."""
+    if not len(columns["timestamp"]):
+        return 0
+    if not in_key_order:
+        # Inserting in key order keeps the B-tree appends local: about twice as fast. One column
+        # is reordered at a time, so the log is never held twice.
+        order = np.lexsort((columns["timestamp"], columns["visitorid"]))
+        for name in columns:
+            columns[name] = columns[name][order]
+        del order
     target = (
         "INSERT OR IGNORE INTO events"
         " (timestamp, visitorid, event, itemid, tx_key, transactionid, source)"
@@ -454,23 +471,58 @@ def read_events(
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     # Integers only cross the driver (event as a code, NULL as -1), in key order, which the
     # table's own order gives without a sort; a stable sort by time then leaves ties in key order.
-    cursor = conn.execute(
-        "SELECT timestamp, visitorid, CASE event WHEN 'view' THEN 0 WHEN 'addtocart' THEN 1"
-        f" ELSE 2 END, itemid, ifnull(transactionid, -1) FROM events {where}"
-        " ORDER BY visitorid, timestamp, itemid, event, tx_key",
-        params,
-    )
-    # Fetched a block at a time into int64 arrays: a row as Python values costs ~200 bytes, as
-    # numpy 40, so the log is never all in Python objects at once.
+    cursor = conn.execute(f"{_EVENT_CODES} {where} {_KEY_ORDER}", params)
+    a = _fetch_codes(cursor)
+    if not len(a):
+        return _events_frame([])
+    return _codes_frame(a[np.argsort(a[:, 0], kind="stable")])
+
+
+def iter_visitor_blocks(conn: sqlite3.Connection, rows: int = 2_000_000) -> Iterator[pd.DataFrame]:
+    """The whole log as frames of whole visitors, about ``rows`` rows each (more only for a
+    visitor with more events than that), in key order: by visitor, then time. Memory stays that
+    of one block whatever the log's size."""
+    after: int | None = None
+    while True:
+        where, params = ("WHERE visitorid > ?", [after]) if after is not None else ("", [])
+        query = f"{_EVENT_CODES} {where} {_KEY_ORDER} LIMIT ?"
+        a = _fetch_codes(conn.execute(query, [*params, rows]))
+        if not len(a):
+            return
+        if len(a) == rows:  # the last visitor's events may go on past the limit
+            last = int(a[-1, 1])
+            if a[0, 1] == last:  # one visitor alone: all of theirs
+                a = _fetch_codes(
+                    conn.execute(f"{_EVENT_CODES} WHERE visitorid = ? {_KEY_ORDER}", [last])
+                )
+            else:  # up to the last visitor, whose events come with the next block
+                a = a[: int(np.searchsorted(a[:, 1], last))]
+        after = int(a[-1, 1])
+        yield _codes_frame(a)
+
+
+#: The events as integers (event as a code, NULL as -1), and the table's own key order.
+_EVENT_CODES = (
+    "SELECT timestamp, visitorid, CASE event WHEN 'view' THEN 0 WHEN 'addtocart' THEN 1"
+    " ELSE 2 END, itemid, ifnull(transactionid, -1) FROM events"
+)
+_KEY_ORDER = "ORDER BY visitorid, timestamp, itemid, event, tx_key"
+
+
+def _fetch_codes(cursor: sqlite3.Cursor) -> np.ndarray:
+    """A cursor over :data:`_EVENT_CODES` as an (n, 5) int64 array. Fetched a block at a time:
+    a row as Python values costs ~200 bytes, as numpy 40, so the log is never all in Python
+    objects at once."""
     blocks = []
     while rows := cursor.fetchmany(BIND_ROWS):
         flat = itertools.chain.from_iterable(rows)
         blocks.append(np.fromiter(flat, np.int64, 5 * len(rows)).reshape(-1, 5))
     if not blocks:
-        return _events_frame([])
-    a = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
-    del blocks
-    a = a[np.argsort(a[:, 0], kind="stable")]
+        return np.zeros((0, 5), dtype=np.int64)
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+
+
+def _codes_frame(a: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "timestamp": a[:, 0],

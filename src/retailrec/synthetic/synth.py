@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,7 +66,10 @@ FULL: dict[str, float] = {
     "max_events_per_visitor": 7_757,
 }
 
-SCALES: dict[str, float] = {"tiny": 0.01, "small": 0.10, "full": 1.0}
+SCALES: dict[str, float] = {"tiny": 0.01, "small": 0.10, "full": 1.0, "10x": 10.0}
+#: Ids of shard ``k`` of a shop past ``full`` scale start at ``k * SHARD_ID_STRIDE`` (every id of
+#: one full-scale shop is below it: visitors 1.4M, items and categories fewer).
+SHARD_ID_STRIDE = 10_000_000
 
 EVENTS_COLUMNS = ["timestamp", "visitorid", "event", "itemid", "transactionid"]
 
@@ -274,7 +278,8 @@ class WrittenShop:
     drift: bool
     stats: dict[str, float]
     paths: dict[str, Path]
-    truth_dir: Path
+    #: None for a shop past ``full`` scale: its shards have no single oracle.
+    truth_dir: Path | None
 
 
 def write_shop(
@@ -285,12 +290,105 @@ def write_shop(
     drift: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> WrittenShop:
-    """Generate a shop at ``scale`` with ``seed`` and write it (and ``truth/``) to ``out_dir``."""
+    """Generate a shop at ``scale`` with ``seed`` and write it (and ``truth/``) to ``out_dir``.
+
+    Past ``full`` scale (``10x``) the shop is written as shards, one full-scale shop at a time,
+    so that memory stays that of one (:func:`write_sharded`)."""
     step = progress or (lambda _s: None)
-    data = generate(config_for(scale, drift=drift), random_state=seed, progress=step)
+    config = config_for(scale, drift=drift)
+    if config.scale > 1:
+        return write_sharded(scale, config, seed, out_dir, progress=step)
+    data = generate(config, random_state=seed, progress=step)
     step("writing")
     paths = write(data, out_dir)
     return WrittenShop(scale, seed, drift, summarize(data.events), paths, out_dir / "truth")
+
+
+def write_sharded(
+    scale: str,
+    config: SynthConfig,
+    seed: int,
+    out_dir: Path,
+    *,
+    shards: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> WrittenShop:
+    """A shop ``config.scale`` times Retailrocket's as ``shards`` (default ``ceil(scale)``)
+    independent shards, each a shop of ``scale / shards`` (one full shop each for ``10x``) over
+    the same days, with its own seed and its ids moved by ``k * SHARD_ID_STRIDE``: visitors,
+    items, categories and transactions of two shards never meet. The three files are appended
+    shard by shard, so memory is one shard's. No ``truth/`` is written: ten shops side by side
+    have no single oracle (an earlier shop's is removed).
+
+    The statistics are the shards' combined exactly where they can be (counts, event shares,
+    one-event visitors); the long-tail measures of :func:`summarize` are left out."""
+    step = progress or (lambda _s: None)
+    n = shards or int(np.ceil(config.scale))
+    shard_config = SynthConfig(**{**asdict(config), "scale": config.scale / n})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "events": out_dir / "events.csv",
+        "item_properties": out_dir / "item_properties.csv",
+        "category_tree": out_dir / "category_tree.csv",
+    }
+    tmp = {name: path.with_name(f".{path.name}.partial") for name, path in paths.items()}
+    stale = out_dir / "truth"
+    if (stale / "params.json").is_file():  # an earlier shop's oracle: not this one's
+        shutil.rmtree(stale)
+    stats: list[dict[str, float]] = []
+    for k in range(n):
+        step(f"shard {k + 1} of {n}")
+        data = _moved(generate(shard_config, random_state=seed * 1_000 + k), k * SHARD_ID_STRIDE)
+        for name, frame in (
+            ("events", data.events),
+            ("item_properties", data.item_properties),
+            ("category_tree", data.category_tree),
+        ):
+            frame.to_csv(
+                tmp[name], index=False, header=k == 0, mode="a" if k else "w", lineterminator="\n"
+            )
+        stats.append(summarize(data.events))
+        del data
+    for name, path in paths.items():
+        tmp[name].replace(path)
+    return WrittenShop(scale, seed, config.drift, _combined(stats), paths, None)
+
+
+def _moved(data: SynthData, offset: int) -> SynthData:
+    """``data`` with every id (visitor, item, category, transaction) moved up by ``offset``."""
+    if not offset:
+        return data
+    events = data.events
+    events["visitorid"] += offset
+    events["itemid"] += offset
+    events["transactionid"] += offset  # <NA> stays <NA>
+    tree = data.category_tree.copy()
+    tree["categoryid"] += offset
+    tree["parentid"] += offset  # a root's NaN stays NaN
+    props = data.item_properties
+    props["itemid"] += offset
+    is_category = (props["property"] == "categoryid").to_numpy()
+    props.loc[is_category, "value"] = (
+        props.loc[is_category, "value"].astype(np.int64) + offset
+    ).astype(str)
+    data.category_tree = tree
+    return data
+
+
+def _combined(stats: list[dict[str, float]]) -> dict[str, float]:
+    """The statistics of shards with disjoint ids, from each one's :func:`summarize`: counts
+    add up, shares are weighted by what they are shares of."""
+    total = {key: sum(s[key] for s in stats) for key in ("rows", "visitors", "items")}
+    total |= {key: sum(s[key] for s in stats) for key in ("transactions", "duplicates")}
+    for key in ("view_share", "addtocart_share", "transaction_share"):
+        total[key] = sum(s[key] * s["rows"] for s in stats) / max(total["rows"], 1)
+    total["one_event_visitor_share"] = sum(
+        s["one_event_visitor_share"] * s["visitors"] for s in stats
+    ) / max(total["visitors"], 1)
+    total["events_per_visitor"] = total["rows"] / max(total["visitors"], 1)
+    total["max_events_per_visitor"] = max(s["max_events_per_visitor"] for s in stats)
+    total["span_days"] = max(s["span_days"] for s in stats)
+    return total
 
 
 # --------------------------------------------------------------------------------------------
