@@ -73,3 +73,7 @@ class BacktestError(RetailRecError):
 
 class RetrainRunningError(RetailRecError):
     """A retraining run is already going."""
+
+
+class SparkJobError(RetailRecError):
+    """A Spark job failed (out of memory, a lost executor): the cause, and what to change."""

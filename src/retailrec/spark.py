@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from retailrec.errors import UsageError
+from retailrec.errors import SparkJobError, UsageError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -72,6 +72,39 @@ def running(master: str | None = None) -> Iterator[SparkSession]:
     spark = active or session(master)
     try:
         yield spark
+    except Exception as exc:
+        if _from_the_jvm(exc):
+            raise SparkJobError(job_failure(str(exc))) from exc
+        raise
     finally:
         if active is None:
             spark.stop()
+
+
+def _from_the_jvm(exc: Exception) -> bool:
+    """Whether ``exc`` is a failure inside Spark's JVM: py4j's error, or pyspark's translation
+    of one (an ``AnalysisException``, a ``SparkRuntimeException``...)."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors.exceptions.captured import CapturedException
+
+    return isinstance(exc, Py4JJavaError | CapturedException)
+
+
+#: Spark's error classes that mean too little memory (its SQLSTATE 53200 is "out of memory").
+_OUT_OF_MEMORY = ("OutOfMemoryError", "UNABLE_TO_ACQUIRE_MEMORY", "SQLSTATE: 53200")
+
+
+def job_failure(text: str) -> str:
+    """One line for a failed Spark job from the JVM's error text: its deepest cause, and where
+    it is memory, which setting gives more."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    causes = [line.removeprefix("Caused by: ") for line in lines if line.startswith("Caused by:")]
+    cause = causes[-1] if causes else next((x for x in lines if "Exception" in x), "")
+    cause = cause.lstrip(": ") or (lines[0] if lines else "no reason given")
+    line = f"a Spark job failed: {cause[:300]}"
+    if any(mark in text for mark in _OUT_OF_MEMORY):
+        line += (
+            "; give Spark more memory: spark-submit --executor-memory (on a cluster) or"
+            " --driver-memory (local[N], where the executors run in the driver)"
+        )
+    return line

@@ -4,7 +4,10 @@ quarantined rows with the same reasons and details, the same stored events (pysp
 
 from __future__ import annotations
 
+import gzip
+import io
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +223,98 @@ def test_a_file_the_spark_engine_cannot_read_is_refused_in_one_line(
     assert "\n" not in str(caught.value)
     with store.open_store(tmp_path / "spark" / "fs.sqlite") as conn:
         assert store.event_count(conn) == 0  # nothing loaded
+
+
+def _gz(text: str) -> bytes:
+    return gzip.compress(text.encode())
+
+
+def _zip(files: dict[str, str]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+    return out.getvalue()
+
+
+#: The event files of the ETL tests that are odd as files rather than in their values: name ->
+#: (file name, content). Both engines must read each alike.
+ODD_FILES: dict[str, tuple[str, bytes]] = {
+    "bom, CRLF and quoted fields": (
+        "events.csv",
+        (
+            "\ufeff" + HEADER + "\r\n" + f'"{T}","1","view","10",""\r\n'
+            f'{T + 1},"2",transaction,11,"12"\r\n'
+        ).encode(),
+    ),
+    "blank lines anywhere": (
+        "events.csv",
+        (HEADER + "\n\n" + GOOD_ROWS[0] + "\n   \n\t\n" + GOOD_ROWS[1] + "\r\n \r\n\n").encode(),
+    ),
+    "no final newline": ("events.csv", _lines(*GOOD_ROWS).rstrip("\n").encode()),
+    "a truncated last line": ("events.csv", (_lines(*GOOD_ROWS) + f"{T + 5000},3,vi").encode()),
+    "duplicates": ("events.csv", _lines(*GOOD_ROWS, GOOD_ROWS[0], GOOD_ROWS[2]).encode()),
+    "a header without rows": ("events.csv", (HEADER + "\n").encode()),
+    "extra columns": (
+        "events.csv",
+        (
+            HEADER + ",channel,price\n" + f"{T},1,view,10,,web,9.99\n{T + 1},2,view,11,,app,1\n"
+        ).encode(),
+    ),
+    "columns in another order": (
+        "events.csv",
+        ("event,itemid,timestamp,transactionid,visitorid\n" + f"view,10,{T},,1\n").encode(),
+    ),
+    "header case and spaces": (
+        "events.csv",
+        (
+            "\n".join([' Timestamp , VisitorId,EVENT,itemId,"transactionid"', *GOOD_ROWS]) + "\n"
+        ).encode(),
+    ),
+    "semicolons": (
+        "events.csv",
+        (
+            "\n".join([HEADER.replace(",", ";")] + [r.replace(",", ";") for r in GOOD_ROWS]) + "\n"
+        ).encode(),
+    ),
+    "tabs": (
+        "events.csv",
+        (
+            "\n".join([HEADER.replace(",", "\t")] + [r.replace(",", "\t") for r in GOOD_ROWS])
+            + "\n"
+        ).encode(),
+    ),
+    "names with underscores, dashes and spaces": (
+        "events.csv",
+        ("Timestamp;Visitor_ID;EVENT;item-id;Transaction Id\n" + f"{T};7;view;10;\n").encode(),
+    ),
+    "an unnamed extra column": ("events.csv", (HEADER + ",\n" + f"{T},1,view,10,,\n").encode()),
+    "concatenated exports": (
+        "events.csv",
+        (
+            _lines(*GOOD_ROWS[:2]) + _lines(f"{T + 5000},2,View,11,NA", f"{T + 6000},2,view,12,")
+        ).encode(),
+    ),
+    "gzip": ("events.csv.gz", _gz(_lines(f"{T + 5000},9,view,10,", f"{T + 6000},9,view,11,"))),
+    "Kaggle's zip": (
+        "archive.zip",
+        _zip(
+            {
+                "events.csv": _lines(*GOOD_ROWS, "oops,1,view,10,"),
+                "category_tree.csv": "categoryid,parentid\n1,\n2,1\n",
+            }
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_FILES))
+def test_every_odd_file_of_the_etl_tests_is_read_alike(
+    tmp_path: Path, spark: Any, case: str
+) -> None:
+    name, content = ODD_FILES[case]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / name).write_bytes(content)
+    embedded, sparked = _same(raw, tmp_path, spark)
+    assert sorted(sparked.warnings) == sorted(embedded.warnings)

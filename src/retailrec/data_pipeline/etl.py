@@ -42,7 +42,6 @@ import pyarrow.parquet as pq
 
 from retailrec.data_pipeline import csv_input, feature_pipeline, schema, spark_etl
 from retailrec.data_pipeline import files as files_
-from retailrec.errors import UsageError
 from retailrec.events import EVENT_COLUMNS
 from retailrec.feature_store import store
 
@@ -401,6 +400,18 @@ def _write_events(
     return paths
 
 
+def _located(raw: Path) -> bool:
+    """Whether ``raw`` is what :func:`files_.locate` finds a shop's files in (an
+    ``events.csv``, a folder with one, Kaggle's zip or a folder with it), rather than what only
+    the spark engine reads (CSV parts, Parquet, a URL)."""
+    if spark_etl.holds_events_csv(raw):
+        return True
+    path = Path(str(raw))
+    return path.suffix.lower() == ".zip" or (
+        path.is_dir() and any(p.suffix.lower() == ".zip" for p in path.iterdir())
+    )
+
+
 def run_etl(
     raw_dir: Path,
     *,
@@ -425,17 +436,16 @@ def run_etl(
     config = config or feature_pipeline.FeatureConfig()
     step = progress or (lambda _s: None)
     start = time.perf_counter()
-    if spark is not None and not spark_etl.holds_events_csv(raw_dir):
-        # Parts, Parquet or a URL: the event log alone.
-        files = files_.RawFiles(events=Path(str(raw_dir)))
-        report = EtlReport(source=str(raw_dir), started_ms=int(time.time() * 1000))
+    spark_source = None  # Parts, Parquet or a URL: the event log alone, as Spark reads it.
+    if spark is not None and not _located(raw_dir):
+        spark_source = str(raw_dir)
+        files = files_.RawFiles(events=Path(spark_source))
+        report = EtlReport(source=spark_source, started_ms=int(time.time() * 1000))
     else:
         files = files_.locate(raw_dir)
         report = EtlReport(source=files.source, started_ms=int(time.time() * 1000))
     with contextlib.ExitStack() as scratch:
         if files.archive is not None:
-            if spark is not None:
-                raise UsageError(f"{files.archive}: unzip it first for the spark engine")
             step(f"unpacking {files.archive.name}")
             processed_dir.mkdir(parents=True, exist_ok=True)
             tmp = scratch.enter_context(
@@ -453,7 +463,7 @@ def run_etl(
         if spark is None:
             load_events(conn, files.events, rejected_dir, report, step)
         else:
-            source = str(files.events) if spark_etl.holds_events_csv(raw_dir) else str(raw_dir)
+            source = spark_source or str(files.events)
             spark_etl.load_events(spark, conn, source, rejected_dir, processed_dir, report, step)
         if files.item_properties:
             step("loading item properties")

@@ -233,13 +233,17 @@ def load_events(
 ) -> None:
     """:func:`~retailrec.data_pipeline.etl.load_events` on Spark: validate ``source``, quarantine,
     dedupe, append the new events to the processed Parquet dataset and to the store."""
+    from pyspark import StorageLevel
     from pyspark.sql import functions as sf
 
     step = progress or (lambda _s: None)
     now_ms = int(time.time() * 1000)
     raw, layout = read_events(spark, source, report)
     step("validating (spark)")
-    frame = checked(raw, now_ms).cache()
+    # Read once, for the count, the quarantine and the dedupe; kept on disk, not in memory, which
+    # is the executors' for the dedupe's aggregation (in 1 GB, a 10x log's cache in memory left
+    # it none: "unable to acquire memory").
+    frame = checked(raw, now_ms).persist(StorageLevel.DISK_ONLY)
     try:
         stats = frame.agg(
             sf.count(sf.lit(1)).alias("read"), sf.count(sf.col(_REASON)).alias("rejected")
