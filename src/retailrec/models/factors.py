@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import tempfile
 import time
 from typing import Any
 
@@ -388,6 +389,7 @@ def mllib_factors(
             numUserBlocks=blocks,
             numItemBlocks=blocks,
         )
+        _ensure_checkpoints(spark)
         fitted = als.fit(ratings)
         for row in fitted.itemFactors.toLocalIterator():
             out[row["id"]] = row["features"]
@@ -402,6 +404,23 @@ def mllib_factors(
         time.perf_counter() - start,
     )
     return out, visitors
+
+
+#: The checkpoint folders made for local sessions: removed when the process exits.
+_CHECKPOINT_FOLDERS: list[tempfile.TemporaryDirectory[str]] = []
+
+
+def _ensure_checkpoints(spark: Any) -> None:
+    """A checkpoint folder for MLlib's ALS, which cuts its lineage every ``checkpointInterval``
+    (10) iterations only where the context has one: without it, 15 iterations' lineage can
+    overflow a task's stack when it is deserialised (``StackOverflowError``). On ``local[N]`` a
+    temporary folder for the process; a cluster's comes from ``spark.checkpoint.dir`` (shared
+    storage, which executors on other machines can read)."""
+    context = spark.sparkContext
+    if context.getCheckpointDir() is None and context.master.startswith("local"):
+        folder = tempfile.TemporaryDirectory(prefix="retailrec-als-checkpoints-")
+        _CHECKPOINT_FOLDERS.append(folder)
+        context.setCheckpointDir(folder.name)
 
 
 def fold_in(
