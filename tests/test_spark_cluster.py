@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import retailrec
+from retailrec import registry
 from retailrec.config import Settings
 from retailrec.data_pipeline import etl
 from retailrec.feature_store import store
@@ -175,7 +176,9 @@ def test_etl_and_als_run_as_applications_of_a_standalone_cluster(
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert _finished(cluster, "retailrec-train")
-    mlflow.set_tracking_uri(Settings(data_dir=data_dir).tracking_uri)
+    # As the product points MLflow at a store (a bare set_tracking_uri would leave the URI in the
+    # environment, where the next test's settings would read it as the user's).
+    registry.configure(Settings(data_dir=data_dir))
     als = mlflow.search_runs(search_all_experiments=True, filter_string="tags.model = 'als'")
     assert list(als["params.engine"]) == ["spark"]
     assert float(als["metrics.ndcg_at_10"].iloc[0]) > 0
