@@ -48,7 +48,8 @@ def test_synth_defaults_to_the_data_dir(tmp_path: Path) -> None:
 def test_bad_scale_exits_1_with_one_line() -> None:
     result = runner.invoke(app, ["synth", "--scale", "huge"])
     assert result.exit_code == 1
-    assert result.output.strip() == "error: unknown scale 'huge'; choose one of tiny, small, full, 10x"
+    expected = "error: unknown scale 'huge'; choose one of tiny, small, full, 10x"
+    assert result.output.strip() == expected
 
 
 def test_bad_usage_exits_2() -> None:
