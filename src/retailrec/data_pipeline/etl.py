@@ -196,10 +196,7 @@ def _drop_duplicates(columns: store.Columns) -> int:
     every column brings copies together (the first of each run is the earliest in the file), at
     the memory of one column, where a frame's ``duplicated`` hashes every column at once."""
     names = ("tx_key", "event", "itemid", "timestamp", "visitorid")  # lexsort: last is first
-    order = np.lexsort(tuple(columns[name] for name in names))
-    for name in columns:
-        columns[name] = columns[name][order]
-    del order
+    store.take_rows(columns, np.lexsort(tuple(columns[name] for name in names)))
     n = len(columns["timestamp"])
     copy = np.zeros(n, dtype=bool)
     if n > 1:
@@ -209,9 +206,7 @@ def _drop_duplicates(columns: store.Columns) -> int:
         copy[1:] = same
     dropped = int(copy.sum())
     if dropped:
-        keep = ~copy
-        for name in columns:
-            columns[name] = columns[name][keep]
+        store.take_rows(columns, ~copy)
     return dropped
 
 

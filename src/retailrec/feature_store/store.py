@@ -359,6 +359,13 @@ def append_events(
     return append_event_columns(conn, event_columns(events), source=source, then=then)
 
 
+def take_rows(columns: Columns, rows: np.ndarray) -> None:
+    """Keep ``columns[name][rows]`` for every column (an order or a mask), in place, one column
+    at a time: the rows are never held twice."""
+    for name in columns:
+        columns[name] = columns[name][rows]
+
+
 def append_event_columns(
     conn: sqlite3.Connection,
     columns: Columns,
@@ -374,10 +381,7 @@ def append_event_columns(
     if not in_key_order:
         # Inserting in key order keeps the B-tree appends local: about twice as fast. One column
         # is reordered at a time, so the log is never held twice.
-        order = np.lexsort((columns["timestamp"], columns["visitorid"]))
-        for name in columns:
-            columns[name] = columns[name][order]
-        del order
+        take_rows(columns, np.lexsort((columns["timestamp"], columns["visitorid"])))
     target = (
         "INSERT OR IGNORE INTO events"
         " (timestamp, visitorid, event, itemid, tx_key, transactionid, source)"
