@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from retailrec.config import get_settings
+from tests.utils import postgres
 from tests.utils.factories import Shop, make_shop
 
 SHARED_SAMPLE = (
@@ -55,9 +56,63 @@ def spark() -> Iterator[Any]:
     running.stop()
 
 
+@pytest.fixture(scope="session")
+def pg_server() -> postgres.PostgresServer:
+    """The test process's PostgreSQL 15 server; tests skip where it is not installed."""
+    if postgres.binaries() is None:
+        pytest.skip("PostgreSQL 15 is not installed (initdb, pg_ctl)")
+    return postgres.shared_server()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store on each backend: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fs.sqlite'}"
+    server: postgres.PostgresServer = request.getfixturevalue("pg_server")
+    return server.new_database()
+
+
+#: Modules with a test that opened a PostgreSQL store (one made for it or its fixtures), and
+#: modules run, in a run with RETAILREC_TEST_STORE=postgresql: see pytest_terminal_summary.
+_PG_MODULES: dict[str, set[str]] = {"used": set(), "ran": set()}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    if postgres.SUITE_BACKEND != "postgresql" or postgres.binaries() is None:
+        yield
+        return
+    server = postgres.shared_server()
+    before = len(server.created)
+    yield
+    module = item.nodeid.split("::")[0]
+    _PG_MODULES["ran"].add(module)
+    if any(postgres.migrated(url) for url in server.created[before:]):
+        _PG_MODULES["used"].add(module)
+
+
 @pytest.fixture(autouse=True)
-def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test gets its own data directory and fresh settings."""
+def _isolated_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """Every test gets its own data directory and fresh settings (and, when the suite runs on
+    PostgreSQL, a database of its own)."""
     monkeypatch.setenv("RETAILREC_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RETAILREC_STORE_URL", raising=False)
+    if postgres.SUITE_BACKEND == "postgresql":
+        server: postgres.PostgresServer = request.getfixturevalue("pg_server")
+        monkeypatch.setenv("RETAILREC_STORE_URL", server.new_database())
     get_settings.cache_clear()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """On PostgreSQL, which modules opened a store: one that never did tests nothing there."""
+    if postgres.SUITE_BACKEND != "postgresql":
+        return
+    never = sorted(_PG_MODULES["ran"] - _PG_MODULES["used"])
+    terminalreporter.write_line(
+        f"PostgreSQL pass: {len(_PG_MODULES['used'])} modules opened a store there;"
+        f" {len(never)} never did{': ' if never else ''}{', '.join(never)}"
+    )

@@ -20,6 +20,7 @@ from retailrec.models.bundle import ModelBundle
 from retailrec.models.two_tower import training_examples
 from retailrec.serving.service import HISTORY_LIMIT, RecommendationService
 from tests.utils.factories import Shop, events_frame, loaded_settings
+from tests.utils.postgres import suite_store
 
 DAY = events.DAY_MS
 
@@ -158,14 +159,14 @@ def old_shop(tmp_path_factory: pytest.TempPathFactory, tiny_shop: Shop) -> Setti
     from retailrec import registry
     from retailrec.training.train import TrainConfig, train
 
-    settings = loaded_settings(tmp_path_factory.mktemp("old"), tiny_shop)
+    settings = loaded_settings(tmp_path_factory.mktemp("old"), tiny_shop, store_url=suite_store())
     train(settings, TrainConfig(models=("itemknn_bm25",)))
     registry.promote(registry.configure(settings), settings.model_name)
     return settings
 
 
 def _busy(settings: Settings) -> list[int]:
-    with store.open_store(settings.feature_store_path) as conn:
+    with store.open_store(settings.feature_store) as conn:
         log = store.read_events(conn)
     end = log["timestamp"].max()
     recent = log[log["timestamp"] > end - 30 * DAY].groupby("visitorid").size()
@@ -193,7 +194,7 @@ def test_an_event_dated_tomorrow_is_rejected_and_moves_nothing(
     tmp_path: Path, tiny_shop: Shop, old_shop: Settings
 ) -> None:
     with TestClient(create_app(old_shop)) as client:
-        with store.open_store(old_shop.feature_store_path) as conn:
+        with store.open_store(old_shop.feature_store) as conn:
             clock = store.time_range(conn)
         visitor = _busy(old_shop)[0]
         before = client.get(f"/v1/users/{visitor}/recommendations?k=10").json()["items"]
@@ -214,7 +215,7 @@ def test_an_event_dated_tomorrow_is_rejected_and_moves_nothing(
             "timestamp in the future (more than 5 minutes past the server's clock)",
             "timestamp more than 30 days before the log's first event",
         ]
-        with store.open_store(old_shop.feature_store_path) as conn:
+        with store.open_store(old_shop.feature_store) as conn:
             assert store.time_range(conn) == clock
         assert client.get(f"/v1/users/{visitor}/recommendations?k=10").json()["items"] == before
         assert client.get("/v1/popular?k=10&days=7").json()["items"] == popular
@@ -225,5 +226,5 @@ def test_an_event_dated_tomorrow_is_rejected_and_moves_nothing(
             json={"events": [{"timestamp": soon, "visitorid": 5, "event": "view", "itemid": 1}]},
         ).json()
         assert ok["accepted"] == 1
-        with store.open_store(old_shop.feature_store_path) as conn:
+        with store.open_store(old_shop.feature_store) as conn:
             assert store.shop_clock(conn) == soon

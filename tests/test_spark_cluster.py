@@ -150,7 +150,7 @@ def test_etl_and_als_run_as_applications_of_a_standalone_cluster(
 
     # What the cluster stored is what the embedded engine stores from the same files.
     embedded = Settings(data_dir=tmp_path / "embedded")
-    with store.open_store(embedded.feature_store_path) as conn:
+    with store.open_store(embedded.feature_store) as conn:
         expected = etl.run_etl(
             tiny_shop.dir,
             conn=conn,
@@ -159,7 +159,7 @@ def test_etl_and_als_run_as_applications_of_a_standalone_cluster(
             reports_dir=embedded.reports_dir,
         )
         expected_events = store.read_events(conn)
-    with store.open_store(Settings(data_dir=data_dir).feature_store_path) as conn:
+    with store.open_store(Settings(data_dir=data_dir).feature_store) as conn:
         stored = store.read_events(conn)
     assert f"{expected.rows_read:,}" in result.stdout and f"{expected.loaded:,}" in result.stdout
     assert len(stored) == expected.loaded == len(expected_events) > 0

@@ -253,7 +253,7 @@ def etl(
 
             spark = stack.enter_context(running(settings.spark_master))
         progress, task = _spinner("reading")
-        with progress, open_store(settings.feature_store_path) as conn:
+        with progress, open_store(settings.feature_store) as conn:
             report = run_etl(
                 raw if raw is not None else settings.raw_dir,
                 conn=conn,
@@ -318,7 +318,7 @@ def features(
     from retailrec.feature_store import open_store
 
     settings = get_settings()
-    with open_store(settings.feature_store_path) as conn:
+    with open_store(settings.feature_store) as conn:
         snap = build_features(conn, None if as_of is None else _ms(as_of), _feature_config())
     _print_features(snap)
 
@@ -619,6 +619,16 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="PORT", help="Port (Render sets $PORT).")] = 8000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            envvar="RETAILREC_WORKERS",
+            help="Worker processes (one core each). A reload on any worker reaches the others"
+            " within RETAILREC_RELOAD_POLL_S; on several machines, share one PostgreSQL store"
+            " (RETAILREC_STORE_URL).",
+        ),
+    ] = 1,
     bootstrap: Annotated[
         bool,
         typer.Option(
@@ -650,6 +660,7 @@ def serve(
         port=port,
         log_level=log_level,
         access_log=False,
+        workers=workers,
     )
 
 
@@ -690,6 +701,55 @@ def dashboard(
         "none",  # a traceback shows source paths: the page says what went wrong, the log the rest
     ]
     os.execv(sys.executable, cmd)  # become Streamlit: signals reach it, no orphan is left
+
+
+store_app = typer.Typer(
+    help="The feature store itself: move a shop's store to another backend.",
+    no_args_is_help=True,
+)
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("migrate")
+@_one_line_errors
+def store_migrate(
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="Where the store goes: postgresql://user:pass@host/db (or sqlite:///path, to"
+            " come back). Rows it holds already are kept: a second run completes the first.",
+        ),
+    ],
+) -> None:
+    """Copy the feature store (RETAILREC_STORE_URL, else the SQLite file) to another one, table
+    by table, and verify that every table's count is the same in both."""
+    from retailrec.feature_store import store
+
+    settings = get_settings()
+    source_url = settings.feature_store
+    if store.describe(to) == store.describe(source_url):
+        raise UsageError(f"--to names the store itself ({store.describe(to)})")
+    if not store.exists(source_url):
+        raise UsageError(f"no feature store at {store.describe(source_url)}: nothing to migrate")
+    progress, task = _spinner("copying")
+    with progress, store.open_store(source_url) as source, store.open_store(to) as target:
+        counts = store.copy_store(
+            source,
+            target,
+            lambda table, rows: progress.update(task, description=f"{table}: {rows:,} rows"),
+        )
+    table = Table(title=f"{store.describe(source_url)} -> {store.describe(to)}")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    table.add_column("verified", justify="right")
+    for name, (rows, copied) in counts.items():
+        table.add_row(name, f"{rows:,}", "yes" if rows == copied else "NO")
+    console.print(table)
+    console.print(
+        f"Serve from it with RETAILREC_STORE_URL={store.describe(to)} (with its password)",
+        soft_wrap=True,
+    )
 
 
 @app.command()

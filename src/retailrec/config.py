@@ -38,6 +38,18 @@ class Settings(BaseSettings):
         description="Signs the gate's approvals in the registry (default: a key made once in"
         " <data_dir>/registry.key); set the same value wherever one registry is shared.",
     )
+    store_url: str | None = Field(
+        default=None,
+        description="The feature store: sqlite:///<path> (default"
+        " sqlite:///<data_dir>/feature_store.sqlite) or postgresql://user:pass@host/db, which"
+        " API replicas on several machines share.",
+    )
+    reload_poll_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often each API process checks the feature store for a reload announced"
+        " by another (a worker of `serve --workers`, or a replica), and follows it.",
+    )
     mlflow_tracking_uri: str | None = Field(
         default=None,
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "RETAILREC_MLFLOW_TRACKING_URI"),
@@ -96,6 +108,14 @@ class Settings(BaseSettings):
     @property
     def feature_store_path(self) -> Path:
         return self.data_dir / "feature_store.sqlite"
+
+    @property
+    def feature_store(self) -> str:
+        """Where the feature store is: ``RETAILREC_STORE_URL``, else the SQLite file in
+        data_dir (as ``sqlite:///<absolute path>``)."""
+        if self.store_url:
+            return self.store_url
+        return f"sqlite:///{self.feature_store_path.resolve()}"
 
     @property
     def mlartifacts_dir(self) -> Path:

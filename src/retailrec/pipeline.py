@@ -113,7 +113,7 @@ def run_pipeline(
         written = write_shop(scale, seed, raw_dir, progress=step)
         hook("synth", written)
     step("etl")
-    with contextlib.ExitStack() as stack, open_store(settings.feature_store_path) as conn:
+    with contextlib.ExitStack() as stack, open_store(settings.feature_store) as conn:
         spark = None
         if engine == "spark":
             from retailrec.spark import running

@@ -46,9 +46,9 @@ def test_retrain_runs_beside_the_api_and_serves_a_better_model(
 ) -> None:
     load = ModelHolder.load
 
-    def slow_load(self: ModelHolder) -> object:  # a big model takes a while to swap in
-        time.sleep(1.5)
-        return load(self)
+    def slow_load(self: ModelHolder, version: str | None = None) -> object:  # a big model
+        time.sleep(1.5)  # takes a while to swap in
+        return load(self, version)
 
     monkeypatch.setattr(ModelHolder, "load", slow_load)
     with TestClient(create_app(weak_champion)) as client:
@@ -94,6 +94,7 @@ def test_monitor_remote_asks_the_api(
 ) -> None:
     runner = CliRunner()
     monkeypatch.setenv("RETAILREC_DATA_DIR", str(weak_champion.data_dir))
+    monkeypatch.setenv("RETAILREC_STORE_URL", weak_champion.feature_store)
     get_settings.cache_clear()
     alone = runner.invoke(cli, ["monitor", "--remote"])
     assert alone.exit_code == 1 and "RETAILREC_API_URL is not set" in alone.output

@@ -33,7 +33,7 @@ def client(trained: Settings) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def known(trained: Settings) -> pd.DataFrame:
-    with store.open_store(trained.feature_store_path) as conn:
+    with store.open_store(trained.feature_store) as conn:
         return store.read_events(conn)
 
 
@@ -282,7 +282,7 @@ def test_admin_reload_needs_the_key(client: TestClient) -> None:
     assert client.post("/v1/admin/reload", headers={"X-API-Key": "wrong"}).status_code == 403
     ok = client.post("/v1/admin/reload", headers={"X-API-Key": KEY})
     assert ok.status_code == 200
-    assert ok.json() == {"reloaded": True, "version": "1", "previous": "1"}
+    assert ok.json() == {"reloaded": True, "version": "1", "previous": "1", "announced": True}
 
 
 def test_admin_is_disabled_without_a_configured_key(trained: Settings) -> None:

@@ -35,7 +35,12 @@ SEED = 20261130
 
 
 def _cli(settings: Settings, *args: str, **extra: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "RETAILREC_DATA_DIR": str(settings.data_dir), **extra}
+    env = {
+        **os.environ,
+        "RETAILREC_DATA_DIR": str(settings.data_dir),
+        "RETAILREC_STORE_URL": settings.feature_store,
+        **extra,
+    }
     if settings.api_key:
         env["RETAILREC_API_KEY"] = settings.api_key
     return subprocess.Popen(
@@ -59,7 +64,7 @@ def _kill_after(proc: subprocess.Popen[bytes], seconds: float) -> bool:
 
 
 def _intact(settings: Settings) -> sqlite3.Connection:
-    conn = store.connect(settings.feature_store_path)
+    conn = store.connect(settings.feature_store)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     (loaded,) = conn.execute("SELECT coalesce(sum(loaded), 0) FROM etl_runs").fetchone()
     (stored,) = conn.execute("SELECT count(*) FROM events WHERE source = 'etl'").fetchone()
@@ -73,7 +78,7 @@ def test_kill_9_anywhere_in_etl_loses_nothing(tmp_path: Path, tiny_shop: Shop) -
     started = time.perf_counter()
     assert _cli(clean, "etl", "--raw", str(tiny_shop.dir)).wait(timeout=300) == 0
     whole = time.perf_counter() - started
-    with store.open_store(clean.feature_store_path) as conn:
+    with store.open_store(clean.feature_store) as conn:
         expected = store.event_count(conn)
     rng = random.Random(SEED)
     kills = 0
@@ -155,7 +160,7 @@ def test_kill_9_of_the_api_loses_no_acknowledged_event(tmp_path: Path, tiny_shop
     settings = loaded_settings(tmp_path, tiny_shop)
     assert _cli(settings, "train", "--models", "popular").wait(timeout=300) == 0
     assert _cli(settings, "promote").wait(timeout=120) == 0
-    with store.open_store(settings.feature_store_path) as conn:
+    with store.open_store(settings.feature_store) as conn:
         clock = store.shop_clock(conn)
     assert clock is not None
     acknowledged: list[dict[str, object]] = []
@@ -229,7 +234,7 @@ def test_a_full_disk_is_a_503_and_loses_no_acknowledged_event(
     try:
         subprocess.run(["cp", "-a", f"{settings.data_dir}/.", str(mount)], check=True)
         full = settings.model_copy(update={"data_dir": mount})
-        with store.open_store(full.feature_store_path) as conn:
+        with store.open_store(full.feature_store) as conn:
             clock = store.shop_clock(conn)
         assert clock is not None
         acknowledged, statuses = [], set()
@@ -256,7 +261,7 @@ def test_a_full_disk_is_a_503_and_loses_no_acknowledged_event(
                 urllib.request.urlopen(f"{base}/ready", timeout=10)  # loopback only
             assert ready.value.code == 503
             assert json.loads(ready.value.read())["store_writable"] is False
-        conn = store.connect(full.feature_store_path, read_only=True)
+        conn = store.connect(full.feature_store, read_only=True)
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         (count,) = conn.execute(
             "SELECT count(*) FROM events WHERE visitorid >= ?", (7 * 10**9,)

@@ -20,6 +20,7 @@ APP = Path(__file__).resolve().parents[2] / "src" / "retailrec" / "dashboard" / 
 @pytest.fixture
 def use(shop_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("RETAILREC_DATA_DIR", str(shop_settings.data_dir))
+    monkeypatch.setenv("RETAILREC_STORE_URL", shop_settings.feature_store)
     monkeypatch.delenv("RETAILREC_API_URL", raising=False)
     get_settings.cache_clear()
     return shop_settings
@@ -48,7 +49,7 @@ def test_data_page(use: Settings) -> None:
     at = _open("data")
     assert at.header[0].value == "Data"
     metrics = {m.label: m.value for m in at.metric}
-    with store.open_store(use.feature_store_path) as conn:
+    with store.open_store(use.feature_store) as conn:
         assert metrics["Events"] == f"{store.event_count(conn):,}"
         report = store.last_etl_report(conn)
     assert report is not None
@@ -83,7 +84,7 @@ def test_data_page_shows_the_first_rejected_rows(
     monkeypatch.setenv("RETAILREC_DATA_DIR", str(tmp_path / "data"))
     get_settings.cache_clear()
     settings = get_settings()
-    with store.open_store(settings.feature_store_path) as conn:
+    with store.open_store(settings.feature_store) as conn:
         etl.run_etl(
             raw,
             conn=conn,
@@ -122,6 +123,10 @@ def test_models_page_shows_the_latest_backtest(
     copy = Settings(data_dir=tmp_path / "data")
     shutil.copytree(shop_settings.data_dir, copy.data_dir)
     monkeypatch.setenv("RETAILREC_DATA_DIR", str(copy.data_dir))
+    # The copy reads the shared shop's store where it is not a file in the data dir.
+    monkeypatch.setenv(
+        "RETAILREC_STORE_URL", shop_settings.store_url or f"sqlite:///{copy.feature_store_path}"
+    )
     get_settings.cache_clear()
     report = backtest(get_settings())
     write_report(report, copy.reports_dir)

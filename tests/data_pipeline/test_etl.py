@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from retailrec.config import get_settings
 from retailrec.data_pipeline import etl, feature_pipeline
 from retailrec.errors import DataFileError
 from retailrec.feature_store import store
@@ -23,7 +24,7 @@ T = 1_433_221_332_117  # 2015-06-02, inside the sane range
 
 @pytest.fixture
 def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    c = store.connect(tmp_path / "fs.sqlite")
+    c = store.connect(get_settings().feature_store)
     yield c
     c.close()
 
@@ -187,17 +188,13 @@ def test_rows_out_of_time_order_are_loaded_and_sorted(
     assert parquet["session"].tolist() == [0, 0, 0]
 
 
-def _contents(conn: sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
-    tables = [
-        r[0]
-        for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        if r[0] not in ("etl_runs", "sqlite_sequence")
-    ]
+def _contents(conn: store.Connection) -> dict[str, list[tuple[object, ...]]]:
+    tables = [t for t in store.TABLES if t != "etl_runs"]
     return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
 
 
 def test_a_second_run_of_the_same_file_changes_nothing(tmp_path: Path, tiny_shop: Shop) -> None:
-    conn = store.connect(tmp_path / "fs.sqlite")
+    conn = store.connect(get_settings().feature_store)
     kwargs = {"conn": conn, "rejected_dir": tmp_path / "rej", "processed_dir": tmp_path / "proc"}
     first = etl.run_etl(tiny_shop.dir, **kwargs)
     before = _contents(conn)
@@ -504,7 +501,7 @@ def test_a_run_killed_after_its_events_committed_is_still_counted(
     """The run's record is written in the transaction that appends its events: a run killed
     any time after that (here, while loading item properties) leaves the events *and* their
     count, so the ETL runs' counts always add up to the store's events."""
-    conn = store.connect(tmp_path / "fs.sqlite")
+    conn = store.connect(get_settings().feature_store)
 
     def killed(*_args: object, **_kwargs: object) -> None:
         raise KeyboardInterrupt  # what SIGINT does; SIGKILL stops sooner still, with less done

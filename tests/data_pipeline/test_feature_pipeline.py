@@ -9,12 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from retailrec.config import get_settings
 from retailrec.data_pipeline import etl
 from retailrec.data_pipeline import feature_pipeline as fp
 from retailrec.errors import NoDataError
 from retailrec.events import event_codes
 from retailrec.feature_store import store
 from tests.utils.factories import Shop, events_frame
+from tests.utils.postgres import suite_store
 
 T = 1_433_221_332_117
 MIN = 60_000
@@ -137,7 +139,7 @@ def test_nothing_after_as_of_leaks_in() -> None:
 
 
 def test_catalogue_is_taken_as_of_the_time(tmp_path: Path) -> None:
-    conn = store.connect(tmp_path / "fs.sqlite")
+    conn = store.connect(get_settings().feature_store)
     store.upsert_item_properties(
         conn,
         pd.DataFrame(
@@ -154,15 +156,16 @@ def test_catalogue_is_taken_as_of_the_time(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def loaded_shop(tmp_path_factory: pytest.TempPathFactory, tiny_shop: Shop) -> Path:
+def loaded_shop(tmp_path_factory: pytest.TempPathFactory, tiny_shop: Shop) -> str:
     tmp = tmp_path_factory.mktemp("loaded")
-    conn = store.connect(tmp / "fs.sqlite")
+    target = suite_store() or str(tmp / "fs.sqlite")
+    conn = store.connect(target)
     etl.run_etl(tiny_shop.dir, conn=conn, rejected_dir=tmp / "rej", processed_dir=tmp / "proc")
     conn.close()
-    return tmp / "fs.sqlite"
+    return target
 
 
-def test_offline_and_online_features_are_equal(loaded_shop: Path) -> None:
+def test_offline_and_online_features_are_equal(loaded_shop: str) -> None:
     """No train-serve skew: the stored batch snapshot and the per-request computation agree."""
     conn = store.connect(loaded_shop)
     lo, hi = store.time_range(conn)
@@ -187,7 +190,7 @@ def test_offline_and_online_features_are_equal(loaded_shop: Path) -> None:
                 assert a == b, (vid, col)
 
 
-def test_feature_snapshots_are_stored_and_replaced(loaded_shop: Path) -> None:
+def test_feature_snapshots_are_stored_and_replaced(loaded_shop: str) -> None:
     conn = store.connect(loaded_shop)
     hi = store.time_range(conn)[1]
     first = fp.build_features(conn)
@@ -203,11 +206,11 @@ def test_feature_snapshots_are_stored_and_replaced(loaded_shop: Path) -> None:
 
 def test_features_on_an_empty_store_are_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(NoDataError, match="no events: run `retailrec etl` first"):
-        fp.build_features(store.connect(tmp_path / "fs.sqlite"))
+        fp.build_features(store.connect(get_settings().feature_store))
 
 
 def test_item_categories_take_the_last_numeric_value(tmp_path: Path) -> None:
-    conn = store.connect(tmp_path / "fs.sqlite")
+    conn = store.connect(get_settings().feature_store)
     props = pd.DataFrame(
         {
             "timestamp": [T, T + 5, T, T, T + 1],

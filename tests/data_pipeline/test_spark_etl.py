@@ -192,7 +192,7 @@ def test_the_pipeline_on_spark_ends_in_a_served_champion(tmp_path: Path, spark: 
     assert list(als["params.engine"]) == ["spark"]  # ALS fitted on Spark too (MLlib)
     assert any((settings.processed_dir / "events").glob("day=*/*.parquet"))
     assert spark.getActiveSession() is not None  # the command used this session, left running
-    with store.open_store(settings.feature_store_path) as conn:
+    with store.open_store(settings.feature_store) as conn:
         visitor = store.sample_visitors(conn, n=1)[0]
     with TestClient(create_app()) as client:
         answer = client.get(f"/v1/users/{visitor}/recommendations", params={"k": 5})

@@ -118,8 +118,10 @@ def test_compose_file_validates_and_shares_the_data_volume() -> None:
     _validates("vendor.compose-spec", path)
     compose = _load(path)
     services = compose["services"]
-    assert set(services) == {"api", "dashboard", "mlflow", "worker"}
-    for name, service in services.items():
+    assert set(services) == {"api", "dashboard", "mlflow", "worker", "api-2", "postgres", "lb"}
+    ours = {n: s for n, s in services.items() if s.get("image") == "retailrec:latest"}
+    assert set(ours) == {"api", "dashboard", "mlflow", "worker", "api-2"}
+    for name, service in ours.items():
         assert "data:/data" in service["volumes"], name
         if service["command"][0] == "retailrec":
             _cli_accepts(" ".join(service["command"]))
@@ -129,6 +131,20 @@ def test_compose_file_validates_and_shares_the_data_volume() -> None:
     assert services["api"]["ports"] == ["8000:8000"]
     assert services["dashboard"]["ports"] == ["127.0.0.1:8501:8501"]
     assert services["mlflow"]["ports"] == ["127.0.0.1:5000:5000"]
+
+
+def test_the_replicas_profile_puts_two_apis_on_postgresql_behind_a_balancer() -> None:
+    services = _load(ROOT / "docker-compose.yml")["services"]
+    profile = {n for n, s in services.items() if "replicas" in s.get("profiles", [])}
+    assert profile == {"api-2", "postgres", "lb"}
+    assert "--bootstrap" not in services["api-2"]["command"]  # the first replica trains
+    assert services["api"]["depends_on"]["postgres"]["required"] is False
+    assert services["postgres"]["image"].startswith("postgres:15")
+    assert "POSTGRES_PASSWORD:?" in (ROOT / "docker-compose.yml").read_text()  # never a default
+    mount = services["lb"]["volumes"][0].split(":")[0]
+    conf = (ROOT / mount).read_text()
+    assert "server api:8000" in conf and "server api-2:8000" in conf
+    assert services["lb"]["ports"] == ["8080:8080"]
 
 
 #: What Render needs per service type (https://render.com/docs/blueprint-spec).

@@ -1,17 +1,20 @@
-"""The feature store: migrations, WAL, idempotent appends, upserts that never drop rows."""
+"""The feature store on both backends (SQLite, PostgreSQL): migrations, idempotent appends,
+upserts that never drop rows."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from retailrec.errors import StoreError
-from retailrec.feature_store import store
+from retailrec.feature_store import postgres, store
 from tests.utils.factories import events_frame
+from tests.utils.postgres import PostgresServer
 
 T = 1_433_221_332_117
 
@@ -25,23 +28,58 @@ ROWS = [
 
 
 @pytest.fixture
-def conn(tmp_path: Path) -> sqlite3.Connection:
-    return store.connect(tmp_path / "fs.sqlite")
+def conn(store_url: str) -> Iterator[store.Connection]:
+    """A fresh store on each backend."""
+    with store.open_store(store_url) as opened:
+        yield opened
 
 
-def test_connect_migrates_to_the_latest_schema_in_wal_mode(conn: sqlite3.Connection) -> None:
-    assert store.schema_version(conn) == store.SCHEMA_VERSION == len(store.MIGRATIONS)
+@pytest.fixture
+def lite(tmp_path: Path) -> sqlite3.Connection:
+    """A SQLite store, for what only SQLite has (its pragmas, its file)."""
+    conn = store.connect(tmp_path / "fs.sqlite")
+    assert isinstance(conn, sqlite3.Connection)
+    return conn
+
+
+def _tables(conn: store.Connection) -> set[str]:
+    if isinstance(conn, sqlite3.Connection):
+        query = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    else:
+        query = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+    return {r[0] for r in conn.execute(query)}
+
+
+def _primary_key(conn: store.Connection, table: str) -> tuple[str, ...]:
+    if isinstance(conn, sqlite3.Connection):
+        columns = conn.execute(f"PRAGMA table_info({table})").fetchall()
+        return tuple(c[1] for c in sorted(columns, key=lambda c: c[5]) if c[5] > 0)
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
+        " AND a.attnum = ANY(i.indkey) WHERE i.indrelid = ?::regclass AND i.indisprimary"
+        " ORDER BY array_position(i.indkey::int2[], a.attnum)",
+        (table,),
+    ).fetchall()
+    return tuple(r[0] for r in rows)
+
+
+def test_both_backends_have_every_migration() -> None:
+    assert len(store.MIGRATIONS) == len(postgres.MIGRATIONS) == store.SCHEMA_VERSION
+
+
+def test_connect_migrates_to_the_latest_schema(conn: store.Connection) -> None:
+    assert store.schema_version(conn) == store.SCHEMA_VERSION
+    assert _tables(conn) - {"sqlite_sequence", "retailrec_schema"} == set(store.TABLES)
+    for table, key in store.TABLES.items():  # what `store migrate` upserts by
+        assert _primary_key(conn, table) == key, table
+    store.migrate(conn)  # again: nothing to do
+    assert store.schema_version(conn) == store.SCHEMA_VERSION
+
+
+def test_sqlite_runs_in_wal_mode(lite: sqlite3.Connection) -> None:
+    conn = lite
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == store.BUSY_TIMEOUT_MS
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {
-        "events",
-        "item_properties",
-        "categories",
-        "etl_runs",
-        "user_features",
-        "item_features",
-    } <= tables
 
 
 def test_migrations_run_once_and_keep_data(tmp_path: Path) -> None:
@@ -56,6 +94,7 @@ def test_migrations_run_once_and_keep_data(tmp_path: Path) -> None:
     first.execute("DROP TABLE write_probe")  # and migration 5 the write probe
     first.executescript(  # and 6 the visitors' change counters
         "DROP TABLE visitor_versions; DROP TRIGGER events_deleted; DROP TRIGGER events_updated;"
+        " DROP TABLE served_model;"  # and 7 the announced model
     )
     first.close()
     again = store.connect(path)  # upgrades from version 1 to the latest, keeping the events
@@ -66,11 +105,65 @@ def test_migrations_run_once_and_keep_data(tmp_path: Path) -> None:
     assert store.read_user_features(again, T).empty
 
 
-def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "fs.sqlite"
-    store.connect(path).execute(f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
+def test_postgresql_migrations_run_once_and_keep_data(pg_server: PostgresServer) -> None:
+    url = pg_server.new_database()
+    first = store.connect(url)
+    store.append_events(first, events_frame(ROWS))
+    first.execute(  # back to version 3, as it was before the clock, the probe and the counters
+        "DROP TABLE shop_clock, write_probe, visitor_versions, served_model;"
+        " DROP FUNCTION events_changed CASCADE; DROP FUNCTION bump_visitor_version;"
+        " UPDATE retailrec_schema SET version = 3"
+    )
+    first.close()
+    again = store.connect(url)
+    assert store.schema_version(again) == store.SCHEMA_VERSION
+    assert store.event_count(again) == 4
+    ts = [row[0] for row in ROWS]
+    assert store.time_range(again) == (min(ts), max(ts))
+    again.execute("DELETE FROM events WHERE visitorid = 2")  # the trigger counts the change
+    assert store.visitor_version(again, 2)[0] == 1
+
+
+def test_replicas_starting_together_migrate_once(pg_server: PostgresServer) -> None:
+    url = pg_server.new_database()
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            store.connect(url).close()
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with store.open_store(url) as conn:
+        assert conn.execute("SELECT count(*), max(version) FROM retailrec_schema").fetchone() == (
+            1,
+            store.SCHEMA_VERSION,
+        )
+
+
+def test_a_newer_schema_is_refused(conn: store.Connection, store_url: str) -> None:
+    if isinstance(conn, sqlite3.Connection):
+        conn.execute(f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
+    else:
+        conn.execute("UPDATE retailrec_schema SET version = ?", (store.SCHEMA_VERSION + 1,))
     with pytest.raises(StoreError, match="newer than this code"):
-        store.connect(path)
+        store.connect(store_url)
+
+
+def test_an_unreachable_server_is_one_line_without_the_password() -> None:
+    url = "postgresql://shop:secret@127.0.0.1:1/shop"
+    with pytest.raises(StoreError) as caught:
+        store.connect(url)
+    message = str(caught.value)
+    assert "secret" not in message and "\n" not in message
+    assert message.startswith("cannot open the feature store at postgresql://shop:***@127.0.0.1:1")
+    assert not store.exists(url)
 
 
 def test_read_only_needs_an_existing_store(tmp_path: Path) -> None:
@@ -85,9 +178,7 @@ def append_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     return str(request.param)
 
 
-def test_append_is_idempotent_and_counts_new_rows(
-    conn: sqlite3.Connection, append_path: str
-) -> None:
+def test_append_is_idempotent_and_counts_new_rows(conn: store.Connection, append_path: str) -> None:
     assert store.append_events(conn, events_frame(ROWS)) == 4
     assert store.append_events(conn, events_frame(ROWS)) == 0
     assert store.append_events(conn, events_frame([*ROWS, (T + 20, 2, "view", 12, None)])) == 1
@@ -96,9 +187,7 @@ def test_append_is_idempotent_and_counts_new_rows(
     assert store.event_count(conn) == 6
 
 
-def test_read_events_round_trips_types_and_order(
-    conn: sqlite3.Connection, append_path: str
-) -> None:
+def test_read_events_round_trips_types_and_order(conn: store.Connection, append_path: str) -> None:
     store.append_events(conn, events_frame(ROWS))
     back = store.read_events(conn)
     expected = events_frame(sorted(ROWS)).astype({"event": "str"})
@@ -111,12 +200,15 @@ def test_read_events_round_trips_types_and_order(
     assert store.read_events(conn, visitor_ids=[2])["itemid"].tolist() == [11]
     sources = conn.execute("SELECT DISTINCT source FROM events").fetchall()
     assert sources == [("etl",)]
-    assert not conn.execute("SELECT name FROM sqlite_temp_master").fetchall()
+    if isinstance(conn, sqlite3.Connection):  # the staging table is gone (PostgreSQL's at commit)
+        assert not conn.execute("SELECT name FROM sqlite_temp_master").fetchall()
+    else:
+        assert conn.execute("SELECT to_regclass('pg_temp.stage')").fetchone() == (None,)
 
 
 def test_the_log_is_read_in_blocks_of_whole_visitors(
-    conn: sqlite3.Connection, tmp_path: Path
-) -> None:
+    conn: store.Connection, tmp_path: Path
+) -> None:  # and an empty log in none
     """Blocks of about ``rows`` rows, never splitting a visitor: one with more events than that
     comes whole, in a block of its own; together they are the log, in key order."""
     counts = {1: 3, 2: 10, 3: 2, 4: 1, 5: 4, 6: 3}
@@ -132,13 +224,13 @@ def test_the_log_is_read_in_blocks_of_whole_visitors(
 
 
 def test_a_failed_bulk_write_rolls_back_and_the_next_one_works(
-    conn: sqlite3.Connection, append_path: str
+    conn: store.Connection, append_path: str
 ) -> None:
     row = dict.fromkeys(("visitorid", "as_of_ms", "n_views", "n_carts", "n_purchases"), 1)
     row |= {"n_items": 1, "n_sessions": 1, "first_ts": T, "last_ts": T, "recency_days": 0.0}
     good = pd.DataFrame([row | {"purchased_items": ""}])
     bad = pd.concat([good.assign(visitorid=2), good.assign(visitorid=3, n_views=None)])
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(store.DATABASE_ERRORS, match=r"(?i)null"):
         store._replace_rows(conn, "user_features", bad)
     assert conn.execute("SELECT count(*) FROM user_features").fetchone()[0] == 0
     store._replace_rows(conn, "user_features", good)
@@ -147,14 +239,14 @@ def test_a_failed_bulk_write_rolls_back_and_the_next_one_works(
 
 
 def test_an_event_type_outside_the_schema_is_refused(
-    conn: sqlite3.Connection, append_path: str
+    conn: store.Connection, append_path: str
 ) -> None:
     with pytest.raises(ValueError, match="click"):
         store.append_events(conn, events_frame([(T, 1, "click", 10, None)]))
     assert store.event_count(conn) == 0
 
 
-def test_visitor_history_is_point_in_time(conn: sqlite3.Connection) -> None:
+def test_visitor_history_is_point_in_time(conn: store.Connection) -> None:
     store.append_events(conn, events_frame(ROWS))
     full = store.visitor_history(conn, 1)
     assert full.timestamp.tolist() == [T, T + 5, T + 9]
@@ -165,7 +257,7 @@ def test_visitor_history_is_point_in_time(conn: sqlite3.Connection) -> None:
     assert len(store.visitor_history(conn, 999).timestamp) == 0
 
 
-def test_item_property_upserts_update_in_place(conn: sqlite3.Connection, append_path: str) -> None:
+def test_item_property_upserts_update_in_place(conn: store.Connection, append_path: str) -> None:
     props = pd.DataFrame(
         {
             "timestamp": [T, T],
@@ -191,15 +283,15 @@ def test_item_property_upserts_update_in_place(conn: sqlite3.Connection, append_
     assert sorted(before["value"]) == ["1", "4"]
 
 
-def test_categories_upsert(conn: sqlite3.Connection) -> None:
+def test_categories_upsert(conn: store.Connection) -> None:
     tree = pd.DataFrame({"categoryid": [1, 2], "parentid": pd.array([None, 1], dtype="Int64")})
     assert store.upsert_categories(conn, tree) == 2
     assert store.upsert_categories(conn, tree) == 0
     assert store.read_categories(conn)["parentid"].isna().tolist() == [True, False]
 
 
-def test_concurrent_writers_wait_instead_of_failing(tmp_path: Path) -> None:
-    path = tmp_path / "fs.sqlite"
+def test_concurrent_writers_wait_instead_of_failing(store_url: str) -> None:
+    path = store_url
     store.connect(path).close()
     errors: list[BaseException] = []
 
@@ -221,7 +313,7 @@ def test_concurrent_writers_wait_instead_of_failing(tmp_path: Path) -> None:
     assert store.event_count(store.connect(path)) == 120
 
 
-def test_etl_runs_are_recorded(conn: sqlite3.Connection) -> None:
+def test_etl_runs_are_recorded(conn: store.Connection) -> None:
     assert store.last_etl_report(conn) is None
     report = {
         "started_ms": 1,
@@ -235,7 +327,7 @@ def test_etl_runs_are_recorded(conn: sqlite3.Connection) -> None:
     assert store.last_etl_report(conn) == report
 
 
-def test_dashboard_summaries(conn: sqlite3.Connection) -> None:
+def test_dashboard_summaries(conn: store.Connection) -> None:
     day = 86_400_000
     start = T - T % day
     store.append_events(
@@ -264,3 +356,13 @@ def test_dashboard_summaries(conn: sqlite3.Connection) -> None:
     }
     assert store.visitor_activity(conn).to_dict() == {1: 1, 3: 1}
     assert store.sample_visitors(conn, n=5, min_events=2) == [1]
+
+
+def test_a_served_model_is_announced_with_a_new_generation_each_time(
+    conn: store.Connection,
+) -> None:
+    assert store.announced_model(conn) == (0, None)
+    assert store.announce_model(conn, "3") == 1
+    assert store.announce_model(conn, "3") == 2  # the same version again is a new reload
+    assert store.announce_model(conn, "4") == 3
+    assert store.announced_model(conn) == (3, "4")

@@ -30,6 +30,7 @@ def small_drift(tmp_path_factory: pytest.TempPathFactory) -> Shop:
 
 def _use(settings: Settings, monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
     monkeypatch.setenv("RETAILREC_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("RETAILREC_STORE_URL", settings.feature_store)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
@@ -170,7 +171,7 @@ def test_fail_on_drift_fails_when_it_cannot_judge(
     _use(settings, monkeypatch)
     judged = runner.invoke(app, ["monitor", "--fail-on-drift"])
     assert judged.exit_code in (0, mon.EXIT_DRIFT), judged.output  # a real verdict either way
-    with store.open_store(settings.feature_store_path) as conn:
+    with store.open_store(settings.feature_store) as conn:
         end = store.shop_clock(conn)
         assert end is not None
         store.append_events(conn, events_frame([(end + 60 * 86_400_000, 10**12, "view", 1, None)]))

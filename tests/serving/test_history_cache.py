@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from retailrec.config import get_settings
 from retailrec.feature_store import store
 from retailrec.models import Dataset, make_model
 from retailrec.models.bundle import ModelBundle
@@ -33,7 +34,7 @@ def test_the_cache_keeps_the_most_recent_entries_and_drops_stale_ones() -> None:
 
 
 def test_a_visitors_version_moves_when_their_events_change(tmp_path: Path) -> None:
-    conn = store.connect(tmp_path / "fs.sqlite")
+    conn = store.connect(get_settings().feature_store)  # the suite's backend
     store.append_events(conn, events_frame([(1_000, 1, "view", 5, None)]))
     assert store.visitor_version(conn, 1) == (
         0,
@@ -56,7 +57,7 @@ def test_a_visitors_version_moves_when_their_events_change(tmp_path: Path) -> No
 
 
 @pytest.fixture
-def served_shop(tiny_shop: Shop, tmp_path: Path) -> tuple[RecommendationService, Path, list[int]]:
+def served_shop(tiny_shop: Shop, tmp_path: Path) -> tuple[RecommendationService, str, list[int]]:
     log = tiny_shop.data.events.drop_duplicates()
     data = Dataset.from_events(log)
     knn = make_model("itemknn_bm25").fit(data)
@@ -65,7 +66,7 @@ def served_shop(tiny_shop: Shop, tmp_path: Path) -> tuple[RecommendationService,
     bundle = ModelBundle.from_dataset(
         roles | {"popular": pop, "popular_7d": pop}, data, {"model": "itemknn_bm25"}
     )
-    path = tmp_path / "fs.sqlite"
+    path = get_settings().feature_store  # the suite's backend
     store.append_events(store.connect(path), log)
     busy = log.groupby("visitorid").size()
     active = busy[busy >= history_cache.MIN_EVENTS].index[:5].tolist()
@@ -74,7 +75,7 @@ def served_shop(tiny_shop: Shop, tmp_path: Path) -> tuple[RecommendationService,
 
 
 def test_kept_histories_answer_as_a_fresh_read_after_late_events_from_another_writer(
-    served_shop: tuple[RecommendationService, Path, list[int]],
+    served_shop: tuple[RecommendationService, str, list[int]],
 ) -> None:
     served, path, active = served_shop
     conn = store.connect(path)
@@ -100,7 +101,7 @@ def test_kept_histories_answer_as_a_fresh_read_after_late_events_from_another_wr
 
 
 def test_short_histories_are_not_kept(
-    served_shop: tuple[RecommendationService, Path, list[int]], tiny_shop: Shop
+    served_shop: tuple[RecommendationService, str, list[int]], tiny_shop: Shop
 ) -> None:
     served, path, _ = served_shop
     conn = store.connect(path)
@@ -113,7 +114,7 @@ def test_short_histories_are_not_kept(
 
 
 def test_a_kept_history_is_compact(
-    served_shop: tuple[RecommendationService, Path, list[int]],
+    served_shop: tuple[RecommendationService, str, list[int]],
 ) -> None:
     """The cache's memory bound rests on this: at most 16 bytes an event, so 2,048 visitors of
     500 events each hold under 16 MiB."""

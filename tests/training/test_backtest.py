@@ -17,6 +17,7 @@ from retailrec.errors import BacktestError
 from retailrec.training.backtest import backtest
 from retailrec.training.train import TrainConfig, train
 from tests.utils.factories import Shop, loaded_settings
+from tests.utils.postgres import suite_store
 from tests.utils.server import serving
 
 pytestmark = pytest.mark.integration
@@ -30,7 +31,9 @@ def held_out(tmp_path_factory: pytest.TempPathFactory, tiny_shop: Shop) -> tuple
     log = tiny_shop.data.events
     cut = int(log["timestamp"].max()) - 7 * DAY
     root = tmp_path_factory.mktemp("backtest")
-    settings = loaded_settings(root, tiny_shop, events=log[log["timestamp"] < cut])
+    settings = loaded_settings(
+        root, tiny_shop, events=log[log["timestamp"] < cut], store_url=suite_store()
+    )
     train(settings, TrainConfig(models=("itemknn_bm25",)))
     registry.promote(registry.configure(settings), settings.model_name)
     week = root / "last_week.csv"
@@ -83,6 +86,7 @@ def test_the_cli_prints_the_table_and_writes_the_reports(
 ) -> None:
     settings, week = held_out
     monkeypatch.setenv("RETAILREC_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("RETAILREC_STORE_URL", settings.feature_store)
     from retailrec.config import get_settings
 
     get_settings.cache_clear()

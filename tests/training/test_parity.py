@@ -73,7 +73,7 @@ def test_the_api_answers_what_evaluation_scored(tmp_path: Path, tiny_shop: Shop)
 
     # The shop as it stood at the window's start: trained, promoted and served.
     before = _shop_dir(tmp_path / "before", tiny_shop, start)
-    with store.open_store(before.feature_store_path) as conn:
+    with store.open_store(before.feature_store) as conn:
         assert store.shop_clock(conn) == prep.test.clock_ms
     version = train(before, TrainConfig(models=(MODEL,))).version
     assert registry.promote(registry.configure(before), before.model_name, version).promoted

@@ -147,7 +147,7 @@ def test_an_event_dated_far_past_the_log_does_not_retrain_an_evaluated_champion(
     first = train(settings, TrainConfig(models=("popular",)))
     client = registry.configure(settings)
     assert registry.promote(client, settings.model_name, first.version).promoted
-    with store.open_store(settings.feature_store_path) as conn:
+    with store.open_store(settings.feature_store) as conn:
         end = store.shop_clock(conn)
         assert end is not None
         visitor = int(tiny_shop.data.events["visitorid"].iloc[0]) if returning else 10**12

@@ -29,7 +29,7 @@ def test_train_promote_gate_rollback(tmp_path: Path, tiny_shop: Shop) -> None:
     oracle, popular = first.table.loc["oracle"], first.table.loc["popular"]
     # Served as champion, "popular" seeds returning visitors from their session: better than
     # the plain popularity order, which the oracle beats more than three times on the window.
-    with store.open_store(settings.feature_store_path) as conn:
+    with store.open_store(settings.feature_store) as conn:
         log = store.read_events(conn)
     version = registry.configure(settings).get_model_version(settings.model_name, "1")
     start = int(version.tags["test_start_ms"])
@@ -145,7 +145,7 @@ def test_a_stale_champion_is_scored_as_deployed_on_the_new_window(
 
 def test_training_without_events_is_a_clear_error(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data")
-    store.connect(settings.feature_store_path).close()
+    store.connect(settings.feature_store).close()
     with pytest.raises(NoDataError, match="no events: run `retailrec etl` first"):
         train(settings, TrainConfig(models=("popular",)))
 

@@ -135,7 +135,7 @@ def test_item_features_are_the_feature_stores_snapshot(tmp_path: Path, tiny_shop
     """No skew between the feature store and the ranker: the item features a bundle carries
     are the store's item snapshot at the bundle's clock, written by ``retailrec features``."""
     settings = loaded_settings(tmp_path, tiny_shop)
-    with store.open_store(settings.feature_store_path) as conn:
+    with store.open_store(settings.feature_store) as conn:
         events = store.read_events(conn)
         clock = int(events["timestamp"].max())
         fp.build_features(conn, clock)
@@ -211,7 +211,7 @@ def test_a_two_stage_champion_is_trained_served_without_skew_and_backtested(
 
     # The week after the store, as training would label it next time: features from the
     # evaluation's histories (training's path) and from the store (serving's) are identical.
-    with store.open_store(settings.feature_store_path) as conn:
+    with store.open_store(settings.feature_store) as conn:
         catalogue = fp.item_category_as_of(conn, None)
         clock = store.shop_clock(conn)
         stage = Stage.make(

@@ -66,7 +66,7 @@ def loaded_settings(
 
 
 def run_etl_on(settings: Settings) -> None:
-    with store.open_store(settings.feature_store_path) as conn:
+    with store.open_store(settings.feature_store) as conn:
         etl.run_etl(
             settings.raw_dir,
             conn=conn,

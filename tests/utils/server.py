@@ -46,7 +46,12 @@ def wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 90) 
 def serving(settings: Settings, **env: str) -> Iterator[str]:
     """Serve ``settings.data_dir`` until the block ends; yields the base URL once ready."""
     port = free_port()
-    environ = {**os.environ, "RETAILREC_DATA_DIR": str(settings.data_dir), **env}
+    environ = {
+        **os.environ,
+        "RETAILREC_DATA_DIR": str(settings.data_dir),
+        "RETAILREC_STORE_URL": settings.feature_store,
+        **env,
+    }
     if settings.api_key:
         environ["RETAILREC_API_KEY"] = settings.api_key
     server = subprocess.Popen(

@@ -29,7 +29,13 @@ from retailrec.config import Settings, get_settings
 from retailrec.feature_store import store
 from retailrec.pipeline import BackgroundRetrain
 from retailrec.serving.holder import ModelHolder
-from retailrec.serving.store_access import Connections, ServedLog, StoreHealth
+from retailrec.serving.store_access import (
+    Connections,
+    ReloadWatcher,
+    ServedLog,
+    StoreHealth,
+    announce,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +116,18 @@ def _finite(value: Any) -> Any:
     return value
 
 
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """503 with the reason, for any request that needed the feature store while it could not be
+    read or written (its server down or restarting): the client tries again, the next request
+    reconnects (see Connections.get)."""
+    reason = request.app.state.store_health.failed(exc)
+    return JSONResponse(
+        status_code=503,
+        content={"detail": f"the feature store is unavailable ({reason}): try again shortly"},
+        headers={"Retry-After": "1"},
+    )
+
+
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422, rendered whatever the input held: Python's JSON parser reads ``NaN`` and
     ``Infinity``, and echoing them back in the error would fail to render (a 500)."""
@@ -117,11 +135,19 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": _finite(jsonable_encoder(errors))})
 
 
-def _reload(app: FastAPI) -> str:
-    """Load the champion and export it; returns the version now served."""
-    served, _ = app.state.holder.load()
+def _reload(app: FastAPI, version: str | None = None, *, announced: bool = False) -> str:
+    """Load the champion (or ``version``) and export it; returns the version now served. Unless
+    it follows an announcement, it announces the version for the other processes to follow."""
+    served, _ = app.state.holder.load(version)
     app.state.metrics.set_model(served)
+    if not announced:
+        announce(app.state.connections, str(served.version))
     return str(served.version)
+
+
+def _served_version(app: FastAPI) -> str | None:
+    current = app.state.holder.current
+    return None if current is None else str(current.version)
 
 
 def create_app(
@@ -138,8 +164,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store.connect(settings.feature_store_path).close()  # create and migrate before serving
+        store.connect(settings.feature_store).close()  # create and migrate before serving
         app.state.served_log.start()
+        # Before the model loads: an announcement made while it loads is followed, not missed.
+        app.state.reload_watcher.start()
         if load_model:
             try:
                 if bundle_dir is not None:
@@ -155,6 +183,7 @@ def create_app(
         gc.collect()
         gc.freeze()
         yield
+        app.state.reload_watcher.stop()
         app.state.served_log.stop()
         app.state.connections.close()
 
@@ -166,14 +195,22 @@ def create_app(
     )
     app.state.settings = settings
     app.state.holder = ModelHolder(settings)
-    app.state.connections = Connections(settings.feature_store_path)
+    app.state.connections = Connections(settings.feature_store)
     app.state.store_health = StoreHealth()
-    app.state.served_log = ServedLog(settings.feature_store_path, health=app.state.store_health)
+    app.state.served_log = ServedLog(settings.feature_store, health=app.state.store_health)
     app.state.metrics = Metrics()
     app.state.events_limiter = RateLimiter(settings.events_rate_per_s, settings.events_burst)
     app.state.retrainer = BackgroundRetrain(settings, on_promoted=lambda: _reload(app))
+    app.state.reload_watcher = ReloadWatcher(
+        settings.feature_store,
+        load=lambda version: _reload(app, version, announced=True),
+        current=lambda: _served_version(app),
+        poll_s=settings.reload_poll_s,
+    )
 
     app.add_exception_handler(RequestValidationError, _validation_error)
+    for kind in store.UNAVAILABLE:
+        app.add_exception_handler(kind, _store_unavailable)
     app.add_middleware(LimitsAndMetrics)
     app.include_router(recommendations.router)
     app.include_router(events.router)

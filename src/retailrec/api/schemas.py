@@ -146,6 +146,10 @@ class ReloadResponse(BaseModel):
     reloaded: bool
     version: str
     previous: str | None
+    announced: bool = Field(
+        description="Announced in the feature store, for the other workers and replicas to"
+        " follow (false when the store could not take it: this process alone reloaded)."
+    )
 
 
 class RetrainStarted(BaseModel):

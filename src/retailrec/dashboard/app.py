@@ -318,7 +318,7 @@ def _recommend(
     served = _served(str(settings.data_dir), version)
     try:
         if visitor is not None:
-            with store.open_store(settings.feature_store_path) as conn:
+            with store.open_store(settings.feature_store) as conn:
                 got = served.for_visitor(conn, visitor, k, Rules(exclude_purchased, exclude_seen))
         else:
             got = served.for_session(items, k, Rules(exclude_purchased=False))
@@ -418,10 +418,9 @@ def main() -> None:
     st.sidebar.caption(f"Data: {settings.data_dir}")
     if settings.api_url:
         st.sidebar.caption(f"API: {settings.api_url}")
-    if not settings.feature_store_path.is_file():
-        st.warning(
-            f"No feature store at {settings.feature_store_path}: run `retailrec pipeline` first."
-        )
+    missing = data.missing_store(settings)
+    if missing is not None:
+        st.warning(f"No feature store at {missing}: run `retailrec pipeline` first.")
         return
     RENDER[page](settings)
 

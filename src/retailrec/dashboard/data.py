@@ -7,7 +7,6 @@ loaders can be cached (``st.cache_data``) and tested on their own.
 from __future__ import annotations
 
 import secrets
-import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,16 +36,21 @@ class DataOverview:
     n_events: int
 
 
+def missing_store(settings: Settings) -> str | None:
+    """Where the feature store should be, when there is none there yet; else None."""
+    return None if store.exists(settings.feature_store) else store.describe(settings.feature_store)
+
+
 def data_overview(settings: Settings, top: int = 15) -> DataOverview:
     """Everything the Data page shows. The aggregations are independent scans of the event log, so
-    they run side by side, each on its own connection (SQLite works outside the GIL)."""
-    path = settings.feature_store_path
+    they run side by side, each on its own connection (the database works outside the GIL)."""
+    target = settings.feature_store
 
-    def run(query: Callable[[sqlite3.Connection], Any]) -> Any:
-        with store.open_store(path) as conn:
+    def run(query: Callable[[store.Connection], Any]) -> Any:
+        with store.open_store(target) as conn:
             return query(conn)
 
-    queries: dict[str, Callable[[sqlite3.Connection], Any]] = {
+    queries: dict[str, Callable[[store.Connection], Any]] = {
         "daily": store.daily_event_counts,
         "funnel": store.visitors_per_event,
         "items": lambda conn: store.item_counts_since(conn, 0),
@@ -115,18 +119,18 @@ def model_runs(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, list[str
 
 def catalogue(settings: Settings) -> pd.DataFrame:
     """Item id -> its latest category (``categoryid`` column)."""
-    with store.open_store(settings.feature_store_path) as conn:
+    with store.open_store(settings.feature_store) as conn:
         return item_categories(conn).to_frame()
 
 
 def sample_visitors(settings: Settings, n: int = 50) -> list[int]:
-    with store.open_store(settings.feature_store_path) as conn:
+    with store.open_store(settings.feature_store) as conn:
         return store.sample_visitors(conn, n)
 
 
 def visitor_history(settings: Settings, visitor_id: int, limit: int = 50) -> pd.DataFrame:
     """The visitor's latest events, newest first, with time as a date."""
-    with store.open_store(settings.feature_store_path) as conn:
+    with store.open_store(settings.feature_store) as conn:
         frame = store.visitor_history(conn, visitor_id, limit=limit).frame(visitor_id)
     frame["time"] = pd.to_datetime(frame["timestamp"], unit="ms", utc=True)
     return frame.iloc[::-1][["time", "event", "itemid", "transactionid"]].reset_index(drop=True)

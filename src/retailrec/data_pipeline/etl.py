@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import sqlite3
 import tempfile
 import time
 from collections import Counter
@@ -118,7 +117,7 @@ def _file_digest(path: Path) -> str:
 
 
 def load_events(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     path: Path,
     rejected_dir: Path,
     report: EtlReport,
@@ -168,7 +167,7 @@ def load_events(
     distinct = len(valid["timestamp"])
     step(f"loading {distinct:,} events")
 
-    def counted(txn: sqlite3.Connection, loaded: int) -> None:
+    def counted(txn: store.Connection, loaded: int) -> None:
         """In the append's transaction: the run is recorded with its events, never without."""
         report.loaded = loaded
         report.duplicates_in_store = distinct - loaded
@@ -235,7 +234,7 @@ def _empty_events() -> pd.DataFrame:
 
 
 def load_item_properties(
-    conn: sqlite3.Connection, paths: tuple[Path, ...], rejected_dir: Path, report: EtlReport
+    conn: store.Connection, paths: tuple[Path, ...], rejected_dir: Path, report: EtlReport
 ) -> None:
     """Upsert the readable item properties (``categoryid``, ``available``); quarantine bad rows.
 
@@ -296,7 +295,7 @@ def load_item_properties(
 
 
 def load_category_tree(
-    conn: sqlite3.Connection, path: Path, rejected_dir: Path, report: EtlReport
+    conn: store.Connection, path: Path, rejected_dir: Path, report: EtlReport
 ) -> None:
     """Upsert the category tree; quarantine rows whose ids are not non-negative integers."""
     columns = csv_input.CATEGORY_TREE_COLUMNS
@@ -331,7 +330,7 @@ def load_category_tree(
 
 
 def write_processed(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     processed_dir: Path,
     config: feature_pipeline.FeatureConfig,
     *,
@@ -364,7 +363,7 @@ BLOCK_ROWS = 2_000_000
 
 
 def _write_events(
-    conn: sqlite3.Connection, processed_dir: Path, config: feature_pipeline.FeatureConfig
+    conn: store.Connection, processed_dir: Path, config: feature_pipeline.FeatureConfig
 ) -> dict[str, Path]:
     """``events.parquet`` (with session numbers) and ``interactions.parquet`` (confidences as of
     the log's newest event), by visitor and time, written a block of whole visitors at a time:
@@ -410,7 +409,7 @@ def _located(raw: Path) -> bool:
 def run_etl(
     raw_dir: Path,
     *,
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     rejected_dir: Path,
     processed_dir: Path,
     reports_dir: Path | None = None,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -423,13 +422,13 @@ def item_catalogue(properties: pd.DataFrame, as_of_ms: int | None = None) -> pd.
     return out.reset_index()
 
 
-def item_category_as_of(conn: sqlite3.Connection, as_of_ms: int | None) -> pd.DataFrame:
+def item_category_as_of(conn: store.Connection, as_of_ms: int | None) -> pd.DataFrame:
     """The catalogue (``itemid, categoryid, available``) as stated at ``as_of_ms``."""
     props = store.read_item_properties(conn, as_of_ms=as_of_ms, latest=True)
     return item_catalogue(props, as_of_ms)
 
 
-def item_categories(conn: sqlite3.Connection, as_of_ms: int | None = None) -> pd.Series:
+def item_categories(conn: store.Connection, as_of_ms: int | None = None) -> pd.Series:
     """Each item's category as stated at ``as_of_ms`` (default: the latest): int64, indexed by
     ``itemid``; items without a numeric one are left out."""
     catalogue = item_category_as_of(conn, as_of_ms).set_index("itemid")["categoryid"]
@@ -461,7 +460,7 @@ def compute_features(
 
 
 def build_features(
-    conn: sqlite3.Connection, as_of_ms: int | None = None, config: FeatureConfig | None = None
+    conn: store.Connection, as_of_ms: int | None = None, config: FeatureConfig | None = None
 ) -> FeatureSnapshot:
     """Compute the snapshot at ``as_of_ms`` (default: the last event) and store it.
 
@@ -494,7 +493,7 @@ def build_features(
 
 
 def online_user_features(
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     visitor_id: int,
     as_of_ms: int,
     item_category: pd.Series,

@@ -44,8 +44,6 @@ from retailrec.events import EVENT_COLUMNS, EVENT_TYPES
 from retailrec.feature_store import store
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from pyspark.sql import DataFrame, SparkSession
 
     from retailrec.data_pipeline.etl import EtlReport
@@ -224,7 +222,7 @@ def _write_quarantine(records: Iterator[dict[str, str]], target: Path) -> Counte
 
 def load_events(
     spark: SparkSession,
-    conn: sqlite3.Connection,
+    conn: store.Connection,
     source: str,
     rejected_dir: Path,
     processed_dir: Path,
@@ -325,12 +323,12 @@ def _append_processed(spark: SparkSession, staged: Path, dataset: Path) -> None:
     )
 
 
-def _load_store(conn: sqlite3.Connection, staged: Path, report: EtlReport) -> None:
+def _load_store(conn: store.Connection, staged: Path, report: EtlReport) -> None:
     """Append the staged events to the store in batches; the run is recorded with the first."""
     loaded = offered = 0
     report.duplicates = report.duplicates_in_file
 
-    def counted(txn: sqlite3.Connection, new: int) -> None:
+    def counted(txn: store.Connection, new: int) -> None:
         report.loaded, report.duplicates_in_store = loaded + new, offered - loaded - new
         report.duplicates = report.duplicates_in_file + report.duplicates_in_store
         if report.run_id is None:

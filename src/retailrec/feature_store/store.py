@@ -1,11 +1,14 @@
-"""The SQLite feature store: the only module that speaks SQL.
+"""The feature store: the only module (with :mod:`.postgres`) that speaks SQL.
 
-One file (``data/feature_store.sqlite``) holds the event log that ETL and ``POST /v1/events`` append
-to, the item catalogue, the category tree, point-in-time feature snapshots and the ETL run log.
-Training reads it through the same functions as serving, so the two cannot drift apart.
+SQLite by default: one file (``data/feature_store.sqlite``). PostgreSQL when
+``RETAILREC_STORE_URL`` is a ``postgresql://`` URL, for API replicas on several machines. Either
+holds the event log that ETL and ``POST /v1/events`` append to, the item catalogue, the category
+tree, point-in-time feature snapshots and the ETL run log. Training reads it through the same
+functions as serving, so the two cannot drift apart.
 
-Connections are opened with :func:`connect` (WAL, a busy timeout, migrations applied) and passed in
-to every function; nothing here holds global state.
+Connections are opened with :func:`connect` (a path or a URL; migrations applied) and passed in
+to every function; nothing here holds global state. The SQL is written once where the two
+dialects agree, and per backend (:func:`_pg`) where they do not.
 """
 
 from __future__ import annotations
@@ -15,17 +18,27 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import psycopg
 import pyarrow as pa
 
 from retailrec.errors import StoreError, error_line
 from retailrec.events import EVENT_NAMES, EVENT_TYPES, event_codes
+from retailrec.feature_store import postgres
+from retailrec.feature_store.postgres import PgConnection
+
+#: An open store: SQLite's own connection, or PostgreSQL's behind the same methods.
+Connection = sqlite3.Connection | PgConnection
+#: What a failed statement raises on either backend.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
+#: What using a store that is away raises: a failed statement, or a connection not opened.
+UNAVAILABLE: tuple[type[Exception], ...] = (*DATABASE_ERRORS, StoreError)
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -172,21 +185,85 @@ MIGRATIONS: tuple[str, ...] = (
             ON CONFLICT (visitorid) DO UPDATE SET version = version + 1;
     END;
     """,
+    # 7: the model every API process should serve: a reload on one is announced here, and the
+    # others (workers, replicas) follow within a poll (see serving.store_access.ReloadWatcher).
+    """
+    CREATE TABLE served_model (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        generation INTEGER NOT NULL,
+        version    TEXT    NOT NULL,
+        at_ms      INTEGER NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+#: Every table of the schema (both backends) and its primary key, in an order that copies them.
+TABLES: dict[str, tuple[str, ...]] = {
+    "events": ("visitorid", "timestamp", "itemid", "event", "tx_key"),
+    "item_properties": ("itemid", "property", "timestamp"),
+    "categories": ("categoryid",),
+    "etl_runs": ("run_id",),
+    "user_features": ("visitorid", "as_of_ms"),
+    "item_features": ("itemid", "as_of_ms"),
+    "item_pairs": ("as_of_ms", "itemid", "other_itemid"),
+    "feature_snapshots": ("as_of_ms",),
+    "served_recommendations": ("recommendation_id",),
+    "shop_clock": ("id",),
+    "write_probe": ("id",),
+    "visitor_versions": ("visitorid",),
+    "served_model": ("id",),
+}
+
+
+def sqlite_path(target: Path | str) -> str | None:
+    """The SQLite file that ``target`` (a path, ``sqlite:///path`` or ``:memory:``) names; None
+    for a PostgreSQL URL."""
+    if postgres.is_url(target):
+        return None
+    text = str(target)
+    return text.removeprefix("sqlite:///") if text.startswith("sqlite:///") else text
+
+
+def describe(target: Path | str) -> str:
+    """The store's address for a message: a path, or a URL without its password."""
+    path = sqlite_path(target)
+    return postgres.redact(str(target)) if path is None else path
+
+
+def exists(target: Path | str) -> bool:
+    """Whether a store is there: a SQLite file, or a migrated PostgreSQL database."""
+    path = sqlite_path(target)
+    if path is not None:
+        return path == ":memory:" or Path(path).is_file()
+    try:
+        with closing(postgres.connect(str(target), read_only=True)) as conn:
+            return postgres.schema_version(conn) > 0
+    except StoreError:
+        return False
 
 
 def connect(
-    path: Path | str, *, read_only: bool = False, check_same_thread: bool = True
-) -> sqlite3.Connection:
-    """Open the store: WAL journal, busy timeout, migrations applied (unless read-only).
+    target: Path | str, *, read_only: bool = False, check_same_thread: bool = True
+) -> Connection:
+    """Open the store, migrated to this code's schema (unless read-only).
 
     Args:
-        path: The SQLite file, or ``":memory:"``.
-        read_only: Open without write access (the file must exist); no migration runs.
+        target: A SQLite file (a path or ``sqlite:///path``), ``":memory:"``, or a
+            ``postgresql://user:pass@host/db`` URL.
+        read_only: Open without write access (a SQLite file must exist); no migration runs.
         check_same_thread: Passed to sqlite3; the API uses one connection per thread.
     """
-    path = str(path)
+    path = sqlite_path(target)
+    if path is None:
+        pg = postgres.connect(str(target), read_only=read_only)
+        try:
+            _check_version(postgres.schema_version(pg))
+            if not read_only:
+                postgres.migrate(pg, SCHEMA_VERSION)
+        except BaseException:
+            pg.close()
+            raise
+        return pg
     if read_only:
         if path != ":memory:" and not Path(path).is_file():
             raise StoreError(f"no feature store at {path}: run `retailrec etl` first")
@@ -208,26 +285,39 @@ def connect(
     if not read_only:
         migrate(conn)
     else:
-        version = schema_version(conn)
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"feature store schema {version} is newer than this code ({SCHEMA_VERSION})"
-            )
+        _check_version(schema_version(conn))
     return conn
 
 
-def schema_version(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
-
-
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply the missing migrations, each in its own transaction; returns the schema version."""
-    version = schema_version(conn)
+def _check_version(version: int) -> None:
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"feature store schema {version} is newer than this code ({SCHEMA_VERSION})"
         )
-    for number in range(version + 1, SCHEMA_VERSION + 1):
+
+
+def _pg(conn: Connection) -> bool:
+    """Whether ``conn`` is PostgreSQL's (where the dialects differ)."""
+    return isinstance(conn, PgConnection)
+
+
+def schema_version(conn: Connection) -> int:
+    if isinstance(conn, PgConnection):
+        return postgres.schema_version(conn)
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: Connection) -> int:
+    """Apply the missing migrations, each in its own transaction; returns the schema version.
+
+    Each backend keeps its own list of the same migrations (SQLite's here, PostgreSQL's in
+    :mod:`.postgres`) and its version: SQLite's ``user_version``, a one-row
+    ``retailrec_schema`` table on PostgreSQL."""
+    _check_version(schema_version(conn))
+    if isinstance(conn, PgConnection):
+        postgres.migrate(conn, SCHEMA_VERSION)
+        return SCHEMA_VERSION
+    for number in range(schema_version(conn) + 1, SCHEMA_VERSION + 1):
         # executescript commits first; BEGIN IMMEDIATE makes concurrent migrators wait their turn.
         conn.executescript(
             "BEGIN IMMEDIATE;\n"
@@ -256,8 +346,7 @@ def event_columns(events: pd.DataFrame) -> Columns:
     }
 
 
-#: Event text from its code. Codes are checked before (INSERT OR IGNORE skips, silently, a row
-#: that the table's NOT NULL or CHECK refuses).
+#: Event text from its code. Codes are checked before, so the table's CHECK never refuses one.
 _EVENT_TEXT = (
     "CASE {} " + " ".join(f"WHEN {i} THEN '{e}'" for i, e in enumerate(EVENT_TYPES)) + " END"
 )
@@ -277,21 +366,44 @@ def _rows(columns: Columns, start: int = 0, stop: int | None = None) -> Iterator
 
 
 def _insert_select(
-    conn: sqlite3.Connection, columns: Columns, insert: str, before: str | None = None
+    conn: Connection,
+    columns: Columns,
+    insert: str,
+    before: str | None = None,
+    like: str | None = None,
 ) -> int:
-    """Run ``insert`` (an ``INSERT ... SELECT ... FROM temp.stage``) over ``columns``' rows, after
-    ``before`` (a statement over ``temp.stage`` too), if given.
+    """Run ``insert`` (an ``INSERT ... SELECT ... FROM stage``) over ``columns``' rows, after
+    ``before`` (a statement over ``stage`` too), if given.
 
     One INSERT ... SELECT writes rows in key order without re-seeking the B-tree from its root
     for each, which a statement per row must: about twice as fast for millions of sorted rows.
-    Call inside a transaction. Returns the number of rows ``insert`` changed.
+    On PostgreSQL the rows reach ``stage`` through ``COPY``. Call inside a transaction. Returns
+    the number of rows ``insert`` changed. ``like``: a table whose columns ``stage`` copies
+    (PostgreSQL's types), where they are not told by ``columns``' values (a column of NULLs).
     """
     names = list(columns)
+    n = len(next(iter(columns.values())))
+    if isinstance(conn, PgConnection):
+        conn.execute("DROP TABLE IF EXISTS pg_temp.stage")
+        if like is None:
+            typed = ", ".join(f"{name} {postgres.sql_type(v)}" for name, v in columns.items())
+        else:
+            typed = f"LIKE {like}"
+        conn.execute(f"CREATE TEMP TABLE stage ({typed}) ON COMMIT DROP")
+        conn.copy_rows(
+            "stage",
+            names,
+            itertools.chain.from_iterable(
+                _rows(columns, start, start + BIND_ROWS) for start in range(0, n, BIND_ROWS)
+            ),
+        )
+        if before is not None:
+            conn.execute(before)
+        return int(conn.execute(insert).rowcount)
     # The table is made outside the transaction, so a rolled-back load leaves it behind.
     conn.execute("DROP TABLE IF EXISTS temp.stage")
     conn.execute(f"CREATE TEMP TABLE stage ({', '.join(names)})")
     try:
-        n = len(next(iter(columns.values())))
         for start in range(0, n, BIND_ROWS):
             conn.executemany(
                 f"INSERT INTO temp.stage VALUES ({', '.join('?' * len(names))})",
@@ -305,30 +417,31 @@ def _insert_select(
 
 
 def _write(
-    conn: sqlite3.Connection,
+    conn: Connection,
     columns: Columns,
     *,
     staged: str,
     per_row: str,
     before: tuple[str, str] | None = None,
     also: tuple[str, tuple[Any, ...]] | None = None,
-    then: Callable[[sqlite3.Connection, int], None] | None = None,
+    then: Callable[[Connection, int], None] | None = None,
+    like: str | None = None,
 ) -> int:
-    """Write a batch in one transaction: ``staged`` (an INSERT ... SELECT ... FROM temp.stage)
+    """Write a batch in one transaction: ``staged`` (an INSERT ... SELECT ... FROM stage)
     for :data:`STAGE_MIN_ROWS` rows or more, else ``per_row`` once a row; then ``also`` (one
     statement and its parameters) and ``then(conn, changed)`` (which must not commit) in the
     same transaction. ``before`` runs ahead of the rows: its first statement over
-    ``temp.stage`` for a staged batch, else its second once a row, as ``per_row`` is.
+    ``stage`` for a staged batch, else its second once a row, as ``per_row`` is.
     Returns rows changed by the batch."""
     with conn:
         if len(next(iter(columns.values()))) >= STAGE_MIN_ROWS:
-            changed = _insert_select(conn, columns, staged, None if before is None else before[0])
+            changed = _insert_select(
+                conn, columns, staged, None if before is None else before[0], like
+            )
         else:
             if before is not None:
                 conn.executemany(before[1], _rows(columns))
-            before_changes = conn.total_changes
-            conn.executemany(per_row, _rows(columns))
-            changed = conn.total_changes - before_changes
+            changed = conn.executemany(per_row, _rows(columns)).rowcount
         if also is not None:
             conn.execute(*also)
         if then is not None:
@@ -337,11 +450,11 @@ def _write(
 
 
 def append_events(
-    conn: sqlite3.Connection,
+    conn: Connection,
     events: pd.DataFrame,
     *,
     source: str = "etl",
-    then: Callable[[sqlite3.Connection, int], None] | None = None,
+    then: Callable[[Connection, int], None] | None = None,
 ) -> int:
     """Append validated events; rows already in the log are ignored.
 
@@ -367,11 +480,11 @@ def take_rows(columns: Columns, rows: np.ndarray) -> None:
 
 
 def append_event_columns(
-    conn: sqlite3.Connection,
+    conn: Connection,
     columns: Columns,
     *,
     source: str = "etl",
-    then: Callable[[sqlite3.Connection, int], None] | None = None,
+    then: Callable[[Connection, int], None] | None = None,
     in_key_order: bool = False,
 ) -> int:
     """:func:`append_events` for rows given as :func:`event_columns` (which it may reorder in
@@ -383,21 +496,22 @@ def append_event_columns(
         # is reordered at a time, so the log is never held twice.
         take_rows(columns, np.lexsort((columns["timestamp"], columns["visitorid"])))
     target = (
-        "INSERT OR IGNORE INTO events"
-        " (timestamp, visitorid, event, itemid, tx_key, transactionid, source)"
+        "INSERT INTO events (timestamp, visitorid, event, itemid, tx_key, transactionid, source)"
     )
+    ignore = " ON CONFLICT DO NOTHING"  # a row already in the log is a duplicate
     word = _sql_word(source)
+    least, greatest = ("least", "greatest") if _pg(conn) else ("min", "max")
     return _write(
         conn,
         columns,
         staged=f"{target} SELECT timestamp, visitorid, {_EVENT_TEXT.format('event')}, itemid,"
-        f" tx_key, nullif(tx_key, -1), '{word}' FROM temp.stage",
+        f" tx_key, nullif(tx_key, -1), '{word}' FROM stage WHERE true{ignore}",
         per_row=f"{target} VALUES (?1, ?2, {_EVENT_TEXT.format('?3')}, ?4, ?5, nullif(?5, -1),"
-        f" '{word}')",
+        f" '{word}'){ignore}",
         # Before the rows, so that "had events" and "new" mean before this batch.
         before=(
             _BUMP.format(
-                "SELECT DISTINCT visitorid FROM temp.stage AS s WHERE NOT EXISTS ("
+                "SELECT DISTINCT visitorid FROM stage AS s WHERE NOT EXISTS ("
                 + _SAME_EVENT.format(
                     v="s.visitorid",
                     t="s.timestamp",
@@ -417,8 +531,8 @@ def append_event_columns(
         # nowhere: rows already in the log are already within it.
         also=(
             "INSERT INTO shop_clock (id, first_ms, newest_ms) VALUES (1, ?, ?) ON CONFLICT (id)"
-            " DO UPDATE SET first_ms = min(first_ms, excluded.first_ms),"
-            " newest_ms = max(newest_ms, excluded.newest_ms)",
+            f" DO UPDATE SET first_ms = {least}(shop_clock.first_ms, excluded.first_ms),"
+            f" newest_ms = {greatest}(shop_clock.newest_ms, excluded.newest_ms)",
             (int(columns["timestamp"].min()), int(columns["timestamp"].max())),
         ),
         then=then,
@@ -431,7 +545,7 @@ def append_event_columns(
 _BUMP = (
     "INSERT INTO visitor_versions (visitorid, version) SELECT b.visitorid, 1 FROM ({}) AS b"
     " WHERE EXISTS (SELECT 1 FROM events AS e WHERE e.visitorid = b.visitorid)"
-    " ON CONFLICT (visitorid) DO UPDATE SET version = version + 1"
+    " ON CONFLICT (visitorid) DO UPDATE SET version = visitor_versions.version + 1"
 )
 
 
@@ -449,7 +563,7 @@ def _sql_word(text: str) -> str:
 
 
 def read_events(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     start_ms: int | None = None,
     end_ms: int | None = None,
@@ -470,19 +584,19 @@ def read_events(
         params.append(int(end_ms))
     if visitor_ids is not None:
         ids = [int(v) for v in visitor_ids]
-        clauses.append(f"visitorid IN ({','.join('?' * len(ids))})" if ids else "0")
+        clauses.append(f"visitorid IN ({','.join('?' * len(ids))})" if ids else "1 = 0")
         params.extend(ids)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     # Integers only cross the driver (event as a code, NULL as -1), in key order, which the
     # table's own order gives without a sort; a stable sort by time then leaves ties in key order.
-    cursor = conn.execute(f"{_EVENT_CODES} {where} {_KEY_ORDER}", params)
-    a = _fetch_codes(cursor)
+    with _streamed(conn, f"{_EVENT_CODES} {where} {_KEY_ORDER}", params) as cursor:
+        a = _fetch_codes(cursor)
     if not len(a):
         return _events_frame([])
     return _codes_frame(a[np.argsort(a[:, 0], kind="stable")])
 
 
-def iter_visitor_blocks(conn: sqlite3.Connection, rows: int = 2_000_000) -> Iterator[pd.DataFrame]:
+def iter_visitor_blocks(conn: Connection, rows: int = 2_000_000) -> Iterator[pd.DataFrame]:
     """The whole log as frames of whole visitors, about ``rows`` rows each (more only for a
     visitor with more events than that), in key order: by visitor, then time. Memory stays that
     of one block whatever the log's size."""
@@ -490,7 +604,8 @@ def iter_visitor_blocks(conn: sqlite3.Connection, rows: int = 2_000_000) -> Iter
     while True:
         where, params = ("WHERE visitorid > ?", [after]) if after is not None else ("", [])
         query = f"{_EVENT_CODES} {where} {_KEY_ORDER} LIMIT ?"
-        a = _fetch_codes(conn.execute(query, [*params, rows]))
+        with _streamed(conn, query, [*params, rows]) as cursor:
+            a = _fetch_codes(cursor)
         if not len(a):
             return
         if len(a) == rows:  # the last visitor's events may go on past the limit
@@ -505,15 +620,16 @@ def iter_visitor_blocks(conn: sqlite3.Connection, rows: int = 2_000_000) -> Iter
         yield _codes_frame(a)
 
 
-#: The events as integers (event as a code, NULL as -1), and the table's own key order.
+#: The events as integers (event as a code; tx_key is the transaction, -1 for none), and the
+#: table's own key order. Every column read is in the key: PostgreSQL reads the index alone.
 _EVENT_CODES = (
     "SELECT timestamp, visitorid, CASE event WHEN 'view' THEN 0 WHEN 'addtocart' THEN 1"
-    " ELSE 2 END, itemid, ifnull(transactionid, -1) FROM events"
+    " ELSE 2 END, itemid, tx_key FROM events"
 )
 _KEY_ORDER = "ORDER BY visitorid, timestamp, itemid, event, tx_key"
 
 
-def _fetch_codes(cursor: sqlite3.Cursor) -> np.ndarray:
+def _fetch_codes(cursor: Any) -> np.ndarray:
     """A cursor over :data:`_EVENT_CODES` as an (n, 5) int64 array. Fetched a block at a time:
     a row as Python values costs ~200 bytes, as numpy 40, so the log is never all in Python
     objects at once."""
@@ -591,7 +707,7 @@ class History:
 
 
 def visitor_history(
-    conn: sqlite3.Connection,
+    conn: Connection,
     visitor_id: int,
     *,
     as_of_ms: int | None = None,
@@ -617,7 +733,7 @@ def visitor_history(
     )
     sql = (
         "SELECT timestamp, CASE event WHEN 'view' THEN 0 WHEN 'addtocart' THEN 1 ELSE 2 END,"
-        f" itemid, ifnull(transactionid, -1) FROM events WHERE {where} ORDER BY {order}"
+        f" itemid, tx_key FROM events WHERE {where} ORDER BY {order}"
     )
     if limit is not None:
         sql += " LIMIT ?"
@@ -629,7 +745,7 @@ def visitor_history(
     return History(a[:, 0], a[:, 1], a[:, 2], a[:, 3])
 
 
-def visitor_version(conn: sqlite3.Connection, visitor_id: int) -> tuple[int, int | None]:
+def visitor_version(conn: Connection, visitor_id: int) -> tuple[int, int | None]:
     """A counter that changes whenever the visitor's events change once they have any, and the
     shop's clock (:func:`shop_clock`): two key lookups in one statement. A history read *after*
     the counter holds until the counter changes, so a cache of histories reads the counter
@@ -642,18 +758,18 @@ def visitor_version(conn: sqlite3.Connection, visitor_id: int) -> tuple[int, int
     return (0 if version is None else int(version)), (None if clock is None else int(clock))
 
 
-def event_count(conn: sqlite3.Connection) -> int:
+def event_count(conn: Connection) -> int:
     return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
 
 
-def time_range(conn: sqlite3.Connection) -> tuple[int | None, int | None]:
+def time_range(conn: Connection) -> tuple[int | None, int | None]:
     """The first and the newest accepted event's time (Unix ms); ``(None, None)`` when the log is
     empty. The newest is the shop's clock (see :func:`shop_clock`)."""
     row = conn.execute("SELECT first_ms, newest_ms FROM shop_clock WHERE id = 1").fetchone()
     return (None, None) if row is None else (int(row[0]), int(row[1]))
 
 
-def probe_write(conn: sqlite3.Connection) -> str | None:
+def probe_write(conn: Connection) -> str | None:
     """None when the store takes a committed write now, else why not (one line): a read-only
     file or folder, a full disk or a lock held too long all show here, as they would on an
     append. The write is one row of its own table, rewritten in place."""
@@ -664,12 +780,12 @@ def probe_write(conn: sqlite3.Connection) -> str | None:
                 " ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms",
                 (int(time.time() * 1000),),
             )
-    except sqlite3.Error as exc:
+    except DATABASE_ERRORS as exc:
         return error_line(exc)
     return None
 
 
-def shop_clock(conn: sqlite3.Connection) -> int | None:
+def shop_clock(conn: Connection) -> int | None:
     """The shop's "now": the newest accepted event's time (Unix ms), None for an empty log.
 
     Every "now" reads this, never the wall clock (see :mod:`retailrec.events`); one key lookup.
@@ -681,7 +797,7 @@ def shop_clock(conn: sqlite3.Connection) -> int | None:
 # Catalogue
 
 
-def upsert_item_properties(conn: sqlite3.Connection, props: pd.DataFrame) -> int:
+def upsert_item_properties(conn: Connection, props: pd.DataFrame) -> int:
     """Insert or update ``(itemid, property, timestamp) -> value`` rows. Returns rows changed."""
     if props.empty:
         return 0
@@ -695,57 +811,77 @@ def upsert_item_properties(conn: sqlite3.Connection, props: pd.DataFrame) -> int
     insert = "INSERT INTO item_properties (itemid, property, timestamp, value)"
     upsert = (
         " ON CONFLICT (itemid, property, timestamp) DO UPDATE SET value = excluded.value"
-        " WHERE value != excluded.value"
+        " WHERE item_properties.value <> excluded.value"
     )
     return _write(
         conn,
         columns,
         # "WHERE true" tells SQLite's parser that ON CONFLICT is not part of a join.
-        staged=f"{insert} SELECT * FROM temp.stage WHERE true{upsert}",
+        staged=f"{insert} SELECT * FROM stage WHERE true{upsert}",
         per_row=f"{insert} VALUES (?, ?, ?, ?){upsert}",
     )
 
 
 def read_item_properties(
-    conn: sqlite3.Connection, *, as_of_ms: int | None = None, latest: bool = False
+    conn: Connection, *, as_of_ms: int | None = None, latest: bool = False
 ) -> pd.DataFrame:
     """Property rows stated at or before ``as_of_ms``; with ``latest``, only each item's last
     statement of each property (the catalogue's input: a fraction of the rows)."""
     where, params = ("WHERE timestamp <= ?", [int(as_of_ms)]) if as_of_ms is not None else ("", [])
-    if latest:  # SQLite takes a bare column's value from the row that max() picked
+    if latest and _pg(conn):
+        sql = (
+            "SELECT DISTINCT ON (itemid, property) timestamp, itemid, property, value"
+            f" FROM item_properties {where} ORDER BY itemid, property, timestamp DESC"
+        )
+    elif latest:  # SQLite takes a bare column's value from the row that max() picked
         sql = (
             "SELECT max(timestamp) AS timestamp, itemid, property, value FROM item_properties"
             f" {where} GROUP BY itemid, property"
         )
     else:
         sql = f"SELECT timestamp, itemid, property, value FROM item_properties {where}"
-    return pd.read_sql_query(sql, conn, params=params, dtype={"property": "str", "value": "str"})
+    return _frame(
+        conn,
+        sql,
+        params,
+        {"timestamp": "int64", "itemid": "int64", "property": "str", "value": "str"},
+    )
 
 
-def upsert_categories(conn: sqlite3.Connection, tree: pd.DataFrame) -> int:
+def upsert_categories(conn: Connection, tree: pd.DataFrame) -> int:
     if tree.empty:
         return 0
-    before = conn.total_changes
     with conn:
-        conn.executemany(
+        return conn.executemany(
             "INSERT INTO categories (categoryid, parentid) VALUES (?, ?)"
             " ON CONFLICT (categoryid) DO UPDATE SET parentid = excluded.parentid"
-            " WHERE parentid IS NOT excluded.parentid",
+            " WHERE categories.parentid IS DISTINCT FROM excluded.parentid",
             zip(
                 tree["categoryid"].astype("int64").tolist(),
                 [None if pd.isna(p) else int(p) for p in tree["parentid"]],
                 strict=True,
             ),
-        )
-    return conn.total_changes - before
+        ).rowcount
 
 
-def read_categories(conn: sqlite3.Connection) -> pd.DataFrame:
-    return pd.read_sql_query(
-        "SELECT categoryid, parentid FROM categories ORDER BY categoryid",
+def read_categories(conn: Connection) -> pd.DataFrame:
+    return _frame(
         conn,
-        dtype={"parentid": "Int64"},
+        "SELECT categoryid, parentid FROM categories ORDER BY categoryid",
+        [],
+        {"categoryid": "int64", "parentid": "Int64"},
     )
+
+
+def _frame(
+    conn: Connection, sql: str, params: Sequence[Any], dtype: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """A query's rows as a frame with its columns' names (what pandas' ``read_sql_query`` does
+    for SQLite, for either backend)."""
+    cursor = conn.execute(sql, params)
+    names = [d[0] for d in cursor.description]
+    frame = pd.DataFrame.from_records(cursor.fetchall(), columns=names, coerce_float=True)
+    return frame.astype(dtype) if dtype else frame
 
 
 # --------------------------------------------------------------------------------------------
@@ -766,21 +902,23 @@ def _column_values(col: pd.Series) -> np.ndarray:
     return values
 
 
-def _replace_rows(conn: sqlite3.Connection, table: str, frame: pd.DataFrame) -> None:
+def _replace_rows(conn: Connection, table: str, frame: pd.DataFrame) -> None:
     if frame.empty:
         return
     columns = {str(c): _column_values(frame[c]) for c in frame.columns}
-    insert = f"INSERT OR REPLACE INTO {table} ({', '.join(columns)})"
+    # A snapshot's rows are deleted before they are written; SQLite's REPLACE keeps the last of
+    # two rows with one key in a frame, where PostgreSQL refuses the frame.
+    insert = f"INSERT{'' if _pg(conn) else ' OR REPLACE'} INTO {table} ({', '.join(columns)})"
     _write(
         conn,
         columns,
-        staged=f"{insert} SELECT * FROM temp.stage",
+        staged=f"{insert} SELECT * FROM stage",
         per_row=f"{insert} VALUES ({', '.join('?' * len(columns))})",
     )
 
 
 def write_features(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     as_of_ms: int,
     users: pd.DataFrame,
@@ -801,42 +939,44 @@ def write_features(
     _replace_rows(conn, "item_pairs", pairs.assign(as_of_ms=int(as_of_ms)))
     with conn:
         conn.execute(
-            "INSERT OR REPLACE INTO feature_snapshots (as_of_ms, created_ms, n_users, n_items)"
-            " VALUES (?, ?, ?, ?)",
+            "INSERT INTO feature_snapshots (as_of_ms, created_ms, n_users, n_items)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (as_of_ms) DO UPDATE SET"
+            " created_ms = excluded.created_ms, n_users = excluded.n_users,"
+            " n_items = excluded.n_items",
             (int(as_of_ms), int(time.time() * 1000), len(users), len(items)),
         )
 
 
-def snapshots(conn: sqlite3.Connection) -> list[int]:
+def snapshots(conn: Connection) -> list[int]:
     return [r[0] for r in conn.execute("SELECT as_of_ms FROM feature_snapshots ORDER BY as_of_ms")]
 
 
 def read_user_features(
-    conn: sqlite3.Connection, as_of_ms: int, visitor_ids: Sequence[int] | None = None
+    conn: Connection, as_of_ms: int, visitor_ids: Sequence[int] | None = None
 ) -> pd.DataFrame:
     """The stored snapshot ``as_of_ms`` of user features (optionally for some visitors)."""
     sql, params = "SELECT * FROM user_features WHERE as_of_ms = ?", [int(as_of_ms)]
     if visitor_ids is not None:
         sql += f" AND visitorid IN ({','.join('?' * len(visitor_ids))})"
         params += [int(v) for v in visitor_ids]
-    return pd.read_sql_query(sql + " ORDER BY visitorid", conn, params=params)
+    return _frame(conn, sql + " ORDER BY visitorid", params)
 
 
-def read_item_features(conn: sqlite3.Connection, as_of_ms: int) -> pd.DataFrame:
-    return pd.read_sql_query(
-        "SELECT * FROM item_features WHERE as_of_ms = ? ORDER BY itemid",
+def read_item_features(conn: Connection, as_of_ms: int) -> pd.DataFrame:
+    return _frame(
         conn,
-        params=[int(as_of_ms)],
-        dtype={"categoryid": "Int64", "available": "Int64"},
+        "SELECT * FROM item_features WHERE as_of_ms = ? ORDER BY itemid",
+        [int(as_of_ms)],
+        {"categoryid": "Int64", "available": "Int64"},
     )
 
 
-def read_item_pairs(conn: sqlite3.Connection, as_of_ms: int) -> pd.DataFrame:
-    return pd.read_sql_query(
+def read_item_pairs(conn: Connection, as_of_ms: int) -> pd.DataFrame:
+    return _frame(
+        conn,
         "SELECT itemid, other_itemid, n_baskets, n_carts FROM item_pairs WHERE as_of_ms = ?"
         " ORDER BY itemid, other_itemid",
-        conn,
-        params=[int(as_of_ms)],
+        [int(as_of_ms)],
     )
 
 
@@ -856,20 +996,18 @@ def _etl_run_values(report: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def insert_etl_run(conn: sqlite3.Connection, report: dict[str, Any]) -> int:
+def insert_etl_run(conn: Connection, report: dict[str, Any]) -> int:
     """Record an ETL run without committing: called inside the transaction that appends the
     run's events (:func:`append_events`' ``then``), so that its count stands with them."""
-    cur = conn.execute(
+    row = conn.execute(
         "INSERT INTO etl_runs (started_ms, source, rows_read, loaded, duplicates, rejected,"
-        " report_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        " report_json) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING run_id",
         _etl_run_values(report),
-    )
-    return int(cur.lastrowid or 0)
+    ).fetchall()  # all: SQLite finishes a RETURNING statement only once it is read out
+    return int(row[0][0])
 
 
-def record_etl_run(
-    conn: sqlite3.Connection, report: dict[str, Any], run_id: int | None = None
-) -> int:
+def record_etl_run(conn: Connection, report: dict[str, Any], run_id: int | None = None) -> int:
     """Record an ETL run's report (committed): a new row, or the final report of ``run_id``."""
     with conn:
         if run_id is None:
@@ -882,34 +1020,34 @@ def record_etl_run(
     return int(run_id)
 
 
-def last_etl_report(conn: sqlite3.Connection) -> dict[str, Any] | None:
+def last_etl_report(conn: Connection) -> dict[str, Any] | None:
     row = conn.execute("SELECT report_json FROM etl_runs ORDER BY run_id DESC LIMIT 1").fetchone()
     return None if row is None else dict(json.loads(row[0]))
 
 
-def log_served(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+def log_served(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     """Append served recommendations: (id, served_ms, endpoint, visitorid, strategy, version,
     items JSON, latency_ms) tuples."""
     if not rows:
         return
     with conn:
         conn.executemany(
-            "INSERT OR IGNORE INTO served_recommendations (recommendation_id, served_ms,"
+            "INSERT INTO served_recommendations (recommendation_id, served_ms,"
             " endpoint, visitorid, strategy, model_version, items, latency_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             rows,
         )
 
 
-def read_served(conn: sqlite3.Connection, *, since_ms: int | None = None) -> pd.DataFrame:
+def read_served(conn: Connection, *, since_ms: int | None = None) -> pd.DataFrame:
     sql, params = "SELECT * FROM served_recommendations", []
     if since_ms is not None:
         sql += " WHERE served_ms >= ?"
         params.append(int(since_ms))
-    return pd.read_sql_query(sql + " ORDER BY served_ms", conn, params=params)
+    return _frame(conn, sql + " ORDER BY served_ms", params)
 
 
-def item_counts_since(conn: sqlite3.Connection, since_ms: int) -> pd.Series:
+def item_counts_since(conn: Connection, since_ms: int) -> pd.Series:
     """Events per item at or after ``since_ms``: popularity over a time window."""
     rows = conn.execute(
         "SELECT itemid, count(*) FROM events WHERE timestamp >= ? GROUP BY itemid", (int(since_ms),)
@@ -917,24 +1055,124 @@ def item_counts_since(conn: sqlite3.Connection, since_ms: int) -> pd.Series:
     return pd.Series(dict(rows), dtype="int64")
 
 
-def open_store(path: Path | str) -> closing[sqlite3.Connection]:
-    """``with open_store(path) as conn:`` opens, migrates and always closes the store."""
-    return closing(connect(path))
+def announce_model(conn: Connection, version: str) -> int:
+    """Record that every API process should serve ``version`` now; returns the announcement's
+    generation (one more than the last), which the processes' watchers compare with theirs."""
+    with conn:
+        row = conn.execute(
+            "INSERT INTO served_model (id, generation, version, at_ms) VALUES (1, 1, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET generation = served_model.generation + 1,"
+            " version = excluded.version, at_ms = excluded.at_ms RETURNING generation",
+            (str(version), int(time.time() * 1000)),
+        ).fetchall()  # all: SQLite finishes a RETURNING statement only once it is read out
+    return int(row[0][0])
+
+
+def announced_model(conn: Connection) -> tuple[int, str | None]:
+    """The last announcement: (generation, version); (0, None) before any. One key lookup."""
+    row = conn.execute("SELECT generation, version FROM served_model WHERE id = 1").fetchone()
+    return (0, None) if row is None else (int(row[0]), str(row[1]))
+
+
+@contextmanager
+def _streamed(conn: Connection, sql: str, params: Sequence[Any] = ()) -> Iterator[Any]:
+    """A cursor over ``sql`` whose rows are fetched a block at a time (a server-side cursor on
+    PostgreSQL, whose client would otherwise take the whole result at once)."""
+    if isinstance(conn, PgConnection):
+        with conn.stream(sql, params, BIND_ROWS) as cursor:
+            yield cursor
+    else:
+        yield conn.execute(sql, params)
+
+
+def table_count(conn: Connection, table: str) -> int:
+    if table not in TABLES:
+        raise ValueError(f"not a table of the store: {table!r}")
+    return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def copy_store(
+    source: Connection,
+    target: Connection,
+    progress: Callable[[str, int], None] | None = None,
+) -> dict[str, tuple[int, int]]:
+    """Copy every table of ``source`` into ``target`` (another backend, or another database),
+    a block of :data:`BIND_ROWS` rows per transaction, then verify the counts.
+
+    A row whose key the target holds already is overwritten with the source's, so a second
+    run completes a copy that was cut short, or brings over what changed since the first (the
+    clock, the visitors' versions, new events). ``progress(table, rows copied so far)`` is told
+    after each block.
+
+    Returns:
+        ``{table: (rows in source, rows in target)}``, equal for every table.
+
+    Raises:
+        StoreError: a table's counts differ after the copy (the target held other rows).
+    """
+    for table, key in TABLES.items():
+        with _streamed(source, f"SELECT * FROM {table}") as cursor:
+            names = [d[0] for d in cursor.description]
+            listed = ", ".join(names)
+            insert = f"INSERT INTO {table} ({listed})"
+            rest = [name for name in names if name not in key]
+            # Only rows that differ are rewritten: the log's triggers see no change where none
+            # was made, and a second run of an unchanged store writes nothing.
+            upsert = f" ON CONFLICT ({', '.join(key)}) " + (
+                f"DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in rest)} WHERE "
+                + " OR ".join(f"{table}.{c} IS DISTINCT FROM excluded.{c}" for c in rest)
+                if rest
+                else "DO NOTHING"
+            )
+            done = 0
+            while rows := cursor.fetchmany(BIND_ROWS):
+                columns = {
+                    name: np.array(values, dtype=object)
+                    for name, values in zip(names, zip(*rows, strict=True), strict=True)
+                }
+                _write(
+                    target,
+                    columns,
+                    staged=f"{insert} SELECT {listed} FROM stage WHERE true{upsert}",
+                    per_row=f"{insert} VALUES ({', '.join('?' * len(names))}){upsert}",
+                    like=table,
+                )
+                done += len(rows)
+                if progress is not None:
+                    progress(table, done)
+    if isinstance(target, PgConnection):  # new runs are numbered after the copied ones
+        target.execute(
+            "SELECT setval(pg_get_serial_sequence('etl_runs', 'run_id'),"
+            " (SELECT max(run_id) FROM etl_runs)) WHERE EXISTS (SELECT 1 FROM etl_runs)"
+        )
+    counts = {table: (table_count(source, table), table_count(target, table)) for table in TABLES}
+    differ = [f"{t} {a:,} -> {b:,}" for t, (a, b) in counts.items() if a != b]
+    if differ:
+        raise StoreError(
+            f"the copy's counts differ ({'; '.join(differ)}): the target held other rows;"
+            " migrate into an empty store"
+        )
+    return counts
+
+
+def open_store(target: Path | str) -> closing[Connection]:
+    """``with open_store(target) as conn:`` opens, migrates and always closes the store."""
+    return closing(connect(target))
 
 
 # -- summaries for the dashboard: aggregated in SQLite, so only small frames cross the driver -----
 
 
-def daily_event_counts(conn: sqlite3.Connection) -> pd.DataFrame:
+def daily_event_counts(conn: Connection) -> pd.DataFrame:
     """Events per UTC day and type: ``day`` (ms at midnight), ``event``, ``n``."""
     rows = conn.execute(
         "SELECT timestamp / 86400000 * 86400000 AS day, event, count(*) FROM events"
-        " GROUP BY day, event ORDER BY day"
+        " GROUP BY day, event ORDER BY day, event"
     ).fetchall()
     return pd.DataFrame(rows, columns=["day", "event", "n"])
 
 
-def visitors_per_event(conn: sqlite3.Connection) -> dict[str, int]:
+def visitors_per_event(conn: Connection) -> dict[str, int]:
     """Distinct visitors with at least one event of each type (the funnel), and in all."""
     out = {
         str(e): int(n)
@@ -946,16 +1184,16 @@ def visitors_per_event(conn: sqlite3.Connection) -> dict[str, int]:
     return out
 
 
-def visitor_activity(conn: sqlite3.Connection) -> pd.Series:
+def visitor_activity(conn: Connection) -> pd.Series:
     """How many visitors have 1, 2, 3, ... events: the activity distribution."""
     rows = conn.execute(
-        "SELECT n, count(*) FROM (SELECT count(*) AS n FROM events GROUP BY visitorid)"
+        "SELECT n, count(*) FROM (SELECT count(*) AS n FROM events GROUP BY visitorid) AS a"
         " GROUP BY n ORDER BY n"
     ).fetchall()
     return pd.Series(dict(rows), dtype="int64", name="visitors")
 
 
-def sample_visitors(conn: sqlite3.Connection, n: int = 50, min_events: int = 5) -> list[int]:
+def sample_visitors(conn: Connection, n: int = 50, min_events: int = 5) -> list[int]:
     """Up to ``n`` visitors with at least ``min_events`` events, most recent activity first."""
     rows = conn.execute(
         "SELECT visitorid FROM events GROUP BY visitorid HAVING count(*) >= ?"

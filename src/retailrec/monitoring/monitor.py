@@ -106,11 +106,11 @@ def run_monitor(
         drift_config = replace(drift_config, reference_end_ms=end)
     elif config.reference != "weeks":
         raise UsageError(f"reference must be 'weeks' or 'champion', not {config.reference!r}")
-    with store.open_store(settings.feature_store_path) as conn:
+    with store.open_store(settings.feature_store) as conn:
         events = store.read_events(conn)
         if events.empty:
             raise NoDataError(
-                f"no events in {settings.feature_store_path}: run `retailrec etl` first"
+                f"no events in {store.describe(settings.feature_store)}: run `retailrec etl` first"
             )
         categories = item_categories(conn)
         served = store.read_served(conn, since_ms=now_ms - int(config.online_days * DAY_MS))

@@ -10,7 +10,6 @@ answer is never empty while the (filtered) catalogue is not:
 from __future__ import annotations
 
 import copy
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -183,7 +182,7 @@ class RecommendationService:
 
     def for_visitor(
         self,
-        conn: sqlite3.Connection,
+        conn: store.Connection,
         visitor_id: int,
         k: int,
         rules: Rules,
@@ -386,7 +385,7 @@ class RecommendationService:
         return self._fill(answer, k, blocked)
 
     def popular(
-        self, conn: sqlite3.Connection, k: int, category: int | None, days: int | None
+        self, conn: store.Connection, k: int, category: int | None, days: int | None
     ) -> Answer:
         """Most popular items overall or in the last ``days`` days of the log (not of the clock)."""
         blocked = self.rules.blocked(

@@ -1,5 +1,6 @@
 """What serving keeps open on the feature store: a connection per worker thread, the log of
-served answers written from a background thread, and whether the store takes writes."""
+served answers written from a background thread, whether the store takes writes, and the
+watcher that makes every worker and replica follow a reload made on any one of them."""
 
 from __future__ import annotations
 
@@ -7,38 +8,52 @@ import collections
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from retailrec.errors import error_line
 from retailrec.feature_store import store
+from retailrec.feature_store.postgres import PgConnection
 
 log = logging.getLogger(__name__)
 
 
 class Connections:
-    """One SQLite connection per worker thread (a connection serves one thread at a time).
+    """One store connection per worker thread (a connection serves one thread at a time).
 
     Worker threads come and go (AnyIO retires one idle for 10 s and starts another later): a
     connection whose thread has ended is closed as soon as the next one is opened, so that open
     files and memory stay bounded by the live threads however long the server runs.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, target: Path | str) -> None:
+        self.target = target
+        path = store.sqlite_path(target)
+        #: The SQLite file, whose disk may fill up; None on PostgreSQL (the server's own).
+        self.disk = None if path in (None, ":memory:") else Path(path)
         self._local = threading.local()
-        self._open: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._open: list[tuple[threading.Thread, store.Connection]] = []
         self._lock = threading.Lock()
         self._generation = 0
 
-    def get(self) -> sqlite3.Connection:
+    def get(self) -> store.Connection:
+        """This thread's connection, opened when it has none, or when its PostgreSQL session
+        broke (a restarted or unreachable server): the next request after an outage reconnects.
+
+        Raises:
+            StoreError: the store cannot be opened now (the server is down).
+        """
         conn = getattr(self._local, "conn", None)
+        if isinstance(conn, PgConnection) and conn.closed:
+            with self._lock:
+                self._open = [(t, c) for t, c in self._open if c is not conn]
+            conn = None
         if conn is None or getattr(self._local, "generation", -1) != self._generation:
             # Opened for any thread to close: the reaper and close() run on other threads.
-            conn = store.connect(self.path, check_same_thread=False)
+            conn = store.connect(self.target, check_same_thread=False)
             self._local.conn, self._local.generation = conn, self._generation
             with self._lock:
                 for thread, ended in [(t, c) for t, c in self._open if not t.is_alive()]:
@@ -99,7 +114,7 @@ class StoreHealth:
         self._probed = -float("inf")  # the next check probes at once
         return self.reason
 
-    def check(self, conn: sqlite3.Connection, path: Path | None = None) -> str | None:
+    def check(self, conn: store.Connection, path: Path | None = None) -> str | None:
         """None when the store takes writes, else why not. With the store's ``path``, a disk
         with less than :data:`MIN_FREE_BYTES` free counts as full: a probe's one small row may
         still fit where a batch of events no longer does."""
@@ -121,12 +136,12 @@ class ServedLog:
 
     def __init__(
         self,
-        path: Path,
+        target: Path | str,
         flush_s: float = 0.5,
         max_pending: int = 100_000,
         health: StoreHealth | None = None,
     ) -> None:
-        self.path = path
+        self.target = target
         self.health = health or StoreHealth()
         self.flush_s = flush_s
         self.pending: collections.deque[tuple[Any, ...]] = collections.deque()
@@ -167,7 +182,7 @@ class ServedLog:
             )
         )
 
-    def flush(self, conn: sqlite3.Connection) -> int:
+    def flush(self, conn: store.Connection) -> int:
         """Write what has gathered; returns the number of rows."""
         batch = []
         while self.pending:
@@ -176,7 +191,7 @@ class ServedLog:
         if batch:
             try:
                 store.log_served(conn, batch)
-            except sqlite3.Error as exc:  # counted as dropped: the metric says what was lost
+            except store.DATABASE_ERRORS as exc:  # counted as dropped: the metric says so
                 self.dropped += len(batch)
                 log.error(
                     "could not log %d served recommendations: %s",
@@ -186,15 +201,124 @@ class ServedLog:
         return len(batch)
 
     def _run(self) -> None:
-        conn = store.connect(self.path)
+        conn: store.Connection | None = None
         try:
             while not self._stop.wait(self.flush_s):
-                self.flush(conn)
-            self.flush(conn)
+                conn = self._flush_on(conn)
+            self._flush_on(conn)
         finally:
+            if conn is not None:
+                conn.close()
+
+    def _flush_on(self, conn: store.Connection | None) -> store.Connection | None:
+        """Flush on ``conn``, opened (again) when there is none or its session broke; returns
+        the connection to use next time. While the store cannot be opened, what gathered is
+        dropped and counted, as a failed write is."""
+        if isinstance(conn, PgConnection) and conn.closed:
             conn.close()
+            conn = None
+        if conn is None:
+            try:
+                conn = store.connect(self.target)
+            except store.UNAVAILABLE as exc:
+                lost = 0
+                while self.pending:  # one at a time: requests go on appending meanwhile
+                    self.pending.popleft()
+                    lost += 1
+                if lost:
+                    self.dropped += lost
+                    reason = self.health.failed(exc)
+                    log.error("could not log %d served recommendations: %s", lost, reason)
+                return None
+        self.flush(conn)
+        return conn
 
     def stop(self) -> None:
         if self._thread is not None and self._thread.is_alive():
             self._stop.set()
             self._thread.join(timeout=10)
+
+
+class ReloadWatcher:
+    """Follows the model announced in the store (:func:`store.announce_model`): a reload on any
+    API process (a worker of ``serve --workers``, or a replica on another machine sharing one
+    PostgreSQL store) is announced there, and every process's watcher loads the same version
+    within ``poll_s``, swapping it in as a local reload does (no request is dropped).
+
+    An announcement made before the process started is history: a process starts on the
+    champion, as it always has. A version that fails to load is logged and tried again at the
+    next announcement; the process keeps serving what it has.
+    """
+
+    def __init__(
+        self,
+        target: Path | str,
+        load: Callable[[str], object],
+        current: Callable[[], str | None],
+        poll_s: float = 2.0,
+    ) -> None:
+        self.target = target
+        self.load = load
+        self.current = current
+        self.poll_s = poll_s
+        self.seen: int | None = None
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with store.open_store(self.target) as conn:
+            self.seen = store.announced_model(conn)[0]
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="reload-watcher", daemon=True)
+        self._thread.start()
+
+    def poll(self, conn: store.Connection) -> bool:
+        """Load the announced version if it is new to this process; True when one was loaded."""
+        generation, version = store.announced_model(conn)
+        if self.seen is not None and generation <= self.seen:
+            return False
+        self.seen = generation
+        if version is None or version == self.current():
+            return False
+        try:
+            self.load(version)
+        except Exception as exc:  # keep serving what we have; the next announcement retries
+            self.failures += 1
+            log.error("could not follow the reload to version %s: %s", version, error_line(exc))
+            return False
+        log.info("followed a reload to version %s (announcement %d)", version, generation)
+        return True
+
+    def _run(self) -> None:
+        conn: store.Connection | None = None
+        while not self._stop.wait(self.poll_s):
+            try:
+                if conn is None:
+                    conn = store.connect(self.target)
+                self.poll(conn)
+            except store.UNAVAILABLE as exc:  # the store is away: retry
+                log.warning("reload watcher: %s", error_line(exc))
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+
+def announce(connections: Connections, version: str) -> bool:
+    """Announce ``version`` for every process to serve; False (logged) when the store cannot
+    take it, in which case this process alone has reloaded."""
+    try:
+        store.announce_model(connections.get(), version)
+    except store.UNAVAILABLE as exc:
+        log.error(
+            "reloaded version %s here, but could not announce it: %s", version, error_line(exc)
+        )
+        return False
+    return True

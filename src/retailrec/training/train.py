@@ -380,12 +380,12 @@ class _Prepared:
 
 
 def _catalogue(settings: Settings, as_of_ms: int | None) -> pd.DataFrame:
-    with store.open_store(settings.feature_store_path) as conn:
+    with store.open_store(settings.feature_store) as conn:
         return fp.item_category_as_of(conn, as_of_ms)
 
 
 def read_log(settings: Settings) -> pd.DataFrame:
-    with store.open_store(settings.feature_store_path) as conn:
+    with store.open_store(settings.feature_store) as conn:
         events = store.read_events(conn)
     if events.empty:
         raise NoDataError("the feature store has no events: run `retailrec etl` first")

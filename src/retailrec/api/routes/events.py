@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
 import pandas as pd
@@ -64,7 +63,7 @@ def post_events(
     unique = checked.valid.drop_duplicates()
     try:
         accepted = store.append_events(conn, unique, source="api")
-    except sqlite3.Error as exc:  # one transaction: none of the batch was stored
+    except store.DATABASE_ERRORS as exc:  # one transaction: none of the batch was stored
         reason = health.failed(exc)
         metrics.events.labels(outcome="failed").inc(len(body.events))
         raise HTTPException(

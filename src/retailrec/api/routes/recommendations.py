@@ -9,7 +9,6 @@ request instead of one dependency per object. Each returns its response model,
 from __future__ import annotations
 
 import random
-import sqlite3
 import time
 from typing import Annotated, cast
 
@@ -28,6 +27,7 @@ from retailrec.api.schemas import (
 )
 from retailrec.errors import UnknownEntityError
 from retailrec.events import MAX_ID
+from retailrec.feature_store import store
 from retailrec.serving.rules import Rules
 from retailrec.serving.service import Answer
 from retailrec.serving.store_access import Connections, ServedLog
@@ -76,7 +76,7 @@ def _respond(
     )
 
 
-def _connection(request: Request) -> sqlite3.Connection:
+def _connection(request: Request) -> store.Connection:
     connections: Connections = request.app.state.connections
     return connections.get()
 

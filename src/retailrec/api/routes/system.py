@@ -26,6 +26,8 @@ from retailrec.api.schemas import (
     RetrainStatus,
 )
 from retailrec.errors import NoChampionError, RetrainRunningError
+from retailrec.feature_store import store
+from retailrec.serving.store_access import announce
 
 router = APIRouter(tags=["system"])
 
@@ -43,7 +45,10 @@ def ready(
     """Readiness: a model is loaded and the feature store takes writes (503 otherwise, with the
     store's error): a store on a full or read-only disk takes the instance out of rotation."""
     served = holder.current
-    problem = health.check(connections.get(), connections.path)
+    try:
+        problem = health.check(connections.get(), connections.disk)
+    except store.UNAVAILABLE as exc:  # the store cannot be opened at all (its server is down)
+        problem = health.failed(exc)
     if served is None or problem is not None:
         response.status_code = 503
     return Ready(
@@ -85,10 +90,15 @@ def model_info(served: RecommenderDep, settings: SettingsDep) -> ModelInfo:
     "/v1/admin/reload", response_model=ReloadResponse, dependencies=[Depends(require_api_key)]
 )
 def reload(
-    holder: HolderDep, metrics: MetricsDep, version: Annotated[str | None, None] = None
+    holder: HolderDep,
+    metrics: MetricsDep,
+    connections: StoreDep,
+    version: Annotated[str | None, None] = None,
 ) -> ReloadResponse:
-    """Load the current champion (or ``version``) and swap it in without dropping requests.
-    A version that does not load or answer is refused (409) and the old one keeps serving."""
+    """Load the current champion (or ``version``) and swap it in without dropping requests, then
+    announce it in the feature store: every other worker and replica loads the same version
+    within ``RETAILREC_RELOAD_POLL_S``. A version that does not load or answer is refused (409)
+    and the old one keeps serving."""
     try:
         served, previous = holder.load(version)
     except NoChampionError as exc:
@@ -99,7 +109,10 @@ def reload(
             detail=f"refused: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
         ) from exc
     metrics.set_model(served)
-    return ReloadResponse(reloaded=True, version=served.version, previous=previous)
+    announced = announce(connections, served.version)
+    return ReloadResponse(
+        reloaded=True, version=served.version, previous=previous, announced=announced
+    )
 
 
 @router.post(
