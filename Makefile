@@ -32,11 +32,13 @@ run: $(STAMP)
 # tests/utils/postgres.py). Left out of the second pass: tests/feature_store (it runs both
 # backends itself), tests/chaos (SQLite's own faults; test_replicas starts its own PostgreSQL),
 # the Spark modules (they load SQLite files of their own) and modules that never open a store.
-PG_TESTS ?= tests/api tests/dashboard/test_app.py tests/data_pipeline/test_etl.py \
-	tests/data_pipeline/test_feature_pipeline.py tests/monitoring tests/serving \
-	tests/test_events.py tests/test_cli.py tests/training/test_backtest.py \
-	tests/training/test_train_and_registry.py tests/training/test_short_logs.py \
-	tests/training/test_parity.py tests/training/test_two_stage.py
+PG_TESTS ?= tests/api/test_api.py tests/api/test_admin_retrain.py tests/api/test_fetch.py \
+	tests/api/test_fuzz.py tests/api/test_hardening.py tests/dashboard/test_app.py \
+	tests/data_pipeline/test_etl.py tests/data_pipeline/test_feature_pipeline.py \
+	tests/monitoring/test_monitor.py tests/serving/test_history_cache.py \
+	tests/serving/test_store_access.py tests/test_events.py tests/test_cli.py \
+	tests/training/test_backtest.py tests/training/test_train_and_registry.py \
+	tests/training/test_short_logs.py tests/training/test_parity.py tests/training/test_two_stage.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -108,11 +108,12 @@ def _isolated_settings(
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """On PostgreSQL, which modules opened a store: one that never did tests nothing there."""
+    """On PostgreSQL, the modules that opened no store made during their own tests: candidates
+    to leave out of the pass (unless they use one that an earlier module's fixture made)."""
     if postgres.SUITE_BACKEND != "postgresql":
         return
     never = sorted(_PG_MODULES["ran"] - _PG_MODULES["used"])
     terminalreporter.write_line(
-        f"PostgreSQL pass: {len(_PG_MODULES['used'])} modules opened a store there;"
-        f" {len(never)} never did{': ' if never else ''}{', '.join(never)}"
+        f"PostgreSQL pass: {len(_PG_MODULES['used'])} modules opened a store made for them;"
+        f" {len(never)} did not{': ' if never else ''}{', '.join(never)}"
     )

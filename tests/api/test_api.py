@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -336,7 +335,8 @@ def test_reload_under_concurrent_requests_drops_nothing(
 
 
 def test_metrics_and_the_served_log(client: TestClient, trained: Settings) -> None:
-    client.get("/v1/users/5/recommendations?k=3")
+    unknown = client.get("/v1/users/999999999/recommendations?k=3")  # no history: popular
+    assert unknown.json()["strategy"] == "popular"
     text = client.get("/metrics").text
     assert (
         'retailrec_requests_total{method="GET",route="/v1/users/{visitor_id}/recommendations",status="200"}'
@@ -348,7 +348,7 @@ def test_metrics_and_the_served_log(client: TestClient, trained: Settings) -> No
     deadline = time.time() + 5
     served = pd.DataFrame()
     while time.time() < deadline and served.empty:
-        with sqlite3.connect(trained.feature_store_path) as conn:
+        with store.open_store(trained.feature_store) as conn:
             served = store.read_served(conn)
         time.sleep(0.1)
     assert not served.empty

@@ -25,6 +25,7 @@ from retailrec.models import make_model
 from retailrec.training.evaluate import ndcg_at_k
 from retailrec.training.train import TrainConfig, prepare, train
 from tests.utils.factories import Shop, run_etl_on
+from tests.utils.postgres import suite_store
 
 pytestmark = pytest.mark.integration
 MODEL = "itemknn_bm25"
@@ -32,7 +33,7 @@ MODEL = "itemknn_bm25"
 
 def _shop_dir(root: Path, shop: Shop, before_ms: int | None) -> Settings:
     """A data dir holding the shop's files, cut to what was known before ``before_ms``."""
-    settings = Settings(data_dir=root / "data")
+    settings = Settings(data_dir=root / "data", store_url=suite_store())  # a store of its own
     settings.raw_dir.mkdir(parents=True)
     for name in ("events.csv", "item_properties.csv"):
         frame = pd.read_csv(shop.dir / name)
