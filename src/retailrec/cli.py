@@ -718,7 +718,8 @@ def store_migrate(
         typer.Option(
             "--to",
             help="Where the store goes: postgresql://user:pass@host/db (or sqlite:///path, to"
-            " come back). Rows it holds already are kept: a second run completes the first.",
+            " come back). A row it holds with the same key takes the source's values: a second"
+            " run completes the first, or brings over what changed since.",
         ),
     ],
 ) -> None:

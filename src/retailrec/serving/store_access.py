@@ -50,6 +50,7 @@ class Connections:
         if isinstance(conn, PgConnection) and conn.closed:
             with self._lock:
                 self._open = [(t, c) for t, c in self._open if c is not conn]
+            conn.close()  # releases what is left of the broken session
             conn = None
         if conn is None or getattr(self._local, "generation", -1) != self._generation:
             # Opened for any thread to close: the reaper and close() run on other threads.
@@ -205,7 +206,7 @@ class ServedLog:
         try:
             while not self._stop.wait(self.flush_s):
                 conn = self._flush_on(conn)
-            self._flush_on(conn)
+            conn = self._flush_on(conn)
         finally:
             if conn is not None:
                 conn.close()
