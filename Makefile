@@ -8,7 +8,7 @@ PORT ?= 8000
 DASHBOARD_PORT ?= 8501
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: run test bench lint venv clean container-test
+.PHONY: run test test-postgres bench lint venv clean container-test
 
 venv: $(STAMP)
 
@@ -42,6 +42,9 @@ PG_TESTS ?= tests/api/test_api.py tests/api/test_admin_retrain.py tests/api/test
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory test-postgres
+
+test-postgres: $(STAMP)
 	RETAILREC_TEST_STORE=postgresql $(BIN)/python -m pytest $(PG_TESTS)
 
 bench: $(STAMP)
