@@ -229,9 +229,8 @@ class PgConnection:
 
     dialect = "postgresql"
 
-    def __init__(self, raw: psycopg.Connection[Any], url: str) -> None:
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
-        self.url = url
         self._transactions: list[AbstractContextManager[psycopg.Transaction]] = []
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -302,7 +301,7 @@ def connect(url: str, *, read_only: bool = False) -> PgConnection:
         raise StoreError(f"cannot open the feature store at {where}: {error_line(exc)}") from exc
     if read_only:
         raw.execute("SET default_transaction_read_only = on")
-    return PgConnection(raw, url)
+    return PgConnection(raw)
 
 
 def schema_version(conn: PgConnection) -> int:

@@ -313,11 +313,12 @@ def migrate(conn: Connection) -> int:
     Each backend keeps its own list of the same migrations (SQLite's here, PostgreSQL's in
     :mod:`.postgres`) and its version: SQLite's ``user_version``, a one-row
     ``retailrec_schema`` table on PostgreSQL."""
-    _check_version(schema_version(conn))
+    version = schema_version(conn)
+    _check_version(version)
     if isinstance(conn, PgConnection):
         postgres.migrate(conn, SCHEMA_VERSION)
         return SCHEMA_VERSION
-    for number in range(schema_version(conn) + 1, SCHEMA_VERSION + 1):
+    for number in range(version + 1, SCHEMA_VERSION + 1):
         # executescript commits first; BEGIN IMMEDIATE makes concurrent migrators wait their turn.
         conn.executescript(
             "BEGIN IMMEDIATE;\n"

@@ -21,6 +21,12 @@ from retailrec.feature_store.postgres import PgConnection
 log = logging.getLogger(__name__)
 
 
+def _broken(conn: store.Connection | None) -> bool:
+    """Whether ``conn`` is a PostgreSQL session that broke (its server restarted or went away):
+    it must be closed and opened again. A SQLite connection never breaks so."""
+    return isinstance(conn, PgConnection) and conn.closed
+
+
 class Connections:
     """One store connection per worker thread (a connection serves one thread at a time).
 
@@ -47,7 +53,7 @@ class Connections:
             StoreError: the store cannot be opened now (the server is down).
         """
         conn = getattr(self._local, "conn", None)
-        if isinstance(conn, PgConnection) and conn.closed:
+        if conn is not None and _broken(conn):
             with self._lock:
                 self._open = [(t, c) for t, c in self._open if c is not conn]
             conn.close()  # releases what is left of the broken session
@@ -215,7 +221,7 @@ class ServedLog:
         """Flush on ``conn``, opened (again) when there is none or its session broke; returns
         the connection to use next time. While the store cannot be opened, what gathered is
         dropped and counted, as a failed write is."""
-        if isinstance(conn, PgConnection) and conn.closed:
+        if conn is not None and _broken(conn):
             conn.close()
             conn = None
         if conn is None:
