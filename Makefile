@@ -8,7 +8,7 @@ PORT ?= 8000
 DASHBOARD_PORT ?= 8501
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: run test test-postgres bench lint venv clean container-test
+.PHONY: run test test-postgres bench lint venv clean container-test compose-test
 
 venv: $(STAMP)
 
@@ -64,6 +64,11 @@ lint: $(STAMP)
 # Build the image with podman from a debootstrap base, run it, smoke-test it (see the script).
 container-test: $(STAMP)
 	PY=$(BIN)/python scripts/container_test.sh
+
+# docker-compose.yml's replicas profile with podman-compose: PostgreSQL, two API replicas and
+# nginx (local stand-ins for the official images, deploy/standins/), checked end to end.
+compose-test: $(STAMP)
+	PY=$(BIN)/python scripts/compose_test.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,7 +1,11 @@
 """Smoke-test a running RetailRec API (a container in CI): health, readiness, an event, and a
 recommendation that the event changed; with ``--container``, also that it runs as non-root.
+With ``--replica``, the same service's other replicas (one store): an event posted to one counts
+in the next answer of another, and, with ``--api-key --reload-to V``, a reload on the first
+replica reaches the others.
 
     python3 scripts/smoke_test.py http://127.0.0.1:8000 [--container NAME --runtime podman]
+        [--replica http://127.0.0.1:8001 ... --api-key KEY --reload-to VERSION]
 
 Standard library only, so that it runs on a bare CI machine. Exits 1 with the reason on failure.
 """
@@ -20,9 +24,16 @@ from typing import Any
 VISITOR = 987_654_321  # a visitor id the synthetic shops never use
 
 
-def _call(url: str, body: dict[str, Any] | None = None, timeout: float = 30) -> tuple[int, Any]:
+def _call(
+    url: str,
+    body: dict[str, Any] | None = None,
+    timeout: float = 30,
+    key: str | None = None,
+    method: str | None = None,
+) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"} | ({"X-API-Key": key} if key else {})
+    req = urllib.request.Request(url, data=data, headers=headers, method=method)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # the API under test
             return resp.status, json.loads(resp.read() or b"null")
@@ -51,12 +62,68 @@ def _check(condition: bool, message: str) -> None:
     print(f"smoke: ok: {message}")
 
 
+def _shop_ms(base: str) -> int:
+    """The shop's time as the served model knows it (the end of its training data), for events
+    that belong to the shop's log: the wall clock would date them years past an old log."""
+    status, model = _call(f"{base}/v1/model")
+    if status != 200 or not model.get("data_end_ms"):
+        raise SystemExit(f"smoke: {base}/v1/model gives no data_end_ms: {model}")
+    return int(model["data_end_ms"])
+
+
+def _view(base: str, visitor: int, item: int) -> None:
+    at = _shop_ms(base)
+    status, posted = _call(
+        f"{base}/v1/events",
+        {"events": [{"timestamp": at, "visitorid": visitor, "event": "view", "itemid": item}]},
+    )
+    taken = posted["accepted"] + posted["duplicates"] if status == 200 else 0
+    _check(taken == 1, f"{base} takes an event")
+
+
+def _replicas(
+    bases: list[str], item: int, key: str | None, reload_to: str | None, poll_s: float
+) -> None:
+    """Each replica's event counts in the next answer of the next one; a reload of the first
+    ``--replica`` to ``reload_to`` reaches all the others within the reload poll."""
+    for n, (writer, reader) in enumerate(zip(bases, bases[1:] + bases[:1], strict=True)):
+        visitor = VISITOR + 1 + n
+        status, before = _call(f"{reader}/v1/users/{visitor}/recommendations?k=5")
+        _check(status == 200 and before["strategy"] == "popular", f"{reader}: a new visitor")
+        _view(writer, visitor, item)
+        status, recs = _call(f"{reader}/v1/users/{visitor}/recommendations?k=5")
+        _check(
+            status == 200 and recs["strategy"] != "popular",
+            f"an event posted to {writer} counts at {reader} (strategy {recs['strategy']})",
+        )
+    if reload_to is None:
+        return
+    # The reload goes to the first replica; the others must follow, one of them from another
+    # version (else following could not be told from never having moved).
+    on, others = bases[1], [bases[0], *bases[2:]]
+    before = {base: _call(f"{base}/v1/model")[1]["version"] for base in bases[2:]}
+    _check(any(v != reload_to for v in before.values()), f"before the reload: versions {before}")
+    status, reloaded = _call(f"{on}/v1/admin/reload?version={reload_to}", key=key, method="POST")
+    _check(status == 200 and reloaded["announced"], f"a reload to {reload_to} on {on} is announced")
+    deadline = time.time() + poll_s + 10
+    for base in others:
+        while (version := _call(f"{base}/v1/model")[1]["version"]) != reload_to:
+            if time.time() > deadline:
+                raise SystemExit(f"smoke: {base} serves version {version}, not {reload_to}")
+            time.sleep(0.5)
+        _check(True, f"{base} followed the reload to version {version}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("base")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--container")
     parser.add_argument("--runtime", default="podman")
+    parser.add_argument("--replica", action="append", default=[])
+    parser.add_argument("--api-key")
+    parser.add_argument("--reload-to", help="with --replica and --api-key: a version to load")
+    parser.add_argument("--reload-poll-s", type=float, default=2)
     args = parser.parse_args()
     base = args.base.rstrip("/")
     _wait_ready(base, args.timeout)
@@ -64,16 +131,16 @@ def main() -> None:
     status, popular = _call(f"{base}/v1/popular?k=3")
     _check(status == 200 and len(popular["items"]) == 3, "/v1/popular answers 3 items")
     item = popular["items"][0]["item_id"]
-    now = int(time.time() * 1000)
-    status, posted = _call(
-        f"{base}/v1/events",
-        {"events": [{"timestamp": now, "visitorid": VISITOR, "event": "view", "itemid": item}]},
-    )
-    _check(status == 200 and posted["accepted"] + posted["duplicates"] == 1, "an event is taken")
+    _view(base, VISITOR, item)
     status, recs = _call(f"{base}/v1/users/{VISITOR}/recommendations?k=5")
     _check(status == 200 and len(recs["items"]) == 5, "a recommendation answers 5 items")
     _check(recs["strategy"] != "popular", f"the event counts (strategy {recs['strategy']})")
     print(f"smoke: model version {recs['model_version']}, strategy {recs['strategy']}")
+    if args.replica:
+        replicas = [r.rstrip("/") for r in args.replica]
+        for replica in replicas:
+            _wait_ready(replica, args.timeout)
+        _replicas([base, *replicas], item, args.api_key, args.reload_to, args.reload_poll_s)
     if args.container:
         uid = subprocess.run(
             [args.runtime, "exec", args.container, "id", "-u"],

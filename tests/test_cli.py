@@ -347,3 +347,42 @@ def test_serve_and_the_dashboard_bind_this_machine_only_by_default(
     assert cmd[cmd.index("--client.showErrorDetails") + 1] == "none"
     dockerfile = (Path(__file__).resolve().parents[1] / "Dockerfile").read_text()
     assert 'CMD ["retailrec", "serve", "--bootstrap", "--host", "0.0.0.0"]' in dockerfile
+
+
+def test_serve_workers_listen_on_a_socket_whose_connections_get_tcp_nodelay() -> None:
+    """`serve --workers N` hands its workers a listener whose accepted connections asyncio sets
+    TCP_NODELAY on (uvicorn's own gave proto 0, so none, and each keep-alive answer waited
+    ~40 ms on the client's delayed ACK); a port in use is a one-line error."""
+    import asyncio
+    import socket
+
+    from retailrec.cli import _listener
+    from retailrec.errors import RetailRecError
+
+    sock = _listener("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    nodelay: list[int] = []
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted = transport.get_extra_info("socket")
+            nodelay.append(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()  # type: ignore[attr-defined]
+
+    async def accept_one() -> None:
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(100):
+                if nodelay:
+                    break
+                await asyncio.sleep(0.01)
+            writer.close()
+
+    asyncio.run(accept_one())
+    assert nodelay and nodelay[0] != 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(RetailRecError, match=r"cannot listen on 127\.0\.0\.1:"):
+            _listener("127.0.0.1", taken.getsockname()[1])

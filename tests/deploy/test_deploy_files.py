@@ -42,6 +42,13 @@ def _load(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
 
 
+def _compose_services() -> dict[str, Any]:
+    """docker-compose.yml's services as compose runs them with no overrides set: each
+    ``${NAME:-default}`` is its default (the images and host ports are overridable)."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    return dict(yaml.safe_load(re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", text))["services"])
+
+
 def _cli_accepts(command: str) -> None:
     """A ``retailrec ...`` command line names a real command and real options."""
     words = command.split()
@@ -54,11 +61,36 @@ def _cli_accepts(command: str) -> None:
             assert word.split("=")[0] in options, f"{command}: no option {word}"
 
 
-def test_hadolint_passes() -> None:
-    result = subprocess.run(
-        [_tool("hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True
-    )
+#: The image, and the stand-ins for the official images that `make compose-test` builds.
+CONTAINERFILES = [ROOT / "Dockerfile", *sorted((ROOT / "deploy" / "standins").glob("*file"))]
+
+
+@pytest.mark.parametrize("path", CONTAINERFILES, ids=lambda p: p.name)
+def test_hadolint_passes(path: Path) -> None:
+    result = subprocess.run([_tool("hadolint"), str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_standins_keep_the_official_images_contract() -> None:
+    """compose_test.sh replaces postgres:15 and nginx with these: they must take what
+    docker-compose.yml gives the official images."""
+    services = _compose_services()
+    postgres = (ROOT / "deploy" / "standins" / "postgres.Containerfile").read_text()
+    entry = (ROOT / "deploy" / "standins" / "postgres-entrypoint.sh").read_text()
+    assert "postgresql-15" in postgres and "PGDATA=/var/lib/postgresql/data" in postgres
+    assert "pgdata:/var/lib/postgresql/data" in services["postgres"]["volumes"]
+    for name in services["postgres"]["environment"]:
+        assert name in entry, name
+    assert "--encoding=UTF8" in entry  # as the official image; not SQL_ASCII
+    assert (
+        subprocess.run(
+            ["sh", "-n", str(ROOT / "deploy/standins/postgres-entrypoint.sh")]
+        ).returncode
+        == 0
+    )
+    nginx = (ROOT / "deploy" / "standins" / "nginx.Containerfile").read_text()
+    mount = services["lb"]["volumes"][0].split(":")[1]
+    assert mount.startswith("/etc/nginx/conf.d/") and "sites-enabled/default" in nginx
 
 
 def test_dockerfile_meets_the_brief() -> None:
@@ -116,8 +148,7 @@ def test_retrain_workflow_is_scheduled_and_publishes_the_report() -> None:
 def test_compose_file_validates_and_shares_the_data_volume() -> None:
     path = ROOT / "docker-compose.yml"
     _validates("vendor.compose-spec", path)
-    compose = _load(path)
-    services = compose["services"]
+    services = _compose_services()
     assert set(services) == {"api", "dashboard", "mlflow", "worker", "api-2", "postgres", "lb"}
     ours = {n: s for n, s in services.items() if s.get("image") == "retailrec:latest"}
     assert set(ours) == {"api", "dashboard", "mlflow", "worker", "api-2"}
@@ -134,7 +165,7 @@ def test_compose_file_validates_and_shares_the_data_volume() -> None:
 
 
 def test_the_replicas_profile_puts_two_apis_on_postgresql_behind_a_balancer() -> None:
-    services = _load(ROOT / "docker-compose.yml")["services"]
+    services = _compose_services()
     profile = {n for n, s in services.items() if "replicas" in s.get("profiles", [])}
     assert profile == {"api-2", "postgres", "lb"}
     assert "--bootstrap" not in services["api-2"]["command"]  # the first replica trains
@@ -145,6 +176,7 @@ def test_the_replicas_profile_puts_two_apis_on_postgresql_behind_a_balancer() ->
     conf = (ROOT / mount).read_text()
     assert "server api:8000" in conf and "server api-2:8000" in conf
     assert services["lb"]["ports"] == ["8080:8080"]
+    assert services["api-2"]["ports"] == ["127.0.0.1:8001:8000"]  # this machine only
 
 
 #: What Render needs per service type (https://render.com/docs/blueprint-spec).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
@@ -366,3 +367,20 @@ def test_a_served_model_is_announced_with_a_new_generation_each_time(
     assert store.announce_model(conn, "3") == 2  # the same version again is a new reload
     assert store.announce_model(conn, "4") == 3
     assert store.announced_model(conn) == (3, "4")
+
+
+def test_text_reads_as_text_on_a_sql_ascii_database(pg_server: PostgresServer) -> None:
+    """initdb makes SQL_ASCII databases where no UTF-8 locale is set (a bare container); psycopg
+    would hand their text back as bytes, and a reload announced as "4" read as b'4'."""
+    with closing(store.connect(pg_server.new_database(encoding="SQL_ASCII"))) as conn:
+        assert conn.execute("SHOW server_encoding").fetchone()[0] == "SQL_ASCII"
+        store.announce_model(conn, "4")
+        assert store.announced_model(conn) == (1, "4")
+        props = pd.DataFrame(
+            {"timestamp": [1], "itemid": [7], "property": ["färg"], "value": ["blå n12.000"]}
+        )
+        store.upsert_item_properties(conn, props)
+        read = store.read_item_properties(conn)
+        assert read[["property", "value"]].to_dict("records") == [
+            {"property": "färg", "value": "blå n12.000"}
+        ]

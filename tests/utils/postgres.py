@@ -87,11 +87,13 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
-    def new_database(self) -> str:
-        """A fresh, empty database; returns its URL."""
+    def new_database(self, encoding: str = "UTF8") -> str:
+        """A fresh, empty database in ``encoding``; returns its URL."""
         name = f"t{os.getpid()}_{next(self._names)}"
         with psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+            conn.execute(
+                f"CREATE DATABASE {name} ENCODING '{encoding}' TEMPLATE template0"  # type: ignore[arg-type]
+            )
         self.created.append(self.url(name))
         return self.url(name)
 

@@ -288,11 +288,16 @@ class PgConnection:
 
 def connect(url: str, *, read_only: bool = False) -> PgConnection:
     """Open a session on the server at ``url``; a server that cannot be reached is a StoreError
-    with its reason (the password left out)."""
+    with its reason (the password left out).
+
+    The session's client encoding is UTF-8 whatever the database's: psycopg hands text back as
+    bytes on a SQL_ASCII database (what ``initdb`` makes where no UTF-8 locale is set), and the
+    store writes and reads UTF-8 text only."""
     try:
         raw = psycopg.connect(
             url,
             autocommit=True,
+            client_encoding="utf8",
             connect_timeout=CONNECT_TIMEOUT_S,
             options=f"-c lock_timeout={LOCK_TIMEOUT_MS}",
         )
