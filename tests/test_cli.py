@@ -386,3 +386,15 @@ def test_serve_workers_listen_on_a_socket_whose_connections_get_tcp_nodelay() ->
         taken.listen()
         with pytest.raises(RetailRecError, match=r"cannot listen on 127\.0\.0\.1:"):
             _listener("127.0.0.1", taken.getsockname()[1])
+
+
+def test_a_url_given_to_raw_stays_a_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--raw s3a://bucket/events` reaches the ETL as written (a path would fold its `//`), and
+    the default engine says in one line that only the spark engine reads it."""
+    monkeypatch.setenv("RETAILREC_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    for command in (["etl"], ["pipeline"]):
+        result = runner.invoke(app, [*command, "--raw", "s3a://bucket/events/"])
+        assert result.exit_code == 1, result.output
+        assert "s3a://bucket/events/: a URL is read by the spark engine only" in result.output
+        assert len(result.output.strip().splitlines()) == 1

@@ -208,11 +208,21 @@ def _feature_config() -> Any:
 
 #: ``--raw`` of ``etl`` and ``pipeline``.
 RawOption = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
-        help="Folder with events.csv, or the events file itself (default: <data dir>/raw)."
+        help="Folder with events.csv, or the events file itself (default: <data dir>/raw);"
+        " with --engine spark, also a folder of CSV parts, Parquet, or a URL that Spark reads"
+        " (s3a://, gs://, hdfs://, file://; Parquet).",
+        show_default=False,
     ),
 ]
+
+
+def _raw(raw: str | None) -> Path | str | None:
+    """``--raw`` as a path, or as given where it is a URL (a path would fold its ``//``)."""
+    from retailrec.data_pipeline.spark_etl import is_url
+
+    return raw if raw is None or is_url(raw) else Path(raw)
 
 
 #: ``--engine`` of ``etl``, ``train`` and ``pipeline``.
@@ -256,7 +266,7 @@ def etl(
         progress, task = _spinner("reading")
         with progress, open_store(settings.feature_store) as conn:
             report = run_etl(
-                raw if raw is not None else settings.raw_dir,
+                _raw(raw) or settings.raw_dir,
                 conn=conn,
                 rejected_dir=settings.rejected_dir,
                 processed_dir=settings.processed_dir,
@@ -568,7 +578,7 @@ def pipeline(
     with progress:
         run_pipeline(
             get_settings(),
-            raw=raw,
+            raw=_raw(raw),
             scale=scale,
             seed=seed,
             models=_model_names(models),
@@ -649,21 +659,31 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the API: the champion from the registry, recommendations, events, metrics."""
-    import uvicorn
-
     _check_writable(get_settings().data_dir)
     if bootstrap:
         _bootstrap(bootstrap_scale, bootstrap_models)
-    options: dict[str, Any] = {"host": host, "port": port, "log_level": log_level}
+    run_uvicorn(
+        "retailrec.api.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        log_level=log_level,
+        workers=workers,
+    )
+
+
+def run_uvicorn(app: str, *, workers: int = 1, **options: Any) -> None:
+    """``uvicorn.run(app, access_log=False, **options)``, except that several workers share a
+    listener from :func:`_listener` (bench/bench_replicas.py serves its ceiling this way too)."""
+    import uvicorn
+
     if workers == 1:
-        uvicorn.run("retailrec.api.main:create_app", factory=True, access_log=False, **options)
+        uvicorn.run(app, access_log=False, **options)
         return
     from uvicorn.supervisors import Multiprocess
 
-    config = uvicorn.Config(
-        "retailrec.api.main:create_app", factory=True, access_log=False, workers=workers, **options
-    )
-    Multiprocess(config, sockets=[_listener(host, port)]).run()
+    config = uvicorn.Config(app, access_log=False, workers=workers, **options)
+    Multiprocess(config, sockets=[_listener(options["host"], options["port"])]).run()
 
 
 def _listener(host: str, port: int) -> socket.socket:

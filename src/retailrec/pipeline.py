@@ -58,7 +58,7 @@ def _unheard(_stage: str, _result: Any) -> None:
 class PipelineResult:
     """What each stage of one pipeline run did."""
 
-    raw_dir: Path
+    raw_dir: Path | str
     synthetic: WrittenShop | None  # set when this run generated the shop
     etl: EtlReport
     features: FeatureSnapshot
@@ -69,7 +69,7 @@ class PipelineResult:
 def run_pipeline(
     settings: Settings,
     *,
-    raw: Path | None = None,
+    raw: Path | str | None = None,
     scale: str = "small",
     seed: int = 42,
     models: tuple[str, ...] | None = None,
@@ -93,7 +93,7 @@ def run_pipeline(
     from retailrec.data_pipeline.etl import run_etl
     from retailrec.data_pipeline.feature_pipeline import FeatureConfig, build_features
     from retailrec.data_pipeline.files import locate
-    from retailrec.data_pipeline.spark_etl import holds_events_csv
+    from retailrec.data_pipeline.spark_etl import holds_events_csv, is_url
     from retailrec.feature_store import open_store
 
     step = progress or _quiet
@@ -102,15 +102,17 @@ def run_pipeline(
     raw_dir = raw if raw is not None else settings.raw_dir
     written = None
     try:
-        if engine != "spark" or raw is None or holds_events_csv(raw_dir):
-            locate(raw_dir)  # Spark reads parts and Parquet too: it says what it cannot read
+        # Spark reads parts, Parquet and URLs too: it says what it cannot read (and the ETL
+        # says that only Spark reads a URL).
+        if not is_url(raw_dir) and (engine != "spark" or raw is None or holds_events_csv(raw_dir)):
+            locate(Path(raw_dir))
     except DataFileError:
         if raw is not None:
             raise
         from retailrec.synthetic.synth import write_shop
 
         step(f"generating a synthetic shop ({scale})")
-        written = write_shop(scale, seed, raw_dir, progress=step)
+        written = write_shop(scale, seed, settings.raw_dir, progress=step)
         hook("synth", written)
     step("etl")
     with contextlib.ExitStack() as stack, open_store(settings.feature_store) as conn:
@@ -135,7 +137,8 @@ def run_pipeline(
         snapshot = build_features(conn, None, feature_config)
         hook("features", snapshot)
     # The synthetic shop's truth (written by synth, never by a shop) adds the oracle's line.
-    truth = raw_dir / "truth" if raw is None and (raw_dir / "truth").is_dir() else None
+    default_truth = settings.raw_dir / "truth"
+    truth = default_truth if raw is None and default_truth.is_dir() else None
     outcome = retrain_and_promote(
         settings,
         models,

@@ -376,22 +376,29 @@ def test_an_unnamed_extra_column_is_named_by_position(
     assert report.extra_columns == ["(unnamed column 6)"]
 
 
+#: Three good rows, then two with a Latin-1 byte: an event type, and a timestamp whose row is
+#: short of fields.
+NOT_UTF8 = _lines(*GOOD_ROWS).encode() + f"{T},2,vi\xe9w,10,\n{T}\xe9,3,view\n".encode("latin-1")
+
+
 def test_bytes_that_are_not_utf8_quarantine_their_rows_only(
     tmp_path: Path, conn: sqlite3.Connection
 ) -> None:
-    text = _lines(*GOOD_ROWS).encode() + f"{T},2,vi\xe9w,10,\n{T}\xe9,3,view\n".encode("latin-1")
-    report = _run(tmp_path, conn, text)
+    report = _run(tmp_path, conn, NOT_UTF8)
     assert (report.rows_read, report.loaded, report.rejected) == (5, 3, 2)
     rejected = _rejected(report)
     assert rejected["event"].tolist()[0] == "vi\\xe9w"
     assert rejected["reason"].tolist() == ["unknown event type", "wrong number of fields"]
 
 
+#: The good rows in UTF-16 (with its byte-order mark), after two blank lines.
+UTF16 = ("\r\n\r\n" + _lines(*GOOD_ROWS)).encode("utf-16")
+
+
 def test_utf16_gzip_and_leading_blank_lines_are_read(
     tmp_path: Path, conn: sqlite3.Connection
 ) -> None:
-    text = "\r\n\r\n" + _lines(*GOOD_ROWS)
-    _run(tmp_path, conn, text.encode("utf-16"), name="utf16")
+    _run(tmp_path, conn, UTF16, name="utf16")
     raw = tmp_path / "gz"
     raw.mkdir()
     rows = [f"{T + 5000},9,view,10,", f"{T + 6000},9,view,11,"]
@@ -466,11 +473,9 @@ def test_concatenated_exports_load_with_their_repeated_header_quarantined(
     assert store.read_events(conn)["event"].tolist() == ["view", "addtocart", "view", "view"]
 
 
-def test_a_stray_quote_costs_its_own_row_not_the_lines_after_it(
-    tmp_path: Path, conn: sqlite3.Connection
-) -> None:
-    # CSV readers let a quoted value run over line ends: one quote left open would swallow every
-    # line up to the next quote into one value. The scan finds it and the file is read by line.
+def _stray_quote_text() -> str:
+    """Six good rows with a title column, one row whose quote is never closed and one with a
+    quote inside a value; a BOM on a line of its own before the header, CRLF line ends."""
     good = [f"{T + i},{i},view,{10 + i}," for i in range(6)]
     rows = [
         good[0] + ',"Shirt, red"',  # a quoted delimiter in an extra column is still one field
@@ -479,10 +484,20 @@ def test_a_stray_quote_costs_its_own_row_not_the_lines_after_it(
         f'{T},8,view",12,,x',
         good[5] + ",x",
     ]
+    return "\ufeff\r\n" + HEADER + ",title\r\n" + "\r\n".join(rows) + "\r\n"
+
+
+STRAY_QUOTE = _stray_quote_text()
+
+
+def test_a_stray_quote_costs_its_own_row_not_the_lines_after_it(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    # CSV readers let a quoted value run over line ends: one quote left open would swallow every
+    # line up to the next quote into one value. The scan finds it and the file is read by line.
     raw = tmp_path / "raw"
     raw.mkdir()
-    text = "\ufeff\r\n" + HEADER + ",title\r\n" + "\r\n".join(rows) + "\r\n"
-    (raw / "events.csv.gz").write_bytes(gzip.compress(text.encode()))
+    (raw / "events.csv.gz").write_bytes(gzip.compress(STRAY_QUOTE.encode()))
     report = etl.run_etl(
         raw, conn=conn, rejected_dir=tmp_path / "rej", processed_dir=tmp_path / "p"
     )

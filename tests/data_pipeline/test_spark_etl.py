@@ -17,7 +17,16 @@ import pytest
 
 from retailrec.data_pipeline import etl, rules
 from retailrec.feature_store import store
-from tests.data_pipeline.test_etl import BAD_ROWS, GOOD_ROWS, HEADER, T, _lines
+from tests.data_pipeline.test_etl import (
+    BAD_ROWS,
+    GOOD_ROWS,
+    HEADER,
+    NOT_UTF8,
+    STRAY_QUOTE,
+    UTF16,
+    T,
+    _lines,
+)
 from tests.data_pipeline.test_schema import GOOD, NOW, RULE_CASES
 from tests.utils.factories import Shop
 
@@ -39,7 +48,7 @@ COUNTS = (
 )
 
 
-def _etl(raw: Path, work: Path, spark: Any = None) -> tuple[etl.EtlReport, pd.DataFrame]:
+def _etl(raw: Path | str, work: Path, spark: Any = None) -> tuple[etl.EtlReport, pd.DataFrame]:
     with store.open_store(work / "fs.sqlite") as conn:
         report = etl.run_etl(
             raw,
@@ -171,6 +180,41 @@ def test_parts_and_parquet_are_read(tmp_path: Path, spark: Any) -> None:
     again, same = _etl(tmp_path / "from-parts" / "processed" / "events", tmp_path / "pq", spark)
     assert (again.rows_read, again.loaded, again.rejected) == (3, 3, 0)
     pd.testing.assert_frame_equal(same, events)
+    # UTF-16 parts (CRLF in one, LF in the other) are rewritten as UTF-8 and read the same.
+    utf16 = tmp_path / "utf16"
+    utf16.mkdir()
+    (utf16 / "part-0.csv").write_bytes(
+        _lines(*GOOD_ROWS[:2]).replace("\n", "\r\n").encode("utf-16")
+    )
+    (utf16 / "part-1.csv").write_bytes(_lines(GOOD_ROWS[2], f"{T},2,click,10,").encode("utf-16"))
+    wide, wide_events = _etl(utf16, tmp_path / "from-utf16", spark)
+    assert (wide.rows_read, wide.loaded, wide.rejected_by_reason) == (
+        4,
+        3,
+        {rules.UNKNOWN_EVENT: 1},
+    )
+    pd.testing.assert_frame_equal(wide_events, events)
+    assert not list((tmp_path / "from-utf16" / "processed").glob("spark-etl-*"))  # removed
+
+
+def test_a_url_is_read_through_sparks_hadoop_layer(tmp_path: Path, spark: Any) -> None:
+    """A URL (file:// here; s3a://, gs:// and hdfs:// go the same way, through the Hadoop
+    filesystem Spark has for the scheme) is read as Parquet; a CSV by URL, or a URL given to the
+    default engine, is refused in one line, with the URL as given."""
+    from retailrec.errors import UsageError
+
+    raw = _write(tmp_path, _lines(*GOOD_ROWS))
+    _, events = _etl(raw, tmp_path / "from-csv", spark)
+    url = (tmp_path / "from-csv" / "processed" / "events").as_uri()
+    assert url.startswith("file:///")
+    report, from_url = _etl(url, tmp_path / "from-url", spark)
+    assert (report.source, report.rows_read, report.loaded) == (url, 3, 3)
+    pd.testing.assert_frame_equal(from_url, events)
+    csv_url = (raw / "events.csv").as_uri()
+    with pytest.raises(UsageError, match="a URL is read as Parquet only"):
+        _etl(csv_url, tmp_path / "csv-url", spark)
+    with pytest.raises(UsageError, match=f"^{url}: a URL is read by the spark engine only"):
+        _etl(url, tmp_path / "embedded")
 
 
 def test_the_pipeline_on_spark_ends_in_a_served_champion(tmp_path: Path, spark: Any) -> None:
@@ -210,15 +254,15 @@ def test_an_unknown_engine_is_a_one_line_error() -> None:
     assert "unknown engine 'hadoop': choose embedded or spark" in result.output
 
 
-def test_a_file_the_spark_engine_cannot_read_is_refused_in_one_line(
-    tmp_path: Path, spark: Any
-) -> None:
-    from retailrec.errors import UsageError
+def test_a_file_that_is_not_csv_text_is_refused_in_one_line(tmp_path: Path, spark: Any) -> None:
+    from retailrec.errors import DataFileError
 
     raw = tmp_path / "raw"
     raw.mkdir()
-    (raw / "events.csv").write_bytes(_lines(*GOOD_ROWS).encode("utf-16"))
-    with pytest.raises(UsageError, match=r"reads UTF-8 only; this file is utf-16") as caught:
+    (raw / "events.csv").write_bytes(b"\xd0\xcf\x11\xe0" + bytes(512))  # an .xls saved as .csv
+    with pytest.raises(
+        DataFileError, match=r"an Excel 97-2003 workbook \(\.xls\), not CSV"
+    ) as caught:
         _etl(raw, tmp_path / "spark", spark)
     assert "\n" not in str(caught.value)
     with store.open_store(tmp_path / "spark" / "fs.sqlite") as conn:
@@ -296,6 +340,21 @@ ODD_FILES: dict[str, tuple[str, bytes]] = {
         ).encode(),
     ),
     "gzip": ("events.csv.gz", _gz(_lines(f"{T + 5000},9,view,10,", f"{T + 6000},9,view,11,"))),
+    "UTF-16 after blank lines": ("events.csv", UTF16),
+    "bytes that are not UTF-8": ("events.csv", NOT_UTF8),
+    "well-formed UTF-8 beside stray bytes": (
+        "events.csv",
+        (HEADER + ",title\n").encode()
+        + f"{T},1,view,10,,Gr\u00fc\u00dfe \u20ac \U0001f600\n".encode()  # loaded
+        + f"{T},2,vi\u00e9w".encode()
+        + b"\xe9\xc3\x28\xed\xa0\x80\xf0\x9f\x98,10,,x\n"  # stray, overlong, surrogate
+        + f"{T},3,view,1\u0661,,x\n".encode(),  # an Arabic-Indic digit
+    ),
+    "a stray quote": ("events.csv.gz", _gz(STRAY_QUOTE)),
+    "a short row beside an extra column": (
+        "events.csv",
+        (HEADER + ",title\n" + f"{T},1,view,10,,x\n{T},2,view\n{T},3,view,11,\n").encode(),
+    ),
     "Kaggle's zip": (
         "archive.zip",
         _zip(

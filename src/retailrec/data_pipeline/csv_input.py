@@ -77,6 +77,12 @@ class CsvLayout:
 _OTHER = "column "  # prefix of the reader's names for columns that are not required
 
 
+#: The report's warning for a file in which some line leaves a quote open (both engines).
+QUOTE_LEFT_OPEN = (
+    "a quote is left open on some line: read one row per line, so that it cannot swallow the"
+    " lines after it"
+)
+
 #: A codec that reads UTF-8 and keeps any byte that is not as a ``\\xNN`` escape: a file with a
 #: stray Latin-1 byte is read whole and the rows holding one are quarantined, not the file.
 LENIENT_UTF8 = "retailrec_lenient_utf8"

@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 
 from retailrec.data_pipeline import csv_input, feature_pipeline, schema, spark_etl
 from retailrec.data_pipeline import files as files_
+from retailrec.errors import UsageError
 from retailrec.events import EVENT_COLUMNS
 from retailrec.feature_store import store
 
@@ -215,12 +216,7 @@ def _layout(report: EtlReport, path: Path, columns: tuple[str, ...]) -> csv_inpu
     if layout.delimiter != ",":
         _warn(report, path, f"read as {layout.delimiter!r}-separated values")
     if layout.quote_spans_lines:
-        _warn(
-            report,
-            path,
-            "a quote is left open on some line: read one row per line, so that it cannot"
-            " swallow the lines after it",
-        )
+        _warn(report, path, csv_input.QUOTE_LEFT_OPEN)
     return layout
 
 
@@ -394,12 +390,14 @@ def _write_events(
     return paths
 
 
-def _located(raw: Path) -> bool:
+def _located(raw: Path | str) -> bool:
     """Whether ``raw`` is what :func:`files_.locate` finds a shop's files in (an
     ``events.csv``, a folder with one, Kaggle's zip or a folder with it), rather than what only
     the spark engine reads (CSV parts, Parquet, a URL)."""
     if spark_etl.holds_events_csv(raw):
         return True
+    if spark_etl.is_url(raw):
+        return False
     path = Path(str(raw))
     return path.suffix.lower() == ".zip" or (
         path.is_dir() and any(p.suffix.lower() == ".zip" for p in path.iterdir())
@@ -407,7 +405,7 @@ def _located(raw: Path) -> bool:
 
 
 def run_etl(
-    raw_dir: Path,
+    raw_dir: Path | str,
     *,
     conn: store.Connection,
     rejected_dir: Path,
@@ -430,13 +428,18 @@ def run_etl(
     config = config or feature_pipeline.FeatureConfig()
     step = progress or (lambda _s: None)
     start = time.perf_counter()
+    if spark is None and spark_etl.is_url(raw_dir):
+        raise UsageError(
+            f"{raw_dir}: a URL is read by the spark engine only (--engine spark); download the"
+            " files to read them with the default engine"
+        )
     spark_source = None  # Parts, Parquet or a URL: the event log alone, as Spark reads it.
     if spark is not None and not _located(raw_dir):
         spark_source = str(raw_dir)
         files = files_.RawFiles(events=Path(spark_source))
         report = EtlReport(source=spark_source, started_ms=int(time.time() * 1000))
     else:
-        files = files_.locate(raw_dir)
+        files = files_.locate(Path(raw_dir))
         report = EtlReport(source=files.source, started_ms=int(time.time() * 1000))
     with contextlib.ExitStack() as scratch:
         if files.archive is not None:

@@ -29,6 +29,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import re
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -57,14 +59,16 @@ _CORRUPT = "_corrupt_record"
 _REASON = "_reason"
 
 
-def _is_url(source: str) -> bool:
-    return "://" in source and not source.startswith("file://")
+def is_url(source: object) -> bool:
+    """Whether ``source`` is a URL (``s3a://``, ``gs://``, ``hdfs://``, ``file://``), which only
+    the spark engine reads, through Spark's Hadoop layer."""
+    return "://" in str(source)
 
 
 def holds_events_csv(raw: Path | str) -> bool:
     """Whether ``raw`` is an ``events.csv`` (compressed or not), or a local folder with one:
     then the catalogue's files beside it are found as the embedded engine finds them."""
-    if _is_url(str(raw)):
+    if is_url(str(raw)):
         return False
     path = Path(raw)
     names = ("events.csv", "events.csv.gz", "events.csv.bz2")
@@ -76,11 +80,6 @@ def _csv_parts(source: str) -> tuple[str, Path | None]:
 
     A folder holding ``events.csv`` (or a compressed one) is read as that file; any other folder
     as its parts."""
-    if _is_url(source):
-        raise UsageError(
-            f"{source}: give the delimiter-and-header file locally, or convert the log to Parquet:"
-            " a URL is read as Parquet only (--raw s3a://bucket/events/ with .parquet parts)"
-        )
     path = Path(source)
     if not path.exists():
         raise DataFileError(f"{path}: file not found")
@@ -91,21 +90,55 @@ def _csv_parts(source: str) -> tuple[str, Path | None]:
             return str(path / name), path / name
     if any(path.rglob("*.parquet")):  # a Parquet dataset, partitioned or not
         return str(path), None
-    parts = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
+    parts = _parts(path)
     if not parts:
         raise DataFileError(f"{path}: no events.csv, CSV parts or Parquet in the folder")
     return str(path), parts[0]
 
 
+#: What a URL to a CSV file ends in (the spark engine reads URLs as Parquet only).
+_CSV_NAME = re.compile(r"\.(csv|tsv|txt)(\.(gz|bz2))?$", re.IGNORECASE)
+
+
+def _parts(folder: Path) -> list[Path]:
+    """A folder's CSV parts, as Spark reads them (no hidden or ``_``-prefixed files)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
+
+
+def _as_utf8(where: str, scratch: Path) -> str:
+    """A UTF-16 log written out as UTF-8 into ``scratch``, a part for each part, for Spark to
+    read as any other: its reader splits UTF-16 into lines only in its multi-line mode, which
+    runs a line ending in LF and the next in CRLF into one row, and drops the first row where
+    blank lines lead the header. Streamed a block at a time, as the embedded engine reads it."""
+    source = Path(where)
+    out = scratch / "utf8"
+    out.mkdir()
+    for i, part in enumerate([source] if source.is_file() else _parts(source)):
+        layout = csv_input.csv_layout(part, EVENT_COLUMNS, scan=False)
+        target = out / f"part-{i:05d}.csv"
+        with csv_input.open_text(layout) as text, target.open("w", encoding="utf-8") as fh:
+            shutil.copyfileobj(text, fh, 1 << 20)
+    return str(out)
+
+
 def read_events(
-    spark: SparkSession, source: str, report: EtlReport
+    spark: SparkSession, source: str, report: EtlReport, scratch: Path
 ) -> tuple[DataFrame, csv_input.CsvLayout | None]:
     """The event log as text columns (``EVENT_COLUMNS`` and the corrupt-record column), and the
-    CSV layout it was read with (None for Parquet)."""
+    CSV layout it was read with (None for Parquet). ``scratch`` holds what must be rewritten
+    for Spark to read (a UTF-16 log) while the frame is used."""
     from pyspark.sql import functions as sf
     from pyspark.sql import types as st
 
-    if _is_url(source) or source.endswith(".parquet"):
+    if is_url(source):
+        if _CSV_NAME.search(source.rstrip("/")):
+            raise UsageError(
+                f"{source}: give the delimiter-and-header file locally, or convert the log to"
+                " Parquet: a URL is read as Parquet only (--raw s3a://bucket/events/ with"
+                " .parquet parts)"
+            )
+        where, first = source, None
+    elif source.endswith(".parquet"):
         where, first = source, None
     else:
         where, first = _csv_parts(source)
@@ -117,16 +150,18 @@ def read_events(
         text = [sf.col(c).cast("string").alias(c) for c in EVENT_COLUMNS]
         return frame.select(*text, sf.lit(None).cast("string").alias(_CORRUPT)), None
     layout = csv_input.csv_layout(first, EVENT_COLUMNS, scan=False)
-    if layout.encoding != "utf8":
-        raise UsageError(
-            f"{first}: the spark engine reads UTF-8 only; this file is {layout.encoding}"
-            " (convert it, or use the default engine)"
-        )
     if layout.delimiter != ",":
         report.warnings.append(f"read as {layout.delimiter!r}-separated values")
+    if layout.encoding == "utf-16":
+        where = _as_utf8(where, scratch)  # (the embedded engine does not look for open quotes)
+    elif _quote_left_open(spark, where):
+        report.warnings.append(csv_input.QUOTE_LEFT_OPEN)
     report.extra_columns = layout.extra
     if layout.extra:
         report.warnings.append(f"ignored extra column(s) {', '.join(layout.extra)}")
+    # Every column parsed, the ignored ones too: with pruning, a row short of fields that a file
+    # with extra columns holds is not told corrupt (its missing fields read as NULL instead).
+    spark.conf.set("spark.sql.csv.parser.columnPruning.enabled", "false")
     schema = st.StructType(
         [st.StructField(name, st.StringType()) for name in layout.names]
         + [st.StructField(_CORRUPT, st.StringType())]
@@ -141,9 +176,52 @@ def read_events(
         mode="PERMISSIVE",
         columnNameOfCorruptRecord=_CORRUPT,
         enforceSchema=True,
-        encoding="UTF-8",
+        # One character a byte, split into lines before it is parsed (a quote left open costs
+        # its own row only), then decoded as the embedded engine's lenient UTF-8 decodes.
+        encoding="ISO-8859-1",
     )
-    return frame.select(*EVENT_COLUMNS, _CORRUPT), layout
+    columns = (*EVENT_COLUMNS, _CORRUPT)
+    return frame.select(*(sf.expr(_lenient_utf8(c)).alias(c) for c in columns)), layout
+
+
+#: The well-formed UTF-8 sequences of two to four bytes (Unicode's table 3-7, which Python's
+#: decoder keeps to), as a Java regular expression over text read as ISO-8859-1.
+_MULTIBYTE = (
+    r"[\xC2-\xDF][\x80-\xBF]|\xE0[\xA0-\xBF][\x80-\xBF]|[\xE1-\xEC\xEE\xEF][\x80-\xBF]{2}"
+    r"|\xED[\x80-\x9F][\x80-\xBF]|\xF0[\x90-\xBF][\x80-\xBF]{2}|[\xF1-\xF3][\x80-\xBF]{3}"
+    r"|\xF4[\x80-\x8F][\x80-\xBF]{2}"
+)
+#: A run of well-formed text, or one byte that begins none.
+_TOKEN = r"((?:[\x00-\x7F]|" + _MULTIBYTE + r")+|[\x80-\xFF])"
+_HIGH = r"[\x80-\xFF]"
+_BACKSLASH_X = "\\x"
+
+
+def _lenient_utf8(col: str) -> str:
+    """Spark SQL for column ``col``, read as ISO-8859-1, decoded as
+    :data:`~retailrec.data_pipeline.csv_input.LENIENT_UTF8` decodes: well-formed UTF-8 as its
+    characters, any other byte as ``\\xNN``. Pure ASCII, nearly every value, is left as it is;
+    the rest is cut into runs of well-formed text and single stray bytes."""
+    byte = "encode(t, 'ISO-8859-1')"
+    decoded = (
+        f"transform(regexp_extract_all(`{col}`, {rules.literal(_TOKEN)}, 1), t ->"
+        f" CASE WHEN length(t) = 1 AND t RLIKE {rules.literal(_HIGH)}"
+        f" THEN concat({rules.literal(_BACKSLASH_X)}, lower(hex({byte})))"
+        f" ELSE decode({byte}, 'UTF-8') END)"
+    )
+    return (
+        f"CASE WHEN `{col}` RLIKE {rules.literal(_HIGH)}"
+        f" THEN array_join({decoded}, '') ELSE `{col}` END"
+    )
+
+
+def _quote_left_open(spark: SparkSession, where: str) -> bool:
+    """Whether some line holds an odd number of quotes, as the embedded engine's scan finds: one
+    more pass over the text, for the report's warning (the rows are read alike either way)."""
+    from pyspark.sql import functions as sf
+
+    quotes = sf.size(sf.split(sf.col("value"), '"', -1)) - 1
+    return spark.read.text(where).where(quotes % 2 == 1).limit(1).count() > 0
 
 
 def checked(frame: DataFrame, now_ms: int) -> DataFrame:
@@ -236,36 +314,35 @@ def load_events(
 
     step = progress or (lambda _s: None)
     now_ms = int(time.time() * 1000)
-    raw, layout = read_events(spark, source, report)
-    step("validating (spark)")
-    # Read once, for the count, the quarantine and the dedupe; kept on disk, not in memory, which
-    # is the executors' for the dedupe's aggregation (in 1 GB, a 10x log's cache in memory left
-    # it none: "unable to acquire memory").
-    frame = checked(raw, now_ms).persist(StorageLevel.DISK_ONLY)
-    try:
-        stats = frame.agg(
-            sf.count(sf.lit(1)).alias("read"), sf.count(sf.col(_REASON)).alias("rejected")
-        ).first()
-        assert stats is not None
-        report.rows_read = int(stats["read"])
-        rejected = frame.where(sf.col(_REASON).isNotNull()).select(
-            *EVENT_COLUMNS, _CORRUPT, _REASON
-        )
-        stem = Path(source.rstrip("/")).name.split(".")[0] or "events"
-        target = rejected_dir / f"{stem}-{_source_digest(source)}.csv"
-        counts = _write_quarantine(_quarantine_rows(rejected.toLocalIterator(), layout), target)
-        report.rejected = sum(counts.values())
-        report.rejected_by_reason = dict(counts.most_common())
-        report.rejected_file = str(target) if report.rejected else None
-        if report.rows_read == 0:
-            report.warnings.append("the file has a header but no rows")
+    with tempfile.TemporaryDirectory(prefix="spark-etl-", dir=_scratch(processed_dir)) as tmp:
+        raw, layout = read_events(spark, source, report, Path(tmp))
+        step("validating (spark)")
+        # Read once, for the count, the quarantine and the dedupe; kept on disk, not in memory,
+        # which is the executors' for the dedupe's aggregation (in 1 GB, a 10x log's cache in
+        # memory left it none: "unable to acquire memory").
+        frame = checked(raw, now_ms).persist(StorageLevel.DISK_ONLY)
+        try:
+            stats = frame.agg(
+                sf.count(sf.lit(1)).alias("read"), sf.count(sf.col(_REASON)).alias("rejected")
+            ).first()
+            assert stats is not None
+            report.rows_read = int(stats["read"])
+            rejected = frame.where(sf.col(_REASON).isNotNull()).select(
+                *EVENT_COLUMNS, _CORRUPT, _REASON
+            )
+            stem = Path(source.rstrip("/")).name.split(".")[0] or "events"
+            target = rejected_dir / f"{stem}-{_source_digest(source)}.csv"
+            records = _quarantine_rows(rejected.toLocalIterator(), layout)
+            counts = _write_quarantine(records, target)
+            report.rejected = sum(counts.values())
+            report.rejected_by_reason = dict(counts.most_common())
+            report.rejected_file = str(target) if report.rejected else None
+            if report.rows_read == 0:
+                report.warnings.append("the file has a header but no rows")
 
-        step("deduplicating (spark)")
-        valid = typed(frame)
-        distinct = valid.dropDuplicates()
-        with tempfile.TemporaryDirectory(prefix="spark-etl-", dir=_scratch(processed_dir)) as tmp:
+            step("deduplicating (spark)")
             staged = Path(tmp) / "run"
-            distinct.write.parquet(str(staged))
+            typed(frame).dropDuplicates().write.parquet(str(staged))
             n_valid = report.rows_read - report.rejected
             n_distinct = _parquet_rows(staged)
             report.duplicates_in_file = n_valid - n_distinct
@@ -273,8 +350,8 @@ def load_events(
             _append_processed(spark, staged, processed_dir / "events")
             step(f"loading {n_distinct:,} events")
             _load_store(conn, staged, report)
-    finally:
-        frame.unpersist()
+        finally:
+            frame.unpersist()
 
 
 def _source_digest(source: str) -> str:
@@ -282,7 +359,7 @@ def _source_digest(source: str) -> str:
     names, sizes and modification times (not their bytes: the driver does not read the log)."""
     h = hashlib.sha256(source.encode())
     path = Path(source)
-    if not _is_url(source) and path.exists():
+    if not is_url(source) and path.exists():
         for part in sorted(path.rglob("*")) if path.is_dir() else [path]:
             if part.is_file():
                 stat = part.stat()
