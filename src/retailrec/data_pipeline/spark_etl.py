@@ -5,9 +5,11 @@ same report: every row read is loaded, a duplicate, or quarantined with its reas
 
 * **Read**: ``events.csv`` (a file, gzip- or bzip2-compressed or not), a folder of CSV parts
   with one header each, or Parquet (a file or a folder); a local path or any URL that Spark's
-  Hadoop layer reads (``s3a://``, ``gs://``, ``hdfs://``). The delimiter and the columns are read
-  from the first CSV file's header, as the embedded engine reads them; every value is read as
-  text. A line with the wrong number of fields is quarantined (Spark's corrupt-record column).
+  Hadoop layer reads (``s3a://``, ``gs://``, ``hdfs://``, ``file://``; Parquet only). The
+  delimiter and the columns are read from the first CSV file's header, as the embedded engine
+  reads them; every value is read as text, one character a byte, then decoded as the embedded
+  engine's lenient UTF-8 decodes (:func:`_lenient_utf8`); a UTF-16 log is rewritten as UTF-8
+  first. A line with the wrong number of fields is quarantined (Spark's corrupt-record column).
 * **Validate**: :data:`~retailrec.data_pipeline.rules.EVENT_RULES`, rendered to Spark SQL
   (:func:`~retailrec.data_pipeline.rules.reason_sql`): the first rule a row breaks is its reason.
 * **Quarantine**: the rejected rows stream to the driver and are written to
