@@ -71,8 +71,7 @@ def _shop_ms(base: str) -> int:
     return int(model["data_end_ms"])
 
 
-def _view(base: str, visitor: int, item: int) -> None:
-    at = _shop_ms(base)
+def _view(base: str, visitor: int, item: int, at: int) -> None:
     status, posted = _call(
         f"{base}/v1/events",
         {"events": [{"timestamp": at, "visitorid": visitor, "event": "view", "itemid": item}]},
@@ -82,7 +81,7 @@ def _view(base: str, visitor: int, item: int) -> None:
 
 
 def _replicas(
-    bases: list[str], item: int, key: str | None, reload_to: str | None, poll_s: float
+    bases: list[str], item: int, at: int, key: str | None, reload_to: str | None, poll_s: float
 ) -> None:
     """Each replica's event counts in the next answer of the next one; a reload of the first
     ``--replica`` to ``reload_to`` reaches all the others within the reload poll."""
@@ -90,7 +89,7 @@ def _replicas(
         visitor = VISITOR + 1 + n
         status, before = _call(f"{reader}/v1/users/{visitor}/recommendations?k=5")
         _check(status == 200 and before["strategy"] == "popular", f"{reader}: a new visitor")
-        _view(writer, visitor, item)
+        _view(writer, visitor, item, at)
         status, recs = _call(f"{reader}/v1/users/{visitor}/recommendations?k=5")
         _check(
             status == 200 and recs["strategy"] != "popular",
@@ -131,7 +130,8 @@ def main() -> None:
     status, popular = _call(f"{base}/v1/popular?k=3")
     _check(status == 200 and len(popular["items"]) == 3, "/v1/popular answers 3 items")
     item = popular["items"][0]["item_id"]
-    _view(base, VISITOR, item)
+    at = _shop_ms(base)
+    _view(base, VISITOR, item, at)
     status, recs = _call(f"{base}/v1/users/{VISITOR}/recommendations?k=5")
     _check(status == 200 and len(recs["items"]) == 5, "a recommendation answers 5 items")
     _check(recs["strategy"] != "popular", f"the event counts (strategy {recs['strategy']})")
@@ -140,7 +140,7 @@ def main() -> None:
         replicas = [r.rstrip("/") for r in args.replica]
         for replica in replicas:
             _wait_ready(replica, args.timeout)
-        _replicas([base, *replicas], item, args.api_key, args.reload_to, args.reload_poll_s)
+        _replicas([base, *replicas], item, at, args.api_key, args.reload_to, args.reload_poll_s)
     if args.container:
         uid = subprocess.run(
             [args.runtime, "exec", args.container, "id", "-u"],
