@@ -394,3 +394,29 @@ def test_models_fitted_on_one_dataset_share_their_popularity(
     np.testing.assert_array_equal(before[1], after[1])
     other = make_model("popular").fit(Dataset.from_events(checkerboard_events().head(200)))
     assert not other.share_popularity(als) and other.prior_ is not als.prior_
+
+
+@pytest.mark.parametrize("similarity", ["bm25", "cosine"])
+def test_item_knn_is_implicits_own_similarity(similarity: str, tiny_shop: Shop) -> None:
+    """The leaner build (zeros dropped before the CSR, docs/BENCHMARKS.md) holds exactly what
+    implicit's own recommender fitted on the same matrix holds, less the self-pairs."""
+    import warnings
+
+    from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+
+    from retailrec.models.item_item import knn_similarity
+
+    data = Dataset.from_events(
+        tiny_shop.data.events, item_catalogue(tiny_shop.data.item_properties)
+    )
+    model = BM25Recommender(K=50) if similarity == "bm25" else CosineRecommender(K=50)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Method expects CSR input")
+        model.fit(data.matrix, show_progress=False)
+    expected = sp.csr_matrix(model.similarity, dtype=np.float32)
+    expected.setdiag(0)
+    expected.eliminate_zeros()
+    got = knn_similarity(data.matrix, 50, similarity)
+    assert got.dtype == np.float32 and got.shape == (data.n_items, data.n_items)
+    assert got.diagonal().max() == 0 and got.nnz > data.n_items  # neighbours, no self-pairs
+    assert (got != expected).nnz == 0

@@ -18,7 +18,6 @@ each item keeps its ``k`` largest weights, so the served matrix is sparse.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,7 @@ from threadpoolctl import threadpool_limits
 
 from retailrec.errors import BundleError
 from retailrec.models.data import Dataset
-from retailrec.models.item_item import ItemItemRecommender
+from retailrec.models.item_item import ItemItemRecommender, knn_similarity
 
 #: Visitors whose rows are multiplied at once when the Gram matrix is accumulated.
 GRAM_BLOCK_ROWS = 200_000
@@ -101,17 +100,9 @@ class EASERecommender(ItemItemRecommender):
     def _bm25_tail(self, data: Dataset) -> sp.csr_matrix:
         """BM25 neighbours of every pair that has a tail item, each row scaled to a largest
         weight of 1."""
-        from implicit.nearest_neighbours import BM25Recommender
-
-        model = BM25Recommender(K=self.k, num_threads=0)
-        with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Method expects CSR input")
-            model.fit(data.matrix, show_progress=False)
-        bm25 = sp.csr_matrix(model.similarity, dtype=np.float32)
-        del model
+        bm25 = knn_similarity(data.matrix, self.k)  # no self-pairs, in the row maxima either
         # In place on the CSR arrays: a copy of this matrix is the size of the served one.
         rows = np.repeat(np.arange(bm25.shape[0], dtype=np.int32), np.diff(bm25.indptr))
-        bm25.data[rows == bm25.indices] = 0.0  # no self-pairs, in the row maxima either
         top = np.asarray(bm25.max(axis=1).todense(), dtype=np.float32).ravel()
         in_head = np.zeros(data.n_items, dtype=bool)
         in_head[self.head_] = True

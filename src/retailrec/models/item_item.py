@@ -35,13 +35,33 @@ class ItemItemRecommender(BaseRecommender):
     ) -> tuple[np.ndarray, np.ndarray]:
         # Items with no similarity to the history score only their tie-break, so the top n lies
         # among the history's neighbours and the n most popular unblocked items.
-        sims = (row @ self.similarity_).tocsr()
-        sims.sum_duplicates()
+        near, sums = row_product(row.indices, row.data, self.similarity_)
         fill = first_unblocked(self._serving("prior_order"), blocked, n)
-        cand = np.union1d(sims.indices, fill)
+        cand = np.union1d(near, fill)
         scores = TIE_BREAK * self.prior_[cand]
-        scores[np.searchsorted(cand, sims.indices)] += sims.data
+        scores[np.searchsorted(cand, near)] += sums
         return cand, scores.astype(np.float32)
+
+
+def row_product(
+    indices: np.ndarray, weights: np.ndarray, matrix: sp.csr_matrix
+) -> tuple[np.ndarray, np.ndarray]:
+    """A short history row (``indices``, ``weights``) times the CSR ``matrix``: the columns it
+    reaches (sorted) and their sums, as ``row @ matrix`` gives them, in its dtype and order of
+    addition (each of the row's entries in turn), without building scipy matrices: a serving
+    answer's matrix product went from about 0.3 ms of scipy's set-up to a few gathers."""
+    starts = matrix.indptr[indices]
+    lengths = matrix.indptr[indices + 1] - starts
+    total = int(lengths.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=matrix.dtype)
+    ends = np.cumsum(lengths)
+    at = np.arange(total) + np.repeat(starts - (ends - lengths), lengths)
+    products = matrix.data[at] * np.repeat(weights.astype(matrix.dtype), lengths)
+    columns, where = np.unique(matrix.indices[at], return_inverse=True)
+    sums = np.zeros(len(columns), dtype=matrix.dtype)
+    np.add.at(sums, where, products)  # in order, in the matrix's dtype: as scipy's product
+    return columns.astype(np.int64), sums
 
 
 def _top_k_rows(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
@@ -79,20 +99,34 @@ class ItemKNNRecommender(ItemItemRecommender):
         self.name = f"itemknn_{similarity}"
 
     def _fit(self, data: Dataset) -> None:
-        from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+        self.similarity_ = knn_similarity(data.matrix, self.k, self.similarity, self.k1, self.b)
 
-        model = (
-            BM25Recommender(K=self.k, K1=self.k1, B=self.b, num_threads=0)
-            if self.similarity == "bm25"
-            else CosineRecommender(K=self.k, num_threads=0)
-        )
-        with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
-            # implicit's BM25/TF-IDF weighting hands its own kNN a COO matrix and warns about it.
-            warnings.filterwarnings("ignore", message="Method expects CSR input")
-            model.fit(data.matrix, show_progress=False)
-        self.similarity_ = sp.csr_matrix(model.similarity, dtype=np.float32)
-        self.similarity_.setdiag(0)
-        self.similarity_.eliminate_zeros()
+
+def knn_similarity(
+    matrix: sp.spmatrix, k: int, similarity: str = "bm25", k1: float = 1.2, b: float = 0.75
+) -> sp.csr_matrix:
+    """implicit's item-kNN similarity (what its ``BM25Recommender`` or ``CosineRecommender``
+    fitted on the visitor x item ``matrix`` holds), as float32 CSR without self-pairs.
+
+    The same function computes it (implicit's ``all_pairs_knn`` on the same weighting), in about
+    half the memory: ``all_pairs_knn`` returns ``n_items x k`` entries, most of them zero on a
+    long tail (29M of 36M on the full shop), and implicit's own ``fit`` turns all of them into a
+    float64 CSR beside it, which we then copied to float32: 1.5 GB for a 56 MB result there.
+    Here the zeros are dropped first (docs/BENCHMARKS.md, "Whole pipeline")."""
+    from implicit.nearest_neighbours import all_pairs_knn, bm25_weight, normalize
+
+    with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
+        # implicit's weighting hands its own kNN a COO matrix and warns about it.
+        warnings.filterwarnings("ignore", message="Method expects CSR input")
+        weighted = (bm25_weight(matrix.T, k1, b) if similarity == "bm25" else normalize(matrix.T)).T
+        pairs = all_pairs_knn(weighted, k, show_progress=False, num_threads=0)
+    del weighted
+    keep = (pairs.data != 0) & (pairs.row != pairs.col)
+    rows, cols = pairs.row[keep], pairs.col[keep]
+    values = pairs.data[keep].astype(np.float32)
+    del pairs, keep
+    n = matrix.shape[1]
+    return sp.csr_matrix((values, (rows, cols)), shape=(n, n))
 
 
 class SessionRecommender(ItemItemRecommender):
@@ -159,7 +193,12 @@ class SessionRecommender(ItemItemRecommender):
         self.decay, self.cooc_weight, self.pop_weight = decay, cooc_weight, pop_weight
         self.sequence_weight = sequence_weight
         rules, co = self._parts
-        self.similarity_ = _top_k_rows((rules + cooc_weight * co).tocsr(), self.k)
+        # Training tries many blends with few co-occurrence weights: each weight's matrix is
+        # kept with the signals (training only), not rebuilt for every decay and popularity.
+        kept = self.__dict__.setdefault("_blended", {})
+        if cooc_weight not in kept:
+            kept[cooc_weight] = _top_k_rows((rules + cooc_weight * co).tocsr(), self.k)
+        self.similarity_ = kept[cooc_weight]
         self.__dict__.pop("_serving_cache", None)
         return self
 
@@ -182,15 +221,19 @@ class SessionRecommender(ItemItemRecommender):
         items = np.asarray(items, dtype=np.int64)
         weights = self.decay ** np.arange(len(items))[::-1]
         known = (items >= 0) & (items < self.n_items_)
-        items, weights = items[known], weights[known]
-        row = np.zeros(len(items), dtype=np.int64)
+        items, weights = items[known], weights[known].astype(np.float32)
+        columns, where = np.unique(items, return_inverse=True)
+        summed = np.zeros(len(columns), dtype=np.float32)
+        np.add.at(summed, where, weights)  # a repeated item's weights add up, in order
+        indptr = np.array([0, len(columns)], dtype=np.int32)
         return sp.csr_matrix(
-            (weights.astype(np.float32), (row, items)), shape=(1, self.n_items_)
-        )  # duplicates are summed by scipy
+            (summed, columns.astype(np.int32), indptr), shape=(1, self.n_items_), copy=False
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["_parts"] = None  # what blend() mixes: for training only, never in a bundle
+        state.pop("_blended", None)
         return state
 
 

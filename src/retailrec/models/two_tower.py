@@ -34,6 +34,10 @@ def _history_features(n_items: np.ndarray, total_weight: np.ndarray) -> np.ndarr
     return np.stack([np.log1p(n_items), np.log1p(total_weight)], axis=1).astype(np.float32)
 
 
+#: Examples built at a time: the (rows, history_len) temporaries of one block, never of the log.
+EXAMPLE_BLOCK = 131_072
+
+
 def training_examples(
     data: Dataset, history_len: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -41,31 +45,43 @@ def training_examples(
 
     The context is weighed by the one confidence function (``data.config``'s event weights and
     half-life), as of the target event's time: exactly as serving weighs a history at the
-    shop's clock.
+    shop's clock. Built a block of :data:`EXAMPLE_BLOCK` examples at a time: on the full shop
+    the whole log's float64 temporaries took over a gigabyte (docs/BENCHMARKS.md, "Whole
+    pipeline").
 
     Returns:
-        ``(context_items (N, L) with -1 padding, context_weights (N, L), features (N, 2),
-        targets (N,))``, all item indices into the dataset's catalogue.
+        ``(context_items (N, L) int32 with -1 padding, context_weights (N, L) float32,
+        features (N, 2), targets (N,))``, all item indices into the dataset's catalogue.
     """
-    ev = data.events.sort_values(["user", "timestamp"], kind="stable")
-    user = ev["user"].to_numpy()
-    item = ev["item"].to_numpy()
-    ts = ev["timestamp"].to_numpy()
-    codes = event_codes(ev["event"])
+    events = data.events
+    order = np.lexsort((events["timestamp"].to_numpy(), events["user"].to_numpy()))  # stable
+    user = events["user"].to_numpy()[order]
+    item = events["item"].to_numpy()[order]
+    ts = events["timestamp"].to_numpy()[order]
+    codes = event_codes(events["event"])[order]
+    del order
     start = np.r_[0, np.flatnonzero(user[1:] != user[:-1]) + 1]
-    user_start = np.repeat(start, np.diff(np.r_[start, len(ev)]))
-    pos = np.arange(len(ev))
-    has_context = pos > user_start
-    p = pos[has_context]
+    user_start = np.repeat(start, np.diff(np.r_[start, len(user)]))
+    p = np.flatnonzero(np.arange(len(user)) > user_start)
+    n = len(p)
+    items = np.full((n, history_len), -1, dtype=np.int32)
+    weights = np.zeros((n, history_len), dtype=np.float32)
+    distinct, total = np.zeros(n, dtype=np.int64), np.zeros(n)
     lag = np.arange(1, history_len + 1)
-    idx = p[:, None] - lag[None, :]
-    valid = idx >= user_start[p][:, None]
-    idx_safe = np.where(valid, idx, 0)
-    conf = data.config.confidence(codes[idx_safe], ts[idx_safe], ts[p][:, None])
-    weights = np.where(valid, conf, 0.0)
-    items = np.where(valid, item[idx_safe], -1)
-    feats = _history_features(_row_distinct(items), weights.sum(axis=1))
-    return items, weights.astype(np.float32), feats, item[p]
+    for a in range(0, n, EXAMPLE_BLOCK):
+        q = p[a : a + EXAMPLE_BLOCK]
+        idx = q[:, None] - lag[None, :]
+        valid = idx >= user_start[q][:, None]
+        idx_safe = np.where(valid, idx, 0)
+        conf = np.where(
+            valid, data.config.confidence(codes[idx_safe], ts[idx_safe], ts[q][:, None]), 0.0
+        )
+        block = np.where(valid, item[idx_safe], -1)
+        items[a : a + len(q)] = block
+        weights[a : a + len(q)] = conf
+        distinct[a : a + len(q)] = _row_distinct(block)
+        total[a : a + len(q)] = conf.sum(axis=1)
+    return items, weights, _history_features(distinct, total), item[p]
 
 
 def _row_distinct(items: np.ndarray) -> np.ndarray:
@@ -161,9 +177,10 @@ class TwoTowerRecommender(BaseRecommender):
 
         cat_t = torch.tensor(cat_index, dtype=torch.long, device=device)
         model = Towers(self.dim).to(device)
-        ctx_t = torch.tensor(np.maximum(ctx_items, 0), dtype=torch.long)  # padding has weight 0
-        w_t = torch.tensor(ctx_w)
-        f_t = torch.tensor(feats)
+        # int32 indices (embeddings take them): padding has weight 0. No copies of the arrays.
+        ctx_t = torch.from_numpy(np.maximum(ctx_items, 0, out=ctx_items))
+        w_t = torch.from_numpy(ctx_w)
+        f_t = torch.from_numpy(feats)
         y_t = torch.tensor(targets, dtype=torch.long)
         n = len(targets)
         trainer = torch_fit.Trainer(model, ("item.", "cat."), self.lr, self.weight_decay)
@@ -187,11 +204,15 @@ class TwoTowerRecommender(BaseRecommender):
             self.train_stats_["seconds"],
             device,
         )
+        del ctx_t, w_t, f_t, y_t, ctx_items, ctx_w, feats, targets
         model.eval()
-        with torch.no_grad():
-            all_items = torch.arange(n_items, device=device)
-            self.item_factors_ = model.items(all_items).cpu().numpy().astype(np.float32)
-            self.context_embedding_ = model.embed(all_items).cpu().numpy().astype(np.float32)
+        self.item_factors_ = np.empty((n_items, self.dim), dtype=np.float32)
+        self.context_embedding_ = np.empty((n_items, self.dim), dtype=np.float32)
+        with torch.no_grad():  # a block of items at a time: no catalogue-sized temporaries
+            for a in range(0, n_items, EXAMPLE_BLOCK):
+                block = torch.arange(a, min(a + EXAMPLE_BLOCK, n_items), device=device)
+                self.item_factors_[a : a + len(block)] = model.items(block).cpu().numpy()
+                self.context_embedding_[a : a + len(block)] = model.embed(block).cpu().numpy()
             self.user_w_ = model.user_proj.weight.cpu().numpy().astype(np.float32)
             self.user_b_ = model.user_proj.bias.cpu().numpy().astype(np.float32)
 
