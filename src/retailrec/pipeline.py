@@ -136,6 +136,11 @@ def run_pipeline(
         step("features")
         snapshot = build_features(conn, None, feature_config)
         hook("features", snapshot)
+    # What synth, the ETL and the features freed goes back to the system before training: 434 of
+    # the 877 MiB this process held then on the full shop (docs/BENCHMARKS.md, "Whole pipeline").
+    from retailrec.training.train import release_memory
+
+    release_memory()
     # The synthetic shop's truth (written by synth, never by a shop) adds the oracle's line.
     default_truth = settings.raw_dir / "truth"
     truth = default_truth if raw is None and default_truth.is_dir() else None

@@ -709,7 +709,7 @@ def _train(
         # candidates fitted on them are not needed: freed before the final refit, which would
         # otherwise hold its own beside them (docs/BENCHMARKS.md, "Whole pipeline").
         del prep, scored, ranked
-        _release_memory()
+        release_memory()
         step(f"refitting {best} on all the data")
         bundle = _bundle(
             events,
@@ -825,7 +825,7 @@ def _candidates(prep: _Prepared, config: TrainConfig, step: Callable[[str], None
         # Only one window's fit is alive while the other is fitted (issue 15's memory).
         del model
         tuned = None
-        _release_memory()
+        release_memory()
         step(f"fitting {name} (test)")
         test_model, _ = _fit(name, params, prep.test.data)
         test = prep.test.score(name, params, test_model)
@@ -845,7 +845,7 @@ def _candidates(prep: _Prepared, config: TrainConfig, step: Callable[[str], None
     return out
 
 
-def _release_memory() -> None:
+def release_memory() -> None:
     """Collect what is no longer referenced and hand the freed pages back to the system: glibc's
     allocator keeps freed heap pages resident until trimmed, and Arrow's pool its buffers."""
     gc.collect()
