@@ -101,7 +101,7 @@ class EASERecommender(ItemItemRecommender):
         """BM25 neighbours of every pair that has a tail item, each row scaled to a largest
         weight of 1."""
         bm25 = knn_similarity(data.matrix, self.k)  # no self-pairs, in the row maxima either
-        # In place on the CSR arrays: a copy of this matrix is the size of the served one.
+        # Filtered on the CSR arrays, never converted: a copy is the size of the served matrix.
         rows = np.repeat(np.arange(bm25.shape[0], dtype=np.int32), np.diff(bm25.indptr))
         top = np.asarray(bm25.max(axis=1).todense(), dtype=np.float32).ravel()
         in_head = np.zeros(data.n_items, dtype=bool)
