@@ -315,11 +315,38 @@ def test_the_als_fold_in_is_implicits_user_step(tiny_shop: Shop) -> None:
     np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-4 * np.abs(theirs).max())
 
 
+def test_visitors_with_one_item_do_not_move_the_als_factors(tiny_shop: Shop) -> None:
+    """ALS and BPR fit on the visitors with two or more items: a thousand more visitors with one
+    view each leave ALS's item factors exactly as they were (serving folds every visitor in)."""
+    import pandas as pd
+
+    from retailrec.models import factors
+
+    events = tiny_shop.data.events
+    data = Dataset.from_events(events)
+    rng = np.random.default_rng(3)
+    extra = events.sample(1000, random_state=3, replace=True).assign(
+        visitorid=events["visitorid"].max() + 1 + np.arange(1000),
+        event="view",
+        transactionid=np.nan,
+        timestamp=lambda f: f["timestamp"] - rng.integers(0, 1000, len(f)),
+    )
+    more = Dataset.from_events(pd.concat([events, extra], ignore_index=True))
+    assert more.n_users == data.n_users + 1000 and np.array_equal(more.item_ids, data.item_ids)
+    assert factors.co_occurring_rows(more.matrix).shape[0] < data.n_users
+    ours = make_model("als", iterations=3).fit(data).item_factors_  # type: ignore[attr-defined]
+    theirs = make_model("als", iterations=3).fit(more).item_factors_  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(ours, theirs)
+    # No visitor with two items: the whole matrix is kept (the fit still has rows to use).
+    singles = sp.csr_matrix(np.eye(4, dtype=np.float32))
+    assert factors.co_occurring_rows(singles).shape == (4, 4)
+
+
 def test_the_serving_path_past_the_ordered_head(
     tiny_shop: Shop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Past the factors serving keeps in scoring order, chunks are gathered: the ranking is the
-    same on either side."""
+    """Past the factors serving keeps in scoring order, the whole catalogue is scored in one
+    product: the ranking is the same on either side."""
     from retailrec.models import factors
 
     monkeypatch.setattr(factors, "SCORING_CHUNK", 256)

@@ -8,7 +8,7 @@ import pytest
 
 from retailrec.models import make_model
 from retailrec.models.data import Dataset
-from retailrec.models.factors import SPARE, ALSRecommender, _top_unblocked, fold_in
+from retailrec.models.factors import SPARE, ALSRecommender, fold_in, top_unblocked
 from tests.utils.factories import Shop
 
 
@@ -25,7 +25,7 @@ def test_a_chunks_best_unblocked_items_are_exactly_the_brute_forces(
     blocked[rng.choice(n_items, 300, replace=False)] = True  # scattered, as unavailable items
     # A history's own items score high and are blocked on the repeat path: block the best ones.
     blocked[chunk[np.argsort(-scores)[:blocked_top]]] = True
-    items, got = _top_unblocked(chunk, scores, blocked, n)
+    items, got = top_unblocked(chunk, scores, blocked, n)
     free = ~blocked[chunk]
     want = np.argsort(-scores[free], kind="stable")[:n]
     assert sorted(items.tolist()) == sorted(chunk[free][want].tolist())
@@ -33,12 +33,30 @@ def test_a_chunks_best_unblocked_items_are_exactly_the_brute_forces(
     assert not blocked[items].any()
 
 
+@pytest.mark.parametrize("blocked_top", [0, SPARE + 20])
+def test_the_whole_catalogues_best_unblocked_items_without_a_chunk(blocked_top: int) -> None:
+    """``chunk`` None: the scores are every item's, in index order (one product over the
+    catalogue, past the ordered head or for the two-tower model)."""
+    rng = np.random.default_rng(blocked_top)
+    scores = rng.standard_normal(5000).astype(np.float32)
+    blocked = rng.random(5000) < 0.1
+    blocked[np.argsort(-scores)[:blocked_top]] = True
+    items, got = top_unblocked(None, scores, blocked, 10)
+    free = np.flatnonzero(~blocked)
+    want = free[np.argsort(-scores[free], kind="stable")[:10]]
+    assert sorted(items.tolist()) == sorted(want.tolist())
+    np.testing.assert_array_equal(got, scores[items])
+    everything = np.ones(5000, dtype=bool)
+    everything[[7, 4000]] = False
+    assert sorted(top_unblocked(None, scores, everything, 10)[0].tolist()) == [7, 4000]
+
+
 def test_a_chunk_with_fewer_unblocked_items_than_asked_gives_them_all() -> None:
     chunk = np.arange(100)
     scores = np.linspace(1, 0, 100).astype(np.float32)
     blocked = np.ones(100, dtype=bool)
     blocked[[3, 70]] = False
-    items, _ = _top_unblocked(chunk, scores, blocked, 10)
+    items, _ = top_unblocked(chunk, scores, blocked, 10)
     assert sorted(items.tolist()) == [3, 70]
 
 

@@ -12,6 +12,8 @@ from retailrec.models import Dataset, make_model
 from retailrec.models.sequence import (
     UNTRAINED,
     SequenceRecommender,
+    gru_last_states,
+    items_first,
     latest_order,
     session_sequences,
     training_examples,
@@ -100,6 +102,35 @@ def test_the_numpy_encoder_is_the_trained_network(
     np.testing.assert_allclose(got[:, :-1], expected, rtol=1e-4, atol=1e-5)
     assert (got[:, -1] == 1.0).all()  # the item bias's weight
     assert (model.embedding_[len(model.vocab_)] == 0).all()  # the padding embeds as nothing
+
+
+def test_training_encodes_items_only_as_the_left_padded_gru_does() -> None:
+    """Training runs the GRU over each prefix's items from the state its padding reaches: the
+    same states as over the left-padded rows that serving encodes, and the same gradients."""
+    torch.manual_seed(0)
+    dim, pad = 8, 6
+    embed = torch.nn.Embedding(pad + 1, dim, padding_idx=pad)
+    gru = torch.nn.GRU(dim, dim, batch_first=True)
+    prefixes = np.array([[-1, -1, 2, 3], [0, 1, 2, 3], [-1, -1, -1, 5], [-1, 4, 4, 0]])
+    ahead, lengths = items_first(prefixes)
+    assert ahead.tolist() == [[2, 3, -1, -1], [0, 1, 2, 3], [5, -1, -1, -1], [4, 4, 0, -1]]
+    assert lengths.tolist() == [2, 4, 1, 3]
+    padded, _ = gru(embed(torch.from_numpy(np.where(prefixes >= 0, prefixes, pad))))
+    expected = padded[:, -1]
+    got = gru_last_states(
+        gru,
+        embed,
+        torch.from_numpy(np.where(ahead >= 0, ahead, pad)),
+        torch.from_numpy(lengths),
+        pad,
+    )
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    grads = []
+    for out in (expected, got):
+        gru.zero_grad()
+        out.sum().backward(retain_graph=True)
+        grads.append(gru.weight_hh_l0.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
 
 
 def test_a_row_reads_back_in_order(patterns: tuple[Dataset, SequenceRecommender]) -> None:

