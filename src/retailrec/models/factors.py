@@ -59,7 +59,7 @@ def co_occurring_rows(matrix: sp.csr_matrix) -> sp.csr_matrix:
     history anyway, so no fitted visitor vector is used. On Retailrocket-like logs most visitors
     have one event (71% of the full synthetic shop): on its validation window, fitting without
     them took ALS from 78 s to 25 s and BPR from 30 s to 14 s, and served NDCG@10 rose from
-    0.0626 to 0.0760 and from 0.0663 to 0.0844 (docs/BENCHMARKS.md, "Whole pipeline"). Where no
+    0.0626 to 0.0760 and from 0.0661 to 0.0846 (docs/BENCHMARKS.md, "Whole pipeline"). Where no
     visitor has two items the whole matrix is kept."""
     keep = np.flatnonzero(np.diff(matrix.indptr) >= 2)
     return matrix[keep] if len(keep) else matrix
