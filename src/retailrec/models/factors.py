@@ -133,9 +133,9 @@ class FactorRecommender(BaseRecommender):
                 # Not settled within the ordered head (BPR's scores, whose bias is a factor, are
                 # seldom bounded by vector lengths): one product over the whole catalogue, a
                 # contiguous read, where chunks past the head would each gather their rows.
-                scores = self.item_factors_ @ u
-                scores += self._serving("tie_break")
-                return top_unblocked(None, scores, blocked, n)
+                return best_of_catalogue(
+                    self.item_factors_, u, self._serving("tie_break"), blocked, n
+                )
             chunk = order[start : start + step]
             scores = factors[start : start + step] @ u
             scores += tie[start : start + step]
@@ -180,6 +180,16 @@ def top_unblocked(
         return _best(every, scores[every], n)
     ok = ~blocked[chunk]
     return _best(chunk[ok], scores[ok], n)
+
+
+def best_of_catalogue(
+    item_factors: np.ndarray, u: np.ndarray, tie_break: np.ndarray, blocked: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` unblocked items (in no order) with the highest ``item_factors @ u`` plus their
+    tie-break, and those scores: one contiguous product over the whole catalogue."""
+    scores = item_factors @ u
+    scores += tie_break
+    return top_unblocked(None, scores, blocked, n)
 
 
 def _best(items: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

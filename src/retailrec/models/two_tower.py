@@ -26,7 +26,7 @@ from retailrec.events import event_codes
 from retailrec.models import torch_fit
 from retailrec.models.base import BaseRecommender
 from retailrec.models.data import Dataset
-from retailrec.models.factors import top_unblocked
+from retailrec.models.factors import best_of_catalogue
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +275,4 @@ class TwoTowerRecommender(BaseRecommender):
         u = self.user_vectors(row)[0]
         if not u.any():
             return None  # the popular items, as recommend() gives them
-        scores = self.item_factors_ @ u
-        scores += self._serving("tie_break")
-        return top_unblocked(None, scores, blocked, n)
+        return best_of_catalogue(self.item_factors_, u, self._serving("tie_break"), blocked, n)
